@@ -1,0 +1,19 @@
+"""Environments that tag their steps with clips for VLM scoring."""
+from torchrl_vlm.envs.clips import RenderClips, render_gym_frames
+from torchrl_vlm.envs.minigrid import (
+    EVENT_NAMES,
+    MINIGRID_ENVS,
+    MiniGridObservation,
+    make_minigrid_env,
+    register_doorkey_12x12,
+)
+
+__all__ = [
+    "EVENT_NAMES",
+    "MINIGRID_ENVS",
+    "MiniGridObservation",
+    "RenderClips",
+    "make_minigrid_env",
+    "register_doorkey_12x12",
+    "render_gym_frames",
+]

@@ -1,0 +1,286 @@
+"""MiniGrid environments for VLM-guided RL, as TorchRL envs.
+
+The agent learns from the symbolic egocentric view (as in the VLM-RB and LVLM2P
+papers); the VLM sees a rendered frame of the *whole* grid. Ground-truth events
+(key picked up, door opened, goal reached) are read from the simulator state,
+never from pixels, so that :class:`~torchrl_vlm.MiniGridEventScorer` can stand
+in for an ideal VLM.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+from minigrid.core.mission import MissionSpace
+from torchrl.data import NonTensor
+from torchrl.envs import (
+    Compose,
+    EnvBase,
+    GymWrapper,
+    ParallelEnv,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.envs.libs.gym import register_gym_spec_conversion
+
+from torchrl_vlm.envs.clips import RenderClips
+
+__all__ = [
+    "EVENT_NAMES",
+    "MINIGRID_ENVS",
+    "MiniGridObservation",
+    "make_minigrid_env",
+    "register_doorkey_12x12",
+]
+
+#: Names of the columns of the ``events`` flag vector, in order. ``first_*``
+#: flags fire only for the first such event of an episode (a key dropped and
+#: picked up again is not progress).
+EVENT_NAMES = (
+    "key_pickup",
+    "door_open",
+    "goal",
+    "first_key_pickup",
+    "first_door_open",
+)
+
+#: Environments the project's recipes and tests are known to work with.
+MINIGRID_ENVS = (
+    "MiniGrid-DoorKey-5x5-v0",
+    "MiniGrid-DoorKey-6x6-v0",
+    "MiniGrid-DoorKey-8x8-v0",
+    "MiniGrid-DoorKey-12x12-v0",
+    "MiniGrid-DoorKey-16x16-v0",
+    "MiniGrid-LavaGapS7-v0",
+    "MiniGrid-Dynamic-Obstacles-6x6-v0",
+    "MiniGrid-Fetch-6x6-N2-v0",
+    "MiniGrid-GoToDoor-6x6-v0",
+)
+
+# Scale of each channel of the symbolic view, so the observation lies in [0, 1].
+_CHANNEL_SCALE = np.array(
+    [max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), max(STATE_TO_IDX.values())],
+    dtype=np.float32,
+)
+_DOOR = OBJECT_TO_IDX["door"]
+_OPEN = STATE_TO_IDX["open"]
+
+
+@register_gym_spec_conversion(MissionSpace)
+def _convert_mission_space(spec, device=None, **kwargs):
+    """TorchRL spec for minigrid's free-text ``MissionSpace``: a non-tensor string."""
+    return NonTensor((), device=device, example_data="a mission string")
+
+
+def register_doorkey_12x12() -> str:
+    """Registers ``MiniGrid-DoorKey-12x12-v0``, the paper's middle size (minigrid ships 5/6/8/16)."""
+    env_id = "MiniGrid-DoorKey-12x12-v0"
+    if env_id not in gym.registry:
+        gym.register(
+            id=env_id,
+            entry_point="minigrid.envs:DoorKeyEnv",
+            kwargs={"size": 12},
+        )
+    return env_id
+
+
+register_doorkey_12x12()
+
+
+class MiniGridObservation(gym.Wrapper):
+    """Turns a MiniGrid env's dict observation into what torchrl_vlm consumes.
+
+    Observation entries:
+
+    - ``observation`` (float32, ``7*7*3 + 4``): the agent's symbolic egocentric
+      view, each channel divided by its largest index, followed by a one-hot
+      direction. This is what the agent learns from.
+    - ``pixels`` (uint8, ``H x W x 3``), only with ``render=True``: the full grid
+      rendered at ``tile_size`` pixels per cell. This is what the VLM sees.
+    - ``events`` (bool, ``len(EVENT_NAMES)``): what the action that led to this
+      observation caused, read from the simulator state.
+    - ``success`` (bool): the episode ended on the goal (positive reward).
+    - ``mission`` (str).
+
+    Args:
+        env: a MiniGrid gymnasium env.
+        tile_size: pixels per grid cell of the rendered frame.
+        render: whether to render ``pixels``.
+    """
+
+    def __init__(self, env: gym.Env, *, tile_size: int = 8, render: bool = True):
+        super().__init__(env)
+        if not isinstance(tile_size, int) or tile_size < 1:
+            raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+        self.tile_size = tile_size
+        self.render_frames = render
+        base = env.unwrapped
+        view = env.observation_space["image"].shape
+        spaces = {
+            "observation": gym.spaces.Box(
+                0.0, 1.0, (int(np.prod(view)) + 4,), dtype=np.float32
+            ),
+            "events": gym.spaces.Box(0, 1, (len(EVENT_NAMES),), dtype=np.bool_),
+            "success": gym.spaces.Box(0, 1, (1,), dtype=np.bool_),
+            "mission": env.observation_space["mission"],
+        }
+        if render:
+            shape = (base.height * tile_size, base.width * tile_size, 3)
+            spaces["pixels"] = gym.spaces.Box(0, 255, shape, dtype=np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._had_key = False
+        self._door_opened = False
+
+    def _encode(self, obs, events, success):
+        view = (obs["image"].astype(np.float32) / _CHANNEL_SCALE).reshape(-1)
+        direction = np.zeros(4, dtype=np.float32)
+        direction[obs["direction"]] = 1.0
+        out = {
+            "observation": np.concatenate([view, direction]),
+            "events": events,
+            "success": np.array([success], dtype=np.bool_),
+            "mission": obs["mission"],
+        }
+        if self.render_frames:
+            out["pixels"] = self.env.unwrapped.get_frame(
+                highlight=False, tile_size=self.tile_size
+            )
+        return out
+
+    def _doors_open(self) -> bool:
+        grid = self.env.unwrapped.grid
+        return any(
+            cell is not None and cell.type == "door" and cell.is_open
+            for cell in grid.grid
+        )
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._had_key = False
+        self._door_opened = False
+        events = np.zeros(len(EVENT_NAMES), dtype=np.bool_)
+        return self._encode(obs, events, False), info
+
+    def step(self, action):
+        base = self.env.unwrapped
+        carried_before = base.carrying
+        doors_before = self._doors_open()
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        carried = base.carrying
+        key_pickup = (
+            carried is not None and carried.type == "key" and carried is not carried_before
+        )
+        door_open = self._doors_open() and not doors_before
+        goal = bool(terminated and reward > 0)
+        events = np.array(
+            [
+                key_pickup,
+                door_open,
+                goal,
+                key_pickup and not self._had_key,
+                door_open and not self._door_opened,
+            ],
+            dtype=np.bool_,
+        )
+        self._had_key |= key_pickup
+        self._door_opened |= door_open
+        return self._encode(obs, events, goal), reward, terminated, truncated, info
+
+
+def _make_gym_env(env_name: str, tile_size: int, render: bool, max_steps: int | None) -> gym.Env:
+    kwargs = {} if max_steps is None else {"max_steps": max_steps}
+    return MiniGridObservation(
+        gym.make(env_name, **kwargs), tile_size=tile_size, render=render
+    )
+
+
+def _single_env(env_name, tile_size, render, max_steps, device) -> GymWrapper:
+    return GymWrapper(
+        _make_gym_env(env_name, tile_size, render, max_steps),
+        device=device,
+        categorical_action_encoding=True,
+    )
+
+
+def make_minigrid_env(
+    env_name: str = "MiniGrid-DoorKey-8x8-v0",
+    *,
+    num_envs: int = 1,
+    clip_len: int = 32,
+    tile_size: int = 8,
+    render: bool = True,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    parallel: bool = False,
+    max_steps: int | None = None,
+    worker_id: int | None = None,
+) -> TransformedEnv:
+    """Builds a MiniGrid TorchRL env that tags its steps with clip ids.
+
+    The env is a :class:`~torchrl.envs.GymWrapper` around the gymnasium env (batched with
+    :class:`~torchrl.envs.SerialEnv`, or :class:`~torchrl.envs.ParallelEnv` with
+    ``parallel=True``, when ``num_envs > 1``) under a
+    :class:`~torchrl.envs.TransformedEnv` with :class:`RenderClips`,
+    :class:`~torchrl.envs.StepCounter` and :class:`~torchrl.envs.RewardSum`.
+
+    Entries of a step: ``observation`` (float, symbolic view + direction),
+    ``pixels`` (uint8 full-grid frame, if ``render``), ``events`` (bool, see
+    :data:`EVENT_NAMES`), ``success``, ``mission``, ``clip_id``, ``clip_step``,
+    ``step_count`` and ``episode_reward``. Actions are categorical (int64).
+
+    Args:
+        env_name: a gymnasium MiniGrid id; see :data:`MINIGRID_ENVS`.
+        num_envs: number of envs in the batch; ``1`` gives an unbatched env.
+        clip_len: VLM-RB's clip length L (paper: 32).
+        tile_size: pixels per cell of the rendered frame (8 gives 64x64 on 8x8).
+        render: render ``pixels``; turn off for runs that never score frames.
+        seed: seeds the envs (each batched env gets ``seed + i``).
+        device: device of the output tensors.
+        parallel: run the batched envs in worker processes.
+        max_steps: override the env's episode step limit.
+        worker_id: distinguishes clip ids across data-collection processes.
+
+    Examples:
+        >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, seed=0)
+        >>> td = env.rollout(40)
+        >>> td["pixels"].shape, td["clip_id"].dtype
+        (torch.Size([2, 40, 40, 40, 3]), torch.int64)
+    """
+    if not isinstance(env_name, str) or env_name not in gym.registry:
+        known = ", ".join(MINIGRID_ENVS)
+        raise ValueError(
+            f"env_name={env_name!r} is not a registered gymnasium env; known MiniGrid choices: {known}"
+        )
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+    if not isinstance(clip_len, int) or clip_len < 1:
+        raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
+    if not isinstance(tile_size, int) or tile_size < 1:
+        raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
+
+    make_one: Callable[[], EnvBase] = functools.partial(
+        _single_env, env_name, tile_size, render, max_steps, device
+    )
+    if num_envs == 1:
+        base = make_one()
+    elif parallel:
+        base = ParallelEnv(num_envs, make_one, device=device)
+    else:
+        base = SerialEnv(num_envs, make_one, device=device)
+    env = TransformedEnv(
+        base,
+        Compose(
+            RenderClips(clip_len=clip_len, frame_key="pixels" if render else None, worker_id=worker_id),
+            StepCounter(),
+            RewardSum(),
+        ),
+    )
+    if seed is not None:
+        env.set_seed(seed)
+    return env

@@ -1,0 +1,483 @@
+"""The λ-annealed mixture sampler of VLM-RB (step 5).
+
+VLM-RB eq. (2): q_t(i) = λ_t · q_P(i) + (1 − λ_t) · q_U(i), where q_U is uniform over
+the buffer, q_P(i) ∝ p(i) is proportional to the VLM priority, and λ_t rises
+linearly from 0 to λ_max over the first ``warmup`` transitions written.
+
+VLM priorities are binary (a clip is meaningful or not), so q_P is uniform over
+the set of positive slots. The sampler keeps that set as a dense array with
+O(1) insertion and removal, which makes a draw from q_P as cheap as a uniform
+draw: no sum tree and no ``torch.multinomial`` over the whole buffer. A sum tree
+(TorchRL's C++ ``SumSegmentTreeFp64``) takes over only when priorities stop
+being binary: with TD boosting, or when a caller writes non-binary priorities.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.storages import Storage
+
+try:  # TorchRL's C++ extension; it loads only with the torch build it was compiled for
+    from torchrl._torchrl import SumSegmentTreeFp64
+except ImportError:  # pragma: no cover - reported when a sum tree is first needed
+    SumSegmentTreeFp64 = None
+
+__all__ = ["MixtureSampler", "mixture_lambda"]
+
+
+def mixture_lambda(written: int, lam_max: float | None, warmup: int) -> float:
+    """λ_t of VLM-RB: linear from 0 to ``lam_max`` over ``warmup`` transitions written.
+
+    ``lam_max=None`` is pure prioritisation (λ ≡ 1), the paper's ablation.
+    """
+    if lam_max is None:
+        return 1.0
+    if warmup <= 0:
+        return float(lam_max)
+    return float(lam_max) * min(1.0, written / warmup)
+
+
+def _check_priority(priority: torch.Tensor) -> None:
+    if not priority.is_floating_point():
+        priority = priority.double()
+    if not bool(torch.isfinite(priority).all()):
+        raise ValueError("priority must be finite; got NaN or inf")
+    if bool((priority < 0).any()):
+        raise ValueError(f"priority must be >= 0; got a minimum of {priority.min().item()}")
+
+
+class MixtureSampler(Sampler):
+    """Samples from λ_t · q_P + (1 − λ_t) · q_U (VLM-RB eq. 2).
+
+    How priorities arrive:
+
+    * **Semantic (VLM) priorities** take TorchRL's standard path,
+      ``rb.update_priority(index, priority)``, which reaches
+      :meth:`update_priority`. The sampler keeps its own copy and also writes
+      the value into the storage column ``priority_key`` (``"vlm_priority"``),
+      which therefore always mirrors what the sampler uses. Extending the
+      buffer with data that holds ``priority_key`` updates it too.
+    * **TD errors** (for ``td_boost``) go through :meth:`update_td_error`;
+      then q_P(i) ∝ p(i) · (|δ_i| + ε). A positive slot with no TD error yet
+      uses the largest |δ| seen so far, as PER does for new data.
+
+    A slot that is overwritten loses its priority and TD error: new data
+    starts at priority 0 ("not known to be meaningful") and is still drawn by
+    the uniform part.
+
+    The number of draws from q_P in a batch of B is ⌊λ_t·B⌋ or ⌈λ_t·B⌉, with
+    the rounding remainder carried from batch to batch, so that exactly a λ_t
+    fraction of all draws comes from q_P. Within each part the draws are
+    i.i.d.; the prioritised draws come first in the batch. If no slot has a
+    positive priority, the whole batch is uniform.
+
+    Each sample's info holds ``from_priority`` (bool, per item) and
+    ``mixture_lambda`` (a scalar), and ``priority_weight`` with
+    ``importance_weights=True``. :meth:`stats` returns the same numbers for logging.
+
+    Args:
+        lam_max: the final mixture weight λ_max in [0, 1] (paper: 0.5), or
+            ``None`` for pure prioritised sampling.
+        warmup: number of transitions written over which λ rises from 0 to
+            ``lam_max`` (paper: half of training).
+        priority_key: the storage column that mirrors the priorities.
+        td_boost: weight q_P by |δ| + ``td_eps`` (VLM-RB's continuous-control variant).
+        td_eps: ε of the TD boost.
+        importance_weights: return ``priority_weight`` = (N · q_t(i))^−β,
+            normalised by the batch maximum. Off by default, as in the paper.
+        beta: β of the importance weights.
+        max_capacity: pre-allocates the per-slot state; it grows on demand otherwise.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_vlm import MixtureSampler, make_replay_buffer
+        >>> rb = make_replay_buffer(100, sampler=MixtureSampler(lam_max=0.5, warmup=0), batch_size=8)
+        >>> index = rb.extend(TensorDict({"obs": torch.zeros(100, 2),
+        ...     "vlm_priority": torch.zeros(100)}, [100]))
+        >>> rb.update_priority(index[:10], torch.ones(10))
+        >>> batch = rb.sample()
+        >>> batch["from_priority"].sum().item()
+        4
+    """
+
+    def __init__(
+        self,
+        lam_max: float | None = 0.5,
+        warmup: int = 0,
+        *,
+        priority_key: str = "vlm_priority",
+        td_boost: bool = False,
+        td_eps: float = 1e-3,
+        importance_weights: bool = False,
+        beta: float = 0.4,
+        max_capacity: int | None = None,
+    ):
+        if lam_max is not None:
+            if isinstance(lam_max, bool) or not isinstance(lam_max, (int, float)):
+                raise TypeError(f"lam_max must be a float in [0, 1] or None, got {lam_max!r}")
+            if not 0.0 <= float(lam_max) <= 1.0 or math.isnan(lam_max):
+                raise ValueError(f"lam_max must lie in [0, 1] (or be None for pure priority), got {lam_max}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int):
+            raise TypeError(f"warmup must be an int number of transitions, got {warmup!r}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0 transitions, got {warmup}")
+        if not isinstance(priority_key, str):
+            raise TypeError(f"priority_key must be a str, got {priority_key!r}")
+        if not td_eps > 0:
+            raise ValueError(f"td_eps must be > 0, got {td_eps}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.lam_max = None if lam_max is None else float(lam_max)
+        self.warmup = warmup
+        self.priority_key = priority_key
+        self.td_boost = bool(td_boost)
+        self.td_eps = float(td_eps)
+        self.importance_weights = bool(importance_weights)
+        self.beta = float(beta)
+        self._written = 0
+        self._carry = 0.0
+        self._last_priority_fraction = 0.0
+        self._capacity = 0
+        self._alloc(max_capacity or 0)
+        self._lam_cache: tuple[float, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ state
+    def _alloc(self, capacity: int) -> None:
+        """(Re)allocates the per-slot state for ``capacity`` slots, keeping what is there."""
+        old = self._capacity
+        prio = torch.zeros(capacity, dtype=torch.float32)
+        td = torch.full((capacity,), float("nan"), dtype=torch.float32)
+        if old:
+            prio[:old] = self._prio
+            td[:old] = self._td
+        self._prio = prio
+        self._td = td
+        self._capacity = capacity
+        self._rebuild_index()
+
+    def _ensure_capacity(self, size: int) -> None:
+        if size > self._capacity:
+            self._alloc(max(size, 2 * self._capacity, 1024))
+
+    def _rebuild_index(self) -> None:
+        """Rebuilds the positive set (binary mode) or the sum tree from ``_prio``/``_td``."""
+        cap = self._capacity
+        self._pos_slot = torch.full((cap,), -1, dtype=torch.int64)
+        self._pos_list = torch.empty(cap, dtype=torch.int64)
+        self._tree = None
+        self._td_max = float(torch.nan_to_num(self._td.abs(), nan=0.0).max()) if cap else 0.0
+        binary = bool(((self._prio == 0) | (self._prio == 1)).all()) if cap else True
+        if self.td_boost or not binary:
+            self._build_tree()
+        else:
+            pos = torch.nonzero(self._prio > 0).squeeze(-1)
+            self._n_pos = pos.numel()
+            self._pos_list[: self._n_pos] = pos
+            self._pos_slot[pos] = torch.arange(self._n_pos)
+
+    def _build_tree(self) -> None:
+        if SumSegmentTreeFp64 is None:
+            raise ImportError(
+                "MixtureSampler needs TorchRL's C++ sum tree for TD boosting or non-binary "
+                "priorities, and torchrl._torchrl failed to load (torch must be the build "
+                "torchrl was compiled for: torch==2.14.1 for torchrl 0.14.1)"
+            )
+        self._tree = SumSegmentTreeFp64(max(self._capacity, 1))
+        self._n_pos = int((self._prio > 0).sum())
+        if self._capacity:
+            index = torch.arange(self._capacity)
+            self._tree[index] = self._weights(index, self._prio).double()
+
+    def _weights(self, index: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
+        """q_P's unnormalised weight: p(i), or p(i)·(|δ_i| + ε) with TD boosting."""
+        if not self.td_boost:
+            return prio
+        td = self._td[index].abs()
+        td = torch.where(torch.isnan(td), torch.full_like(td, max(self._td_max, 1.0)), td)
+        return prio * (td + self.td_eps)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def lam(self) -> float:
+        """λ_t for the number of transitions written so far."""
+        return mixture_lambda(self._written, self.lam_max, self.warmup)
+
+    @property
+    def num_positive(self) -> int:
+        """Number of slots with a positive priority."""
+        return self._n_pos
+
+    @property
+    def transitions_written(self) -> int:
+        return self._written
+
+    def stats(self) -> dict[str, float]:
+        """What a trainer logs: λ, the last batch's share drawn from q_P, and the positive slots."""
+        return {
+            "lambda": self.lam,
+            "priority_fraction": self._last_priority_fraction,
+            "num_positive": float(self._n_pos),
+            "transitions_written": float(self._written),
+        }
+
+    @property
+    def default_priority(self) -> float:
+        # New data is "not known to be meaningful" (PAPERS.md step 2: we choose 0).
+        return 0.0
+
+    # ---------------------------------------------------------------- writes
+    def add(self, index: int) -> None:
+        self.extend(torch.as_tensor([index]))
+
+    def extend(self, index: torch.Tensor) -> None:
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        if index.numel() == 0:
+            return
+        self._written += index.numel()
+        self._ensure_capacity(int(index.max()) + 1)
+        # The slots now hold new data: their old priority and TD error are void.
+        self._td[index] = float("nan")
+        self._set(index.unique(), torch.zeros(1).expand(index.unique().numel()))
+
+    @torch.no_grad()
+    def update_priority(
+        self,
+        index: int | torch.Tensor,
+        priority: float | torch.Tensor,
+        *,
+        storage: Storage | None = None,
+    ) -> None:
+        """Sets the semantic priority p(i) of ``index`` and mirrors it into the storage.
+
+        ``priority`` is a scalar or one value per index, finite and >= 0; VLM
+        priorities are 0 or 1. When an index appears several times, the last
+        value wins.
+        """
+        index, priority = self._as_index_and_values(index, priority, "priority")
+        _check_priority(priority)
+        if index.numel() == 0:
+            return
+        index, priority = _last_wins(index, priority)
+        self._ensure_capacity(int(index.max()) + 1)
+        self._set(index, priority.to(torch.float32))
+        if storage is not None:
+            self._mirror(storage, index)
+
+    @torch.no_grad()
+    def update_td_error(self, index: int | torch.Tensor, td_error: float | torch.Tensor) -> None:
+        """Records TD errors δ for TD boosting: q_P(i) ∝ p(i)·(|δ_i| + ε).
+
+        Call it with the sampled indices after computing the loss, e.g.
+        ``rb.sampler.update_td_error(batch["index"], batch["td_error"])``.
+        """
+        if not self.td_boost:
+            raise RuntimeError("update_td_error needs MixtureSampler(td_boost=True)")
+        index, td_error = self._as_index_and_values(index, td_error, "td_error")
+        if not bool(torch.isfinite(td_error).all()):
+            raise ValueError("td_error must be finite; got NaN or inf")
+        if index.numel() == 0:
+            return
+        index, td_error = _last_wins(index, td_error.float())
+        self._ensure_capacity(int(index.max()) + 1)
+        self._td[index] = td_error.abs()
+        self._td_max = max(self._td_max, float(td_error.abs().max()))
+        self._tree[index] = self._weights(index, self._prio[index]).double()
+
+    def mark_update(self, index, *, storage=None) -> None:
+        return
+
+    def _as_index_and_values(self, index, values, name) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(index, tuple):
+            raise ValueError("MixtureSampler supports 1-D storages only; got a tuple index")
+        index = torch.as_tensor(index).reshape(-1)
+        if index.is_floating_point() or index.dtype == torch.bool:
+            raise TypeError(f"index must hold integers, got dtype {index.dtype}")
+        index = index.long().cpu()
+        values = torch.as_tensor(values).detach().cpu()
+        if values.numel() == 1:
+            values = values.reshape(1).expand(index.numel())
+        elif values.numel() != index.numel():
+            raise ValueError(
+                f"{name} must be a scalar or hold one value per index: got {values.numel()} "
+                f"values for {index.numel()} indices"
+            )
+        if index.numel() and int(index.min()) < 0:
+            raise ValueError(f"index must be >= 0, got {int(index.min())}")
+        return index, values.reshape(-1)
+
+    def _set(self, index: torch.Tensor, prio: torch.Tensor) -> None:
+        """Writes p(index) (unique indices) and keeps the positive set or the tree in sync."""
+        if self._tree is None and not bool(((prio == 0) | (prio == 1)).all()):
+            self._prio[index] = prio
+            self._build_tree()  # priorities stopped being binary: switch to the sum tree
+            return
+        old = self._prio[index]
+        self._prio[index] = prio
+        if self._tree is not None:
+            self._n_pos += int((prio > 0).sum()) - int((old > 0).sum())
+            self._tree[index] = self._weights(index, prio).double()
+            return
+        self._remove(index[(old > 0) & (prio == 0)])
+        self._append(index[(old == 0) & (prio > 0)])
+
+    def _append(self, index: torch.Tensor) -> None:
+        n, k = self._n_pos, index.numel()
+        if k == 0:
+            return
+        self._pos_list[n : n + k] = index
+        self._pos_slot[index] = torch.arange(n, n + k)
+        self._n_pos = n + k
+
+    def _remove(self, index: torch.Tensor) -> None:
+        """Swap-removes unique members from the dense positive list, vectorised."""
+        n, k = self._n_pos, index.numel()
+        if k == 0:
+            return
+        slots = self._pos_slot[index]
+        self._pos_slot[index] = -1
+        # Survivors in the last k positions move into the holes left below n - k.
+        tail = self._pos_list[n - k : n]
+        movers = tail[self._pos_slot[tail] >= 0]
+        holes = slots[slots < n - k]
+        self._pos_list[holes] = movers
+        self._pos_slot[movers] = holes
+        self._n_pos = n - k
+
+    def _mirror(self, storage: Storage, index: torch.Tensor) -> None:
+        column = _storage_column(storage, self.priority_key)
+        column[index.to(column.device)] = self._prio[index].to(column.device, column.dtype)
+
+    # ----------------------------------------------------------------- sample
+    def _lam_tensor(self, lam: float) -> torch.Tensor:
+        # A fresh scalar each time λ changes: samples hold views of it.
+        if self._lam_cache is None or self._lam_cache[0] != lam:
+            self._lam_cache = (lam, torch.tensor(lam))
+        return self._lam_cache[1]
+
+    def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
+        n = len(storage)
+        if n == 0:
+            raise RuntimeError("Cannot sample from an empty storage.")
+        if storage.ndim != 1:
+            raise ValueError(f"MixtureSampler supports 1-D storages only, got ndim={storage.ndim}")
+        lam = self.lam
+        k = 0
+        if self._n_pos > 0 and lam > 0:
+            self._carry += lam * batch_size
+            k = min(int(self._carry), batch_size)
+            self._carry -= k
+        index = torch.empty(batch_size, dtype=torch.int64)
+        if k < batch_size:
+            torch.randint(n, (batch_size - k,), generator=self._rng, out=index[k:])
+        if k:
+            index[:k] = self._sample_priority(k)
+        self._last_priority_fraction = k / batch_size
+        info = {"from_priority": torch.arange(batch_size) < k, "mixture_lambda": self._lam_tensor(lam)}
+        if self.importance_weights:
+            info["priority_weight"] = self._importance_weights(index, lam, n)
+        return index, info
+
+    def _sample_priority(self, k: int) -> torch.Tensor:
+        if self._tree is None:
+            pick = torch.randint(self._n_pos, (k,), generator=self._rng)
+            return self._pos_list.index_select(0, pick)
+        total = self._tree.query(0, self._capacity)
+        mass = torch.rand(k, generator=self._rng, dtype=torch.float64) * total
+        index = torch.as_tensor(self._tree.scan_lower_bound(mass)).clamp_(0, self._capacity - 1)
+        # Floating-point round-off can land on a zero-weight neighbour: step back to a positive slot.
+        zero = self._prio[index] == 0
+        if bool(zero.any()):
+            positive = torch.nonzero(self._prio > 0).squeeze(-1)
+            index[zero] = positive[torch.searchsorted(positive, index[zero]).clamp_(max=positive.numel() - 1)]
+        return index
+
+    def _importance_weights(self, index: torch.Tensor, lam: float, n: int) -> torch.Tensor:
+        if self._n_pos == 0 or lam == 0:
+            return torch.ones(index.numel())
+        if self._tree is None:
+            q_p = self._prio[index] / self._n_pos
+        else:
+            q_p = self._weights(index, self._prio[index]) / self._tree.query(0, self._capacity)
+        q = lam * q_p + (1.0 - lam) / n
+        weight = (n * q).pow(-self.beta)
+        return (weight / weight.max()).float()
+
+    # --------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lam_max": self.lam_max,
+            "warmup": self.warmup,
+            "td_boost": self.td_boost,
+            "td_eps": self.td_eps,
+            "importance_weights": self.importance_weights,
+            "beta": self.beta,
+            "written": self._written,
+            "carry": self._carry,
+            "priority": self._prio.clone(),
+            "td_error": self._td.clone(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.lam_max = state_dict["lam_max"]
+        self.warmup = state_dict["warmup"]
+        self.td_boost = state_dict["td_boost"]
+        self.td_eps = state_dict["td_eps"]
+        self.importance_weights = state_dict["importance_weights"]
+        self.beta = state_dict["beta"]
+        self._written = int(state_dict["written"])
+        self._carry = float(state_dict["carry"])
+        self._prio = state_dict["priority"].clone().float()
+        self._td = state_dict["td_error"].clone().float()
+        self._capacity = self._prio.numel()
+        self._rebuild_index()
+
+    def dumps(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path / "mixture_sampler.pt")
+
+    def loads(self, path) -> None:
+        self.load_state_dict(torch.load(Path(path) / "mixture_sampler.pt", weights_only=False))
+
+    def _empty(self) -> None:
+        self._written = 0
+        self._carry = 0.0
+        self._prio.zero_()
+        self._td.fill_(float("nan"))
+        self._rebuild_index()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(lam_max={self.lam_max}, warmup={self.warmup}, "
+            f"lambda={self.lam:.3f}, positive={self._n_pos}, td_boost={self.td_boost})"
+        )
+
+
+def _last_wins(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deduplicates ``index`` keeping the last value written to each slot."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    if unique.numel() == index.numel():
+        return index, values
+    last = torch.full((unique.numel(),), -1, dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(index.numel()), reduce="amax"
+    )
+    return unique, values[last]
+
+
+def _storage_column(storage: Storage, key: str) -> torch.Tensor:
+    """The tensor behind one column of a TensorDict storage (in place, memmap included)."""
+    data = getattr(storage, "_storage", None)
+    column = None
+    if data is not None and hasattr(data, "get"):
+        column = data.get(key, None)
+    if column is None:
+        raise ValueError(
+            f"the replay storage has no priority column {key!r}: write {key!r} "
+            "(0 for unscored) in every extend, as VLMScoringHook does"
+        )
+    return column
