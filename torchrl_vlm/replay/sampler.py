@@ -41,13 +41,17 @@ def mixture_lambda(written: int, lam_max: float | None, warmup: int) -> float:
     return float(lam_max) * min(1.0, written / warmup)
 
 
-def _check_priority(priority: torch.Tensor) -> None:
-    if not priority.is_floating_point():
-        priority = priority.double()
-    if not bool(torch.isfinite(priority).all()):
+def _check_priority(priority: torch.Tensor) -> tuple[float, float]:
+    """Returns (min, max) of the priorities; raises unless all are finite and >= 0.
+
+    One reduction does it: NaN propagates into min and max.
+    """
+    lo, hi = (float(x) for x in torch.aminmax(priority.float()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("priority must be finite; got NaN or inf")
-    if bool((priority < 0).any()):
-        raise ValueError(f"priority must be >= 0; got a minimum of {priority.min().item()}")
+    if lo < 0:
+        raise ValueError(f"priority must be >= 0; got a minimum of {lo}")
+    return lo, hi
 
 
 class MixtureSampler(Sampler):
@@ -140,11 +144,16 @@ class MixtureSampler(Sampler):
         self.importance_weights = bool(importance_weights)
         self.beta = float(beta)
         self._written = 0
+        self._lam = mixture_lambda(0, self.lam_max, self.warmup)
         self._carry = 0.0
         self._last_priority_fraction = 0.0
         self._capacity = 0
+        self._column = None  # (storage data, its priority column), looked up once
         self._alloc(max_capacity or 0)
-        self._lam_cache: tuple[float, torch.Tensor] | None = None
+        self._lam_t: torch.Tensor | None = None
+        self._lam_t_value = 0.0
+        self._masks: list[torch.Tensor] = []
+        self._masks_batch = -1
 
     # ------------------------------------------------------------------ state
     def _alloc(self, capacity: int) -> None:
@@ -205,7 +214,7 @@ class MixtureSampler(Sampler):
     @property
     def lam(self) -> float:
         """λ_t for the number of transitions written so far."""
-        return mixture_lambda(self._written, self.lam_max, self.warmup)
+        return self._lam
 
     @property
     def num_positive(self) -> int:
@@ -239,10 +248,12 @@ class MixtureSampler(Sampler):
         if index.numel() == 0:
             return
         self._written += index.numel()
+        self._lam = mixture_lambda(self._written, self.lam_max, self.warmup)
         self._ensure_capacity(int(index.max()) + 1)
         # The slots now hold new data: their old priority and TD error are void.
+        index = index.unique()
         self._td[index] = float("nan")
-        self._set(index.unique(), torch.zeros(1).expand(index.unique().numel()))
+        self._set(index, torch.zeros(index.numel()), 0.0, 0.0)
 
     @torch.no_grad()
     def update_priority(
@@ -259,14 +270,13 @@ class MixtureSampler(Sampler):
         value wins.
         """
         index, priority = self._as_index_and_values(index, priority, "priority")
-        _check_priority(priority)
         if index.numel() == 0:
             return
+        lo, hi = _check_priority(priority)
         index, priority = _last_wins(index, priority)
-        self._ensure_capacity(int(index.max()) + 1)
-        self._set(index, priority.to(torch.float32))
+        self._set(index, priority.to(torch.float32), lo, hi)
         if storage is not None:
-            self._mirror(storage, index)
+            self._mirror(storage, index, priority)
 
     @torch.no_grad()
     def update_td_error(self, index: int | torch.Tensor, td_error: float | torch.Tensor) -> None:
@@ -282,48 +292,58 @@ class MixtureSampler(Sampler):
             raise ValueError("td_error must be finite; got NaN or inf")
         if index.numel() == 0:
             return
-        index, td_error = _last_wins(index, td_error.float())
-        self._ensure_capacity(int(index.max()) + 1)
-        self._td[index] = td_error.abs()
-        self._td_max = max(self._td_max, float(td_error.abs().max()))
+        index, td_error = _last_wins(index, td_error.float().abs())
+        self._td[index] = td_error
+        self._td_max = max(self._td_max, float(td_error.max()))
         self._tree[index] = self._weights(index, self._prio[index]).double()
 
     def mark_update(self, index, *, storage=None) -> None:
         return
 
     def _as_index_and_values(self, index, values, name) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checks and flattens an index and its values; grows the per-slot state to fit."""
         if isinstance(index, tuple):
             raise ValueError("MixtureSampler supports 1-D storages only; got a tuple index")
         index = torch.as_tensor(index).reshape(-1)
         if index.is_floating_point() or index.dtype == torch.bool:
             raise TypeError(f"index must hold integers, got dtype {index.dtype}")
-        index = index.long().cpu()
-        values = torch.as_tensor(values).detach().cpu()
+        index = index.to("cpu", torch.int64)
+        values = torch.as_tensor(values).detach().reshape(-1).cpu()
         if values.numel() == 1:
-            values = values.reshape(1).expand(index.numel())
+            values = values.expand(index.numel())
         elif values.numel() != index.numel():
             raise ValueError(
                 f"{name} must be a scalar or hold one value per index: got {values.numel()} "
                 f"values for {index.numel()} indices"
             )
-        if index.numel() and int(index.min()) < 0:
-            raise ValueError(f"index must be >= 0, got {int(index.min())}")
-        return index, values.reshape(-1)
+        if index.numel():
+            lo, hi = (int(x) for x in torch.aminmax(index))
+            if lo < 0:
+                raise ValueError(f"index must be >= 0, got {lo}")
+            self._ensure_capacity(hi + 1)
+        return index, values
 
-    def _set(self, index: torch.Tensor, prio: torch.Tensor) -> None:
-        """Writes p(index) (unique indices) and keeps the positive set or the tree in sync."""
-        if self._tree is None and not bool(((prio == 0) | (prio == 1)).all()):
-            self._prio[index] = prio
+    def _set(self, index: torch.Tensor, prio: torch.Tensor, lo: float, hi: float) -> None:
+        """Writes p(index) (unique indices, values in [lo, hi]) and syncs the positive set or tree."""
+        old = self._prio.index_select(0, index)
+        self._prio.index_copy_(0, index, prio)
+        if self._tree is None:
+            if lo == hi and lo in (0.0, 1.0):
+                # One verdict for all (a clip's write-back, or fresh slots): one direction only.
+                if lo:
+                    self._append(index[old == 0])
+                else:
+                    self._remove(index[old > 0])
+                return
+            if hi <= 1 and torch.equal(prio, (prio > 0).to(prio.dtype)):
+                change = prio - old  # +1 joins the positive set, -1 leaves it
+                self._remove(index[change < 0])
+                self._append(index[change > 0])
+                return
             self._build_tree()  # priorities stopped being binary: switch to the sum tree
             return
-        old = self._prio[index]
-        self._prio[index] = prio
-        if self._tree is not None:
-            self._n_pos += int((prio > 0).sum()) - int((old > 0).sum())
-            self._tree[index] = self._weights(index, prio).double()
-            return
-        self._remove(index[(old > 0) & (prio == 0)])
-        self._append(index[(old == 0) & (prio > 0)])
+        self._n_pos += int((prio > 0).sum()) - int((old > 0).sum())
+        self._tree[index] = self._weights(index, prio).double()
 
     def _append(self, index: torch.Tensor) -> None:
         n, k = self._n_pos, index.numel()
@@ -348,44 +368,57 @@ class MixtureSampler(Sampler):
         self._pos_slot[movers] = holes
         self._n_pos = n - k
 
-    def _mirror(self, storage: Storage, index: torch.Tensor) -> None:
-        column = _storage_column(storage, self.priority_key)
-        column[index.to(column.device)] = self._prio[index].to(column.device, column.dtype)
+    def _mirror(self, storage: Storage, index: torch.Tensor, priority: torch.Tensor) -> None:
+        column = self._column
+        if column is None or column[0] is not getattr(storage, "_storage", None):
+            # Look the column up once per storage object: a TensorDict lookup costs
+            # more than the write itself.
+            column = self._column = (storage._storage, _storage_column(storage, self.priority_key))
+        column = column[1]
+        if column.device != index.device:
+            index = index.to(column.device)
+        column.index_copy_(0, index, priority.to(column.device, column.dtype))
 
     # ----------------------------------------------------------------- sample
-    def _lam_tensor(self, lam: float) -> torch.Tensor:
-        # A fresh scalar each time λ changes: samples hold views of it.
-        if self._lam_cache is None or self._lam_cache[0] != lam:
-            self._lam_cache = (lam, torch.tensor(lam))
-        return self._lam_cache[1]
+    def _from_priority_masks(self, batch_size: int) -> list[torch.Tensor]:
+        # masks[k] marks "the first k items". They are views of one fixed
+        # [True]*B + [False]*B pattern, made once per batch size, so a draw costs a
+        # list lookup. Samples share them: treat ``from_priority`` as read-only.
+        if self._masks_batch != batch_size:
+            pattern = torch.zeros(2 * batch_size, dtype=torch.bool)
+            pattern[:batch_size] = True
+            self._masks = [pattern[batch_size - k : 2 * batch_size - k] for k in range(batch_size + 1)]
+            self._masks_batch = batch_size
+        return self._masks
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
         n = len(storage)
         if n == 0:
             raise RuntimeError("Cannot sample from an empty storage.")
-        if storage.ndim != 1:
-            raise ValueError(f"MixtureSampler supports 1-D storages only, got ndim={storage.ndim}")
-        lam = self.lam
+        lam = self._lam
         k = 0
-        if self._n_pos > 0 and lam > 0:
-            self._carry += lam * batch_size
-            k = min(int(self._carry), batch_size)
-            self._carry -= k
-        index = torch.empty(batch_size, dtype=torch.int64)
-        if k < batch_size:
-            torch.randint(n, (batch_size - k,), generator=self._rng, out=index[k:])
-        if k:
-            index[:k] = self._sample_priority(k)
+        if self._n_pos and lam:
+            carry = self._carry + lam * batch_size
+            k = min(int(carry), batch_size)
+            self._carry = carry - k
+        index = torch.randint(n, (batch_size,), generator=self._rng)
+        if k:  # the first k draws come from q_P instead
+            self._sample_priority(k, out=index[:k])
         self._last_priority_fraction = k / batch_size
-        info = {"from_priority": torch.arange(batch_size) < k, "mixture_lambda": self._lam_tensor(lam)}
+        if self._lam_t is None or self._lam_t_value != lam:
+            # A fresh scalar whenever λ moves: earlier samples hold views of the old one.
+            self._lam_t, self._lam_t_value = torch.tensor(lam), lam
+        info = {"from_priority": self._from_priority_masks(batch_size)[k], "mixture_lambda": self._lam_t}
         if self.importance_weights:
             info["priority_weight"] = self._importance_weights(index, lam, n)
         return index, info
 
-    def _sample_priority(self, k: int) -> torch.Tensor:
+    def _sample_priority(self, k: int, out: torch.Tensor) -> None:
+        """Writes k i.i.d. draws from q_P into ``out``."""
         if self._tree is None:
             pick = torch.randint(self._n_pos, (k,), generator=self._rng)
-            return self._pos_list.index_select(0, pick)
+            torch.index_select(self._pos_list, 0, pick, out=out)
+            return
         total = self._tree.query(0, self._capacity)
         mass = torch.rand(k, generator=self._rng, dtype=torch.float64) * total
         index = torch.as_tensor(self._tree.scan_lower_bound(mass)).clamp_(0, self._capacity - 1)
@@ -394,7 +427,7 @@ class MixtureSampler(Sampler):
         if bool(zero.any()):
             positive = torch.nonzero(self._prio > 0).squeeze(-1)
             index[zero] = positive[torch.searchsorted(positive, index[zero]).clamp_(max=positive.numel() - 1)]
-        return index
+        out.copy_(index)
 
     def _importance_weights(self, index: torch.Tensor, lam: float, n: int) -> torch.Tensor:
         if self._n_pos == 0 or lam == 0:
@@ -430,6 +463,7 @@ class MixtureSampler(Sampler):
         self.importance_weights = state_dict["importance_weights"]
         self.beta = state_dict["beta"]
         self._written = int(state_dict["written"])
+        self._lam = mixture_lambda(self._written, self.lam_max, self.warmup)
         self._carry = float(state_dict["carry"])
         self._prio = state_dict["priority"].clone().float()
         self._td = state_dict["td_error"].clone().float()
@@ -446,10 +480,16 @@ class MixtureSampler(Sampler):
 
     def _empty(self) -> None:
         self._written = 0
+        self._lam = mixture_lambda(0, self.lam_max, self.warmup)
         self._carry = 0.0
         self._prio.zero_()
         self._td.fill_(float("nan"))
         self._rebuild_index()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_column"] = None  # a view into the storage, not the sampler's to carry
+        return state
 
     def __repr__(self) -> str:
         return (
@@ -460,11 +500,15 @@ class MixtureSampler(Sampler):
 
 def _last_wins(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Deduplicates ``index`` keeping the last value written to each slot."""
+    n = index.numel()
+    # A clip's write-back is small and duplicate-free: a Python set answers faster than torch.unique.
+    if n <= 256 and len(set(index.tolist())) == n:
+        return index, values
     unique, inverse = torch.unique(index, return_inverse=True)
-    if unique.numel() == index.numel():
+    if unique.numel() == n:
         return index, values
     last = torch.full((unique.numel(),), -1, dtype=torch.int64).scatter_reduce(
-        0, inverse, torch.arange(index.numel()), reduce="amax"
+        0, inverse, torch.arange(n), reduce="amax"
     )
     return unique, values[last]
 

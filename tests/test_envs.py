@@ -1,0 +1,162 @@
+"""MiniGrid envs and RenderClips: specs, frames, events, and clip tags under partial resets."""
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from minigrid.core.world_object import Key
+from torchrl.envs import GymEnv, SerialEnv, TransformedEnv
+from torchrl.envs.utils import check_env_specs
+
+from torchrl_vlm import EVENT_NAMES, RenderClips, make_minigrid_env
+from torchrl_vlm.envs.minigrid import MiniGridObservation, _single_env
+
+FORWARD, PICKUP, TOGGLE = 2, 3, 5
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_specs_and_entries(num_envs):
+    env = make_minigrid_env("MiniGrid-DoorKey-8x8-v0", num_envs=num_envs, seed=0)
+    check_env_specs(env)
+    td = env.rollout(5, break_when_any_done=False)
+    batch = (num_envs, 5) if num_envs > 1 else (5,)
+    assert td["observation"].shape == (*batch, 7 * 7 * 3 + 4)
+    assert td["observation"].dtype == torch.float32
+    assert 0 <= float(td["observation"].min()) and float(td["observation"].max()) <= 1
+    # The full 8x8 grid at 8 px per tile: the VLM sees the whole scene.
+    assert td["pixels"].shape == (*batch, 64, 64, 3) and td["pixels"].dtype == torch.uint8
+    assert td["events"].shape == (*batch, len(EVENT_NAMES)) and td["events"].dtype == torch.bool
+    assert td["clip_id"].dtype == torch.int64
+    assert "episode_reward" in td["next"].keys() and "step_count" in td["next"].keys()
+    mission = td["mission"] if num_envs == 1 else td["mission"][0]
+    assert "key" in mission[0]
+
+
+def test_doorkey_12x12_is_registered_and_unknown_envs_are_refused():
+    env = make_minigrid_env("MiniGrid-DoorKey-12x12-v0", tile_size=4, seed=0)
+    assert env.reset()["pixels"].shape == (48, 48, 3)
+    with pytest.raises(ValueError, match="MiniGrid-DoorKey-8x8-v0"):
+        make_minigrid_env("MiniGrid-DoorKey-9x9-v0")
+    with pytest.raises(ValueError, match="num_envs"):
+        make_minigrid_env(num_envs=0)
+
+
+def test_render_off_gives_no_pixels():
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, seed=0)
+    check_env_specs(env)
+    assert "pixels" not in env.reset().keys()
+
+
+def _place(env, pos, direction):
+    base = env.unwrapped
+    base.agent_pos = np.array(pos)
+    base.agent_dir = direction
+
+
+def test_events_come_from_the_simulator_state():
+    env = MiniGridObservation(gym.make("MiniGrid-DoorKey-5x5-v0"), render=False)
+    env.reset(seed=0)
+    base = env.unwrapped
+    grid = base.grid
+    key_pos = next((i, j) for i in range(5) for j in range(5) if isinstance(grid.get(i, j), Key))
+    door_pos = next(
+        (i, j) for i in range(5) for j in range(5) if grid.get(i, j) is not None and grid.get(i, j).type == "door"
+    )
+    names = list(EVENT_NAMES)
+
+    # Stand left of the key facing right (dir 0), and pick it up.
+    _place(env, (key_pos[0] - 1, key_pos[1]) if key_pos[0] > 1 else (key_pos[0], key_pos[1] - 1),
+           0 if key_pos[0] > 1 else 1)
+    obs, *_ = env.step(PICKUP)
+    assert obs["events"][names.index("key_pickup")] and obs["events"][names.index("first_key_pickup")]
+    assert not obs["events"][names.index("door_open")]
+
+    # Drop and pick up again: a pick-up, but not the first one.
+    env.step(4)
+    obs, *_ = env.step(PICKUP)
+    assert obs["events"][names.index("key_pickup")] and not obs["events"][names.index("first_key_pickup")]
+
+    # Face the (locked) door holding the key, and open it.
+    _place(env, (door_pos[0] - 1, door_pos[1]), 0)
+    obs, *_ = env.step(TOGGLE)
+    assert obs["events"][names.index("door_open")] and obs["events"][names.index("first_door_open")]
+
+    # Step next to the goal (bottom-right corner) and walk onto it.
+    _place(env, (3 - 1, 3), 0)
+    obs, reward, terminated, *_ = env.step(FORWARD)
+    assert terminated and reward > 0
+    assert obs["events"][names.index("goal")] and obs["success"][0]
+
+
+def _two_envs_of_different_episode_lengths(clip_len):
+    # Same env, different step limits: episodes end at different times, so the
+    # batched env resets one env while the other goes on (a partial reset).
+    makers = [
+        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 8, False, 5, "cpu"),
+        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 8, False, 7, "cpu"),
+    ]
+    base = SerialEnv(2, makers)
+    env = TransformedEnv(base, RenderClips(clip_len=clip_len, frame_key=None, worker_id=1))
+    env.set_seed(0)
+    return env
+
+
+def test_clip_tags_with_partial_resets_step_by_step():
+    clip_len = 3
+    env = _two_envs_of_different_episode_lengths(clip_len)
+    check_env_specs(env)
+    td = env.rollout(20, break_when_any_done=False)
+    done = td["next", "done"].squeeze(-1)
+    # Env 0 ends every 5 steps, env 1 every 7: the resets are partial.
+    assert done[0].nonzero().squeeze(-1).tolist() == [4, 9, 14, 19]
+    assert done[1].nonzero().squeeze(-1).tolist() == [6, 13]
+
+    for e in range(2):
+        step_in_episode = 0
+        expected_ids = []
+        for t in range(20):
+            assert td["clip_step"][e, t] == step_in_episode % clip_len
+            expected_ids.append((t, step_in_episode // clip_len))
+            step_in_episode = 0 if done[e, t] else step_in_episode + 1
+        # Steps share a clip id exactly when they share (episode, clip-in-episode).
+        episode = torch.cat([torch.zeros(1, dtype=torch.long), done[e, :-1].long().cumsum(0)])
+        keys = [(int(episode[t]), c) for t, c in expected_ids]
+        ids = td["clip_id"][e].tolist()
+        for t1 in range(20):
+            for t2 in range(20):
+                assert (ids[t1] == ids[t2]) == (keys[t1] == keys[t2])
+    # Ids are unique across the two envs.
+    assert not set(td["clip_id"][0].tolist()) & set(td["clip_id"][1].tolist())
+    # The next-step tag is the one the following row carries at its root.
+    assert torch.equal(td["next", "clip_id"][:, :-1][~done[:, :-1]], td["clip_id"][:, 1:][~done[:, :-1]])
+
+
+def test_worker_salt_keeps_ids_unique_across_processes():
+    a = RenderClips(worker_id=1)._new_ids(4, "cpu")
+    b = RenderClips(worker_id=2)._new_ids(4, "cpu")
+    assert not set(a.tolist()) & set(b.tolist())
+    with pytest.raises(ValueError, match="worker_id"):
+        RenderClips(worker_id=-1)
+    with pytest.raises(ValueError, match="clip_len"):
+        RenderClips(clip_len=0)
+
+
+def test_render_clips_renders_when_the_parent_gives_no_frame():
+    import torchrl_vlm  # noqa: F401  (registers the MissionSpace spec conversion)
+
+    base = GymEnv("MiniGrid-DoorKey-5x5-v0", render_mode="rgb_array", categorical_action_encoding=True)
+    env = TransformedEnv(base, RenderClips(clip_len=4, frame_shape=(160, 160, 3)))
+    check_env_specs(env)
+    td = env.rollout(3)
+    assert td["pixels"].shape == (3, 160, 160, 3)
+    assert torch.equal(td["next", "pixels"][-1], torch.as_tensor(base._env.render()))
+    with pytest.raises(ValueError, match="frame_shape"):
+        TransformedEnv(GymEnv("MiniGrid-DoorKey-5x5-v0"), RenderClips()).observation_spec
+
+
+def test_clip_counter_survives_a_checkpoint():
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, seed=0, worker_id=3)
+    env.rollout(40)
+    state = env.state_dict()
+    fresh = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, seed=0, worker_id=3)
+    fresh.load_state_dict(state)
+    assert fresh.transform[0]._next_id == env.transform[0]._next_id > 0

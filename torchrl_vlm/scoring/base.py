@@ -1,0 +1,78 @@
+"""The scorer protocol: a batch of clips in, P(yes) per clip out (VLM-RB step 4).
+
+A batch of clips is a :class:`~tensordict.TensorDict` with ``batch_size=[B]``:
+
+- ``frames``: uint8 ``[B, L, H, W, 3]``, the rendered frames of each clip, padded
+  to the longest clip of the batch;
+- ``mask``: bool ``[B, L]``, ``True`` on real steps (a clip cut short by the end
+  of an episode is padded with ``False``);
+- ``mission``: one string per clip (a non-tensor entry), where the env has one;
+- ``events``: bool ``[B, L, E]`` per-step flags, where the env gives them. Row
+  ``t`` holds the events that the transition's own action caused (the
+  collector's ``("next", "events")``).
+
+A scorer returns a float tensor ``[B]`` of P(yes) in [0, 1]; the collector hook
+thresholds it into a binary priority.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from tensordict import TensorDictBase
+
+__all__ = ["Scorer", "validate_clips", "check_scores"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Maps a TensorDict of clips to P(yes) per clip, a float tensor ``[B]`` in [0, 1].
+
+    ``needs_frames`` tells the pipeline whether the scorer looks at ``frames``
+    (a ground-truth scorer does not, so rendering can be turned off).
+    """
+
+    needs_frames: bool
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        ...
+
+
+def validate_clips(clips: TensorDictBase, *, require_frames: bool = True) -> None:
+    """Raises a clear ``TypeError``/``ValueError`` if ``clips`` breaks the protocol above."""
+    if not isinstance(clips, TensorDictBase):
+        raise TypeError(f"clips must be a TensorDict, got {type(clips).__name__}")
+    if clips.batch_dims != 1:
+        raise ValueError(f"clips must have batch_size [B], got {list(clips.batch_size)}")
+    if clips.batch_size[0] == 0:
+        raise ValueError("clips is empty: a batch needs at least one clip")
+    mask = clips.get("mask", None)
+    if mask is None:
+        raise ValueError("clips has no 'mask' entry (bool [B, L])")
+    if mask.dtype != torch.bool or mask.ndim != 2:
+        raise ValueError(f"clips['mask'] must be bool [B, L], got {mask.dtype} {list(mask.shape)}")
+    if not bool(mask.any(-1).all()):
+        raise ValueError("every clip needs at least one real step in 'mask'")
+    frames = clips.get("frames", None)
+    if frames is None:
+        if require_frames:
+            raise ValueError("clips has no 'frames' entry (uint8 [B, L, H, W, 3])")
+        return
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"clips['frames'] must be uint8, got {frames.dtype}")
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"clips['frames'] must be [B, L, H, W, 3], got {list(frames.shape)}")
+    if frames.shape[:2] != mask.shape:
+        raise ValueError(
+            f"clips['frames'] {list(frames.shape[:2])} and clips['mask'] {list(mask.shape)} disagree on [B, L]"
+        )
+
+
+def check_scores(scores: torch.Tensor, n: int, who: str) -> torch.Tensor:
+    """Checks that a scorer returned ``n`` finite probabilities; returns them as float32 on CPU."""
+    scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
+    if scores.numel() != n:
+        raise ValueError(f"{who} returned {scores.numel()} scores for {n} clips")
+    if not bool(torch.isfinite(scores).all()) or bool((scores < 0).any() | (scores > 1).any()):
+        raise ValueError(f"{who} returned scores outside [0, 1]: {scores.tolist()[:8]}")
+    return scores
