@@ -1,17 +1,47 @@
 """torchrl_vlm: TorchRL-native components that let a frozen VLM guide reinforcement learning.
 
-See DESIGN in the repository for the data flow. Public names are re-exported here.
+The public names below are the contract that recipes, tests and users rely on.
+``TransformersScorer`` is imported on first use (it pulls in ``transformers``).
 """
-from torchrl_vlm.envs import EVENT_NAMES, RenderClips, make_minigrid_env
-from torchrl_vlm.replay import MixtureSampler, make_replay_buffer, mixture_lambda
+from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, make_minigrid_env
+from torchrl_vlm.replay import ClipAssembler, MixtureSampler, make_replay_buffer, mixture_lambda
+from torchrl_vlm.scoring import (
+    EVENT_DEFINITIONS,
+    DelayedScorer,
+    MiniGridEventScorer,
+    NoisyScorer,
+    Scorer,
+    ScoringService,
+    ScoringServiceError,
+    VLMScoringHook,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClipAssembler",
+    "DelayedScorer",
+    "EVENT_DEFINITIONS",
     "EVENT_NAMES",
+    "MINIGRID_ENVS",
+    "MiniGridEventScorer",
     "MixtureSampler",
+    "NoisyScorer",
     "RenderClips",
+    "Scorer",
+    "ScoringService",
+    "ScoringServiceError",
+    "TransformersScorer",
+    "VLMScoringHook",
     "make_minigrid_env",
     "make_replay_buffer",
     "mixture_lambda",
 ]
+
+
+def __getattr__(name):
+    if name == "TransformersScorer":
+        from torchrl_vlm.scoring.transformers import TransformersScorer
+
+        return TransformersScorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Replay: the λ-annealed mixture sampler and buffer factory (VLM-RB step 5)."""
 from torchrl_vlm.replay.buffer import make_replay_buffer
+from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler, mixture_lambda
 
-__all__ = ["MixtureSampler", "make_replay_buffer", "mixture_lambda"]
+__all__ = ["ClipAssembler", "MixtureSampler", "make_replay_buffer", "mixture_lambda"]

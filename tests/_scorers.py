@@ -1,0 +1,58 @@
+"""Scorers with injected faults, for the service tests.
+
+They live in a module of their own so that the spawned scoring process can
+import them by name.
+"""
+import time
+
+import torch
+
+from torchrl_vlm.scoring.base import validate_clips
+
+
+class ClipIdParityScorer:
+    """P(yes) = clip_id % 2: a verdict that names its clip, so a misplaced write shows."""
+
+    needs_frames = False
+
+    def __init__(self, latency_s: float = 0.0):
+        self.latency_s = latency_s
+
+    def __call__(self, clips):
+        validate_clips(clips, require_frames=False)
+        time.sleep(self.latency_s)
+        return (clips["clip_id"] % 2).float()
+
+
+class BrokenAtStart:
+    needs_frames = False
+
+    def __init__(self):
+        raise OSError("weights for 'acme/missing-vlm' are not on this machine")
+
+
+class HangingScorer:
+    needs_frames = False
+
+    def __call__(self, clips):
+        time.sleep(3600)
+
+
+class RaisingScorer:
+    needs_frames = False
+
+    def __call__(self, clips):
+        raise RuntimeError("CUDA error: out of memory (injected)")
+
+
+class SlowConstantScorer:
+    """Answers 1.0 after a pause; counts nothing, holds nothing."""
+
+    needs_frames = False
+
+    def __init__(self, latency_s: float = 0.2):
+        self.latency_s = latency_s
+
+    def __call__(self, clips):
+        time.sleep(self.latency_s)
+        return torch.ones(clips.batch_size[0])

@@ -1,0 +1,127 @@
+"""Clip assembly: regroups collected steps into whole clips (VLM-RB step 3).
+
+A collector hands over batches of steps from several envs; a clip can start in
+one batch and end in the next. :class:`ClipAssembler` keeps the unfinished
+clips' steps between batches and returns the clips that are complete: ``clip_len``
+steps, or fewer when the episode ended. Steps are regrouped by ``clip_id`` and
+put in order by ``clip_step``, so any batch layout works (``[n_envs, T]``
+flattened, or steps in any order).
+"""
+from __future__ import annotations
+
+import torch
+from tensordict import NonTensorStack, TensorDict, TensorDictBase
+
+__all__ = ["ClipAssembler"]
+
+
+class ClipAssembler:
+    """Collects steps tagged with ``clip_id``/``clip_step`` and emits complete clips.
+
+    ``add(steps)`` takes a flat TensorDict ``[N]`` that holds at least
+    ``clip_id`` (int64), ``clip_step`` (int64) and ``end`` (bool: the episode
+    ended at this step), plus any per-step entries to carry along (frames,
+    events, buffer indices, ...). It returns a TensorDict ``[B]`` of the clips
+    completed by these steps, or ``None``:
+
+    - each per-step entry becomes ``[B, clip_len, ...]``, zero-padded;
+    - ``mask`` (bool ``[B, clip_len]``) marks the real steps;
+    - ``clip_id`` is ``[B]``;
+    - ``mission`` (one string per clip) when ``missions`` were given.
+
+    A clip whose steps stop arriving (its env was dropped, say) is abandoned
+    after ``max_idle`` calls without news, so memory stays bounded;
+    :attr:`abandoned` counts them.
+    """
+
+    def __init__(self, clip_len: int = 32, max_idle: int = 8):
+        if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
+            raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
+        if not isinstance(max_idle, int) or max_idle < 1:
+            raise ValueError(f"max_idle must be an int >= 1, got {max_idle!r}")
+        self.clip_len = clip_len
+        self.max_idle = max_idle
+        self._carry: TensorDictBase | None = None  # steps of unfinished clips
+        self._carry_missions: list[str] | None = None
+        self._last_seen: dict[int, int] = {}
+        self._calls = 0
+        self.abandoned = 0
+
+    @property
+    def open_clips(self) -> int:
+        """Clips with some steps seen and not yet complete."""
+        return len(self._last_seen)
+
+    def add(self, steps: TensorDictBase, missions: list[str] | None = None) -> TensorDictBase | None:
+        for key in ("clip_id", "clip_step", "end"):
+            if key not in steps.keys():
+                raise KeyError(f"ClipAssembler.add needs a {key!r} entry per step")
+        if steps.batch_dims != 1:
+            raise ValueError(f"steps must be flat ([N]), got batch_size {list(steps.batch_size)}")
+        self._calls += 1
+        fresh_ids = set(steps["clip_id"].tolist())  # clips that got news in this call
+        if self._carry is not None:
+            steps = torch.cat([self._carry, steps])
+            if missions is not None and self._carry_missions is not None:
+                missions = self._carry_missions + list(missions)
+        if steps.batch_size[0] == 0:
+            return None
+
+        # Lexicographic (clip_id, clip_step) order with two stable sorts.
+        order = torch.sort(steps["clip_step"], stable=True).indices
+        order = order[torch.sort(steps["clip_id"][order], stable=True).indices]
+        clip_ids, counts = torch.unique_consecutive(steps["clip_id"][order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        last_row = order[starts + counts - 1]
+        complete = (counts >= self.clip_len) | steps["end"][last_row].reshape(-1)
+        out = None
+        if bool(complete.any()):
+            out = self._gather(steps, order, starts[complete], counts[complete], missions)
+
+        # Unfinished clips wait for their next steps, unless they went quiet.
+        keep = ~complete
+        last_seen = {}
+        for i in torch.nonzero(keep).squeeze(-1).tolist():
+            cid = int(clip_ids[i])
+            seen = self._calls if cid in fresh_ids else self._last_seen.get(cid, self._calls)
+            if self._calls - seen >= self.max_idle:
+                keep[i] = False
+                self.abandoned += 1
+            else:
+                last_seen[cid] = seen
+        self._last_seen = last_seen
+        if bool(keep.any()):
+            rows = torch.cat([order[s : s + c] for s, c in zip(starts[keep].tolist(), counts[keep].tolist())])
+            self._carry = steps[rows]
+            self._carry_missions = None if missions is None else [missions[i] for i in rows.tolist()]
+        else:
+            self._carry, self._carry_missions = None, None
+        return out
+
+    def _gather(self, steps, order, starts, counts, missions) -> TensorDictBase:
+        n_clips = starts.numel()
+        length = self.clip_len
+        counts = counts.clamp(max=length)  # a clip never holds more than clip_len steps
+        offset = torch.arange(length)
+        mask = offset < counts.unsqueeze(-1)
+        pos = (starts.unsqueeze(-1) + offset).clamp(max=order.numel() - 1)
+        rows = torch.where(mask, order[pos], torch.zeros_like(pos))
+        clips = steps.exclude("end")[rows.reshape(-1)].reshape(n_clips, length)
+        padding = ~mask
+        if bool(padding.any()):
+            # Zero the padding, so that no step of another clip leaks in.
+            clips = clips.apply(lambda x: x.index_put_((padding,), x.new_zeros(())))
+        out = TensorDict(
+            {key: value for key, value in clips.items() if key not in ("clip_id", "clip_step")},
+            batch_size=[n_clips],
+        )
+        out.set("clip_id", steps["clip_id"][order[starts]])
+        out.set("mask", mask)
+        if missions is not None:
+            out.set("mission", NonTensorStack(*[missions[i] for i in order[starts].tolist()]))
+        return out
+
+    def reset(self) -> None:
+        """Forgets unfinished clips (e.g. after the envs were reset by hand)."""
+        self._carry, self._carry_missions = None, None
+        self._last_seen.clear()

@@ -1,0 +1,144 @@
+"""Scorers that need no weights: ground truth, controlled noise, and fixed latency.
+
+They are named stand-ins, never silent fallbacks:
+
+- :class:`MiniGridEventScorer` reads the simulator's events and plays an
+  *ideal* VLM, the upper bound of what a scorer can give VLM-RB;
+- :class:`NoisyScorer` gives any scorer chosen false-positive and
+  false-negative rates, which answers "how accurate must my VLM be?";
+- :class:`DelayedScorer` adds a fixed latency that uses no CPU, to measure the
+  pipeline's overhead as if a VLM ran on its own GPU.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tensordict import TensorDictBase
+
+from torchrl_vlm.envs.minigrid import EVENT_NAMES
+from torchrl_vlm.scoring.base import validate_clips
+
+__all__ = ["DelayedScorer", "EVENT_DEFINITIONS", "MiniGridEventScorer", "NoisyScorer"]
+
+#: What counts as meaningful, by name. The paper's prompt asks for "goal
+#: satisfaction"; ``any`` and ``first_progress`` also credit the sub-goals.
+EVENT_DEFINITIONS = {
+    # every key pick-up, door opening or goal
+    "any": ("key_pickup", "door_open", "goal"),
+    # the first pick-up and first opening of an episode, and the goal:
+    # re-picking a dropped key is not progress
+    "first_progress": ("first_key_pickup", "first_door_open", "goal"),
+    # reaching the goal only
+    "goal_only": ("goal",),
+}
+
+
+class MiniGridEventScorer:
+    """An idealised VLM: P(yes) = 1 if a chosen ground-truth event happens in the clip, else 0.
+
+    It reads the clips' ``events`` entry (bool ``[B, L, E]``, columns named by
+    :data:`~torchrl_vlm.envs.minigrid.EVENT_NAMES`), only on real steps (``mask``).
+
+    Args:
+        definition: which events make a clip meaningful: a name from
+            :data:`EVENT_DEFINITIONS` (``"any"``, ``"first_progress"``,
+            ``"goal_only"``) or a tuple of event names.
+    """
+
+    needs_frames = False
+
+    def __init__(self, definition: str | tuple[str, ...] = "any"):
+        if isinstance(definition, str):
+            if definition not in EVENT_DEFINITIONS:
+                raise ValueError(
+                    f"definition must be one of {sorted(EVENT_DEFINITIONS)} or a tuple of event "
+                    f"names from {EVENT_NAMES}, got {definition!r}"
+                )
+            events = EVENT_DEFINITIONS[definition]
+        else:
+            events = tuple(definition)
+            unknown = [e for e in events if e not in EVENT_NAMES]
+            if unknown or not events:
+                raise ValueError(f"unknown event names {unknown}; choose from {EVENT_NAMES}")
+        self.definition = definition
+        self.columns = torch.tensor([EVENT_NAMES.index(e) for e in events])
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        validate_clips(clips, require_frames=False)
+        events = clips.get("events", None)
+        if events is None:
+            raise ValueError("MiniGridEventScorer needs the clips' 'events' entry (bool [B, L, E])")
+        if events.ndim != 3 or events.shape[-1] != len(EVENT_NAMES):
+            raise ValueError(
+                f"clips['events'] must be [B, L, {len(EVENT_NAMES)}] (EVENT_NAMES), got {list(events.shape)}"
+            )
+        hit = events[..., self.columns].any(-1) & clips["mask"]
+        return hit.any(-1).float()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(definition={self.definition!r})"
+
+
+class NoisyScorer:
+    """Wraps a scorer and flips its verdicts at chosen rates.
+
+    The base verdict is ``base(clips) >= 0.5``. A positive verdict becomes 0
+    with probability ``false_negative_rate``; a negative one becomes 1 with
+    probability ``false_positive_rate``. The output is 0 or 1.
+
+    Args:
+        base: the scorer to corrupt, or a zero-argument factory of it (so the
+            whole thing stays picklable for :class:`ScoringService`).
+        false_positive_rate: P(yes | not meaningful), in [0, 1].
+        false_negative_rate: P(no | meaningful), in [0, 1].
+        seed: seeds the flips, so runs are reproducible.
+    """
+
+    def __init__(self, base, false_positive_rate: float = 0.0, false_negative_rate: float = 0.0, seed: int = 0):
+        for name, rate in (("false_positive_rate", false_positive_rate), ("false_negative_rate", false_negative_rate)):
+            if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be a float in [0, 1], got {rate!r}")
+        if isinstance(base, type):
+            base = base()
+        if not callable(base):
+            raise TypeError(f"base must be a scorer, got {type(base).__name__}")
+        self.base = base
+        self.false_positive_rate = float(false_positive_rate)
+        self.false_negative_rate = float(false_negative_rate)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.needs_frames = getattr(base, "needs_frames", True)
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        truth = torch.as_tensor(self.base(clips)).float().cpu() >= 0.5
+        u = torch.rand(truth.shape, generator=self.generator)
+        flipped = torch.where(truth, u < self.false_negative_rate, u < self.false_positive_rate)
+        return (truth ^ flipped).float()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.base!r}, fpr={self.false_positive_rate}, "
+            f"fnr={self.false_negative_rate})"
+        )
+
+
+class DelayedScorer:
+    """Adds a fixed latency per call (a sleep, so it uses no CPU) to another scorer.
+
+    It models a VLM on its own accelerator: the scoring process waits, the
+    learner's CPU does not. Used by the pipeline-overhead benchmark and tests.
+    """
+
+    def __init__(self, base, latency_s: float):
+        if not latency_s >= 0:
+            raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
+        self.base = base() if isinstance(base, type) else base
+        self.latency_s = float(latency_s)
+        self.needs_frames = getattr(self.base, "needs_frames", True)
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        time.sleep(self.latency_s)
+        return self.base(clips)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base!r}, latency_s={self.latency_s})"

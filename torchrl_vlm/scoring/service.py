@@ -1,0 +1,475 @@
+"""ScoringService: a scorer in its own process, fed through bounded queues (VLM-RB step 4).
+
+The paper's asynchronous worker: clips go in through Q_in, scores come back
+through Q_out, and the learner never waits. Here that is a process started
+with ``torch.multiprocessing``'s *spawn* context. The scorer is built inside
+the child from a picklable zero-argument factory, so the parent never loads
+the model, and the child has its own thread budget and device.
+
+Failure policy (every case is counted in :attr:`ScoringService.stats`):
+
+- the scorer cannot be built → the constructor raises, naming the factory and
+  repeating the child's error;
+- more than ``max_pending`` clips wait → the *oldest* waiting submissions are
+  dropped (fresh clips are worth more: old slots are the first to be
+  overwritten in the buffer);
+- the worker dies (e.g. SIGKILL) → it is restarted, at most ``max_restarts``
+  times; the clips it held are counted as lost, the waiting ones go to the
+  new worker;
+- the worker hangs → after ``hang_timeout_s`` on one batch it is killed and
+  restarted the same way;
+- the scorer raises on a batch → the batch's clips are lost and counted, and
+  after ``max_consecutive_errors`` such batches the service raises.
+
+Submissions wait in a bounded queue in the parent (Q_in), and only a small
+window of them (``2 * batch_clips`` clips) is handed to the worker at a time,
+so dropping the oldest is exact and a crash loses only what the worker held.
+No call of the parent blocks on the worker, except the start-up handshake.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.multiprocessing as mp
+from tensordict import TensorDictBase
+
+from torchrl_vlm.scoring.base import check_scores
+
+__all__ = ["ScoredBatch", "ScoringService", "ScoringServiceError"]
+
+logger = logging.getLogger(__name__)
+
+_STOP = None  # sentinel on the input queue
+
+
+class ScoringServiceError(RuntimeError):
+    """The scoring process could not start, or failed beyond the restart budget."""
+
+
+@dataclass
+class ScoredBatch:
+    """Scores of one submission, as :meth:`ScoringService.poll` returns them."""
+
+    meta: Any
+    """Whatever was passed to :meth:`ScoringService.submit` with the clips (the hook
+    passes the clips' buffer indices and generations)."""
+    scores: torch.Tensor
+    """P(yes) per clip, float32 [B]."""
+    latency_s: float
+    """Seconds from submission to the result's arrival in the parent."""
+
+
+def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int) -> None:
+    """The child: build the scorer, report, then score submissions until told to stop."""
+    torch.set_num_threads(num_threads)
+    try:
+        scorer = factory()
+    except BaseException as err:  # noqa: BLE001 - everything must reach the parent
+        q_out.put(("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+        return
+    q_out.put(("ready", os.getpid()))
+    stop = False
+    while not stop:
+        item = q_in.get()
+        if item is _STOP:
+            break
+        items = [item]
+        n_clips = item[1].batch_size[0]
+        # Score several submissions in one call when they are waiting: a VLM is far
+        # more efficient on a batch than clip by clip.
+        while n_clips < batch_clips:
+            try:
+                nxt = q_in.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                stop = True
+                break
+            items.append(nxt)
+            n_clips += nxt[1].batch_size[0]
+        tickets = [t for t, _ in items]
+        q_out.put(("busy", tickets, time.time()))
+        try:
+            clips = _concat([td for _, td in items])
+            scores = check_scores(scorer(clips), clips.batch_size[0], type(scorer).__name__)
+        except Exception as err:  # noqa: BLE001
+            q_out.put(("error", tickets, f"{type(err).__name__}: {err}"))
+            continue
+        sizes = [td.batch_size[0] for _, td in items]
+        q_out.put(("scores", tickets, list(scores.split(sizes))))
+
+
+def _concat(tds: list[TensorDictBase]) -> TensorDictBase:
+    if len(tds) == 1:
+        return tds[0]
+    length = max(td["mask"].shape[1] for td in tds)
+    return torch.cat([_pad_steps(td, length) for td in tds])
+
+
+def _pad_steps(td: TensorDictBase, length: int) -> TensorDictBase:
+    """Pads every per-step entry ([B, L, ...]) of a clip batch with zeros to ``length`` steps."""
+    steps = td["mask"].shape[1]
+    if steps == length:
+        return td
+    out = td.empty()
+    for key, value in td.items():
+        if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[1] == steps:
+            pad = value.new_zeros((value.shape[0], length - steps, *value.shape[2:]))
+            value = torch.cat([value, pad], 1)
+        out.set(key, value)
+    return out
+
+
+def _describe(factory) -> str:
+    """A readable name for a scorer factory (a partial shows its model id)."""
+    text = repr(factory)
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class ScoringService:
+    """Runs a :class:`~torchrl_vlm.scoring.base.Scorer` in a separate process.
+
+    Args:
+        scorer_factory: a picklable zero-argument callable that builds the scorer
+            in the child (a class, a ``functools.partial``, a module-level function).
+        max_pending: most clips waiting to be handed to the worker; beyond it the
+            oldest submissions are dropped. This bounds the memory the frames take.
+        batch_clips: the worker merges waiting submissions up to this many clips
+            into one scorer call.
+        num_threads: torch threads of the worker (its CPU budget).
+        env: extra environment variables for the worker, e.g.
+            ``{"CUDA_VISIBLE_DEVICES": "1"}`` to give the scorer its own GPU.
+        start_timeout_s: how long the constructor waits for the scorer to load.
+        max_restarts: how often a dead or hung worker is restarted before the
+            service gives up with :class:`ScoringServiceError`.
+        hang_timeout_s: a batch taking longer than this is treated as a hang.
+        max_consecutive_errors: scorer exceptions in a row before giving up.
+
+    Examples:
+        >>> import functools
+        >>> from torchrl_vlm import ScoringService, MiniGridEventScorer
+        >>> with ScoringService(MiniGridEventScorer) as service:  # doctest: +SKIP
+        ...     service.submit(clips, meta="batch-0")
+        ...     results = service.poll()   # later; never blocks
+    """
+
+    def __init__(
+        self,
+        scorer_factory: Callable[[], Any],
+        *,
+        max_pending: int = 256,
+        batch_clips: int = 16,
+        num_threads: int = 1,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 300.0,
+        max_restarts: int = 3,
+        hang_timeout_s: float = 600.0,
+        max_consecutive_errors: int = 10,
+    ):
+        if not callable(scorer_factory):
+            raise TypeError(
+                f"scorer_factory must be a picklable zero-argument callable (a class, a "
+                f"functools.partial or a module-level function), got {type(scorer_factory).__name__}"
+            )
+        for name, value, low in (
+            ("max_pending", max_pending, 1),
+            ("batch_clips", batch_clips, 1),
+            ("num_threads", num_threads, 1),
+            ("max_restarts", max_restarts, 0),
+            ("max_consecutive_errors", max_consecutive_errors, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not start_timeout_s > 0 or not hang_timeout_s > 0:
+            raise ValueError("start_timeout_s and hang_timeout_s must be > 0")
+        self.scorer_factory = scorer_factory
+        self.max_pending = max_pending
+        self.batch_clips = batch_clips
+        self.num_threads = num_threads
+        self.env = dict(env or {})
+        self.start_timeout_s = start_timeout_s
+        self.max_restarts = max_restarts
+        self.hang_timeout_s = hang_timeout_s
+        self.max_consecutive_errors = max_consecutive_errors
+
+        self._ctx = mp.get_context("spawn")
+        self._tickets = itertools.count()
+        # ticket -> (meta, n_clips, submit time) for every unanswered submission
+        self._pending: dict[int, tuple[Any, int, float]] = {}
+        self._waiting: deque[tuple[int, TensorDictBase]] = deque()  # Q_in: not yet handed over
+        self._waiting_clips = 0
+        self._in_flight: dict[int, int] = {}  # handed to the worker: ticket -> n_clips
+        self._busy: tuple[list[int], float] | None = None
+        self._errors_in_a_row = 0
+        self._latencies: deque[float] = deque(maxlen=2048)
+        self._counters = dict.fromkeys(
+            ("clips_submitted", "clips_scored", "clips_dropped", "clips_lost", "worker_restarts", "scorer_errors"),
+            0,
+        )
+        self._closed = False
+        self._process = None
+        self._start_worker()
+
+    # ------------------------------------------------------------ lifecycle
+    def _start_worker(self, wait: bool = True) -> None:
+        """Starts a worker on fresh queues; waits for its scorer unless ``wait=False``.
+
+        A restart does not wait: loading a VLM can take a minute, and training
+        goes on meanwhile. Its "ready" (or "failed") message arrives in :meth:`poll`.
+        """
+        self._close_queues()
+        self._q_in = self._ctx.Queue()
+        self._q_out = self._ctx.Queue()
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)  # spawn copies the parent's environment at start
+        try:
+            self._process = self._ctx.Process(
+                target=_worker_main,
+                args=(self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips),
+                daemon=True,
+                name="torchrl_vlm-scorer",
+            )
+            self._process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if wait:
+            self._wait_ready()
+
+    def _close_queues(self) -> None:
+        for name in ("_q_in", "_q_out"):
+            q = getattr(self, name, None)
+            if q is not None:
+                q.cancel_join_thread()  # never block on data nobody will read
+                q.close()
+                setattr(self, name, None)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            try:
+                message = self._q_out.get(timeout=0.1)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    code = self._process.exitcode
+                    self._process = None
+                    raise ScoringServiceError(
+                        f"the scoring process for {_describe(self.scorer_factory)} died while "
+                        f"building the scorer (exit code {code})"
+                    ) from None
+                if time.monotonic() > deadline:
+                    self._kill()
+                    raise ScoringServiceError(
+                        f"the scorer {_describe(self.scorer_factory)} did not load within "
+                        f"{self.start_timeout_s:.0f}s (raise start_timeout_s for large models)"
+                    ) from None
+                continue
+            if message[0] == "ready":
+                return
+            if message[0] == "failed":
+                self._on_failed(message[1])
+
+    def _on_failed(self, text: str) -> None:
+        self._process.join(timeout=5)
+        self._process = None
+        self.close()
+        raise ScoringServiceError(
+            f"could not build the scorer {_describe(self.scorer_factory)} in the scoring process:\n{text}"
+        )
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the scoring worker (``None`` once closed)."""
+        return None if self._process is None else self._process.pid
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5)
+
+    def _restart(self, reason: str) -> None:
+        lost = 0
+        for ticket, n in self._in_flight.items():
+            if self._pending.pop(ticket, None) is not None:
+                lost += n
+        self._in_flight.clear()
+        self._counters["clips_lost"] += lost
+        self._busy = None
+        self._kill()
+        if self._counters["worker_restarts"] >= self.max_restarts:
+            self._process = None
+            self._closed = True
+            raise ScoringServiceError(
+                f"the scoring worker for {_describe(self.scorer_factory)} {reason}, and it was "
+                f"already restarted {self.max_restarts} times (max_restarts); giving up"
+            )
+        self._counters["worker_restarts"] += 1
+        logger.warning(
+            "scoring worker %s; restarting it (%d of %d), %d clips lost",
+            reason, self._counters["worker_restarts"], self.max_restarts, lost,
+        )
+        self._start_worker(wait=False)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stops the worker (politely, then by force) and releases the queues."""
+        if self._closed and self._process is None:
+            return
+        self._closed = True
+        if self._process is not None:
+            if self._process.is_alive():
+                try:
+                    self._q_in.put(_STOP)
+                except (ValueError, OSError):
+                    pass
+                self._process.join(timeout=timeout_s)
+            self._kill()
+            self._process = None
+        self._close_queues()
+
+    def __enter__(self) -> "ScoringService":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close(timeout_s=1.0)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # --------------------------------------------------------------- traffic
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ScoringServiceError("the scoring service is closed")
+
+    def submit(self, clips: TensorDictBase, meta: Any = None) -> int | None:
+        """Queues a batch of clips for scoring without waiting; returns a ticket.
+
+        When more than ``max_pending`` clips would be waiting, the oldest waiting
+        submissions are dropped (and counted in ``clips_dropped``) to make room.
+        Returns ``None`` if the submission is larger than ``max_pending`` by itself.
+        """
+        self._check_open()
+        if not isinstance(clips, TensorDictBase) or clips.batch_dims != 1:
+            raise TypeError("clips must be a TensorDict with batch_size [B]")
+        n = clips.batch_size[0]
+        if n == 0:
+            return None
+        self._watchdog()
+        self._counters["clips_submitted"] += n
+        if n > self.max_pending:
+            self._counters["clips_dropped"] += n
+            return None
+        while self._waiting and self._waiting_clips + n > self.max_pending:
+            ticket, old = self._waiting.popleft()
+            self._waiting_clips -= old.batch_size[0]
+            self._pending.pop(ticket)
+            self._counters["clips_dropped"] += old.batch_size[0]
+        ticket = next(self._tickets)
+        self._pending[ticket] = (meta, n, time.monotonic())
+        self._waiting.append((ticket, clips))
+        self._waiting_clips += n
+        self._pump()
+        return ticket
+
+    def _pump(self) -> None:
+        """Hands waiting submissions to the worker while it holds fewer than 2 batches."""
+        window = 2 * self.batch_clips
+        while self._waiting and sum(self._in_flight.values()) < window:
+            ticket, clips = self._waiting.popleft()
+            n = clips.batch_size[0]
+            self._waiting_clips -= n
+            self._in_flight[ticket] = n
+            # Consolidated: one shared-memory block per submission instead of one per tensor.
+            self._q_in.put((ticket, clips.consolidate()))
+
+    def poll(self) -> list[ScoredBatch]:
+        """Returns the scores that have arrived since the last call; never waits."""
+        self._check_open()
+        out: list[ScoredBatch] = []
+        while True:
+            try:
+                message = self._q_out.get_nowait()
+            except queue.Empty:
+                break
+            kind = message[0]
+            if kind == "ready":  # a restarted worker finished loading
+                continue
+            if kind == "failed":
+                self._on_failed(message[1])
+            if kind == "busy":
+                self._busy = (message[1], time.monotonic())
+            elif kind == "scores":
+                self._busy = None
+                self._errors_in_a_row = 0
+                now = time.monotonic()
+                for ticket, scores in zip(message[1], message[2]):
+                    self._in_flight.pop(ticket, None)
+                    entry = self._pending.pop(ticket, None)
+                    if entry is None:  # answered after being counted lost
+                        continue
+                    meta, n, t0 = entry
+                    self._counters["clips_scored"] += n
+                    self._latencies.append(now - t0)
+                    out.append(ScoredBatch(meta=meta, scores=scores.clone(), latency_s=now - t0))
+            elif kind == "error":
+                self._busy = None
+                self._on_scorer_error(message[1], message[2])
+        self._watchdog()
+        self._pump()
+        return out
+
+    def _on_scorer_error(self, tickets: list[int], text: str) -> None:
+        lost = 0
+        for t in tickets:
+            self._in_flight.pop(t, None)
+            entry = self._pending.pop(t, None)
+            if entry is not None:
+                lost += entry[1]
+        self._counters["clips_lost"] += lost
+        self._counters["scorer_errors"] += 1
+        self._errors_in_a_row += 1
+        logger.warning("the scorer failed on a batch (%d clips lost): %s", lost, text)
+        if self._errors_in_a_row >= self.max_consecutive_errors:
+            self.close()
+            raise ScoringServiceError(
+                f"the scorer {_describe(self.scorer_factory)} failed on {self._errors_in_a_row} "
+                f"batches in a row; last error: {text}"
+            )
+
+    def _watchdog(self) -> None:
+        """Restarts a dead worker, or one stuck on a batch for longer than hang_timeout_s."""
+        if self._process is None:
+            return
+        if not self._process.is_alive():
+            self._restart(f"died (exit code {self._process.exitcode})")
+        elif self._busy is not None and time.monotonic() - self._busy[1] > self.hang_timeout_s:
+            self._restart(f"hung for more than {self.hang_timeout_s:.0f}s on one batch")
+
+    @property
+    def queue_depth(self) -> int:
+        """Clips submitted and not yet answered, dropped or lost (waiting plus in the worker)."""
+        return sum(n for _, n, _ in self._pending.values())
+
+    @property
+    def stats(self) -> dict[str, float]:
+        lat = sorted(self._latencies)
+        return {
+            **{k: float(v) for k, v in self._counters.items()},
+            "queue_depth": float(self.queue_depth),
+            "latency_mean_s": sum(lat) / len(lat) if lat else float("nan"),
+            "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan"),
+        }
