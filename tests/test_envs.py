@@ -8,7 +8,7 @@ from torchrl.envs import GymEnv, SerialEnv, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
 from torchrl_vlm import EVENT_NAMES, RenderClips, make_minigrid_env
-from torchrl_vlm.envs.minigrid import MiniGridObservation, _single_env
+from torchrl_vlm.envs.minigrid import MiniGridObservation, _single_env, render_full_grid
 
 FORWARD, PICKUP, TOGGLE = 2, 3, 5
 
@@ -38,6 +38,23 @@ def test_doorkey_12x12_is_registered_and_unknown_envs_are_refused():
         make_minigrid_env("MiniGrid-DoorKey-9x9-v0")
     with pytest.raises(ValueError, match="num_envs"):
         make_minigrid_env(num_envs=0)
+
+
+@pytest.mark.parametrize(
+    "env_name", ["MiniGrid-DoorKey-8x8-v0", "MiniGrid-LavaGapS7-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0",
+                 "MiniGrid-Fetch-6x6-N2-v0"]
+)
+def test_fast_renderer_matches_minigrid_pixel_for_pixel(env_name):
+    env = gym.make(env_name)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for step in range(60):
+        for tile_size in (8, 5):
+            expected = env.unwrapped.get_frame(highlight=False, tile_size=tile_size)
+            assert np.array_equal(render_full_grid(env, tile_size), expected), (step, tile_size)
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        if terminated or truncated:
+            env.reset()
 
 
 def test_render_off_gives_no_pixels():
@@ -79,6 +96,8 @@ def test_events_come_from_the_simulator_state():
     _place(env, (door_pos[0] - 1, door_pos[1]), 0)
     obs, *_ = env.step(TOGGLE)
     assert obs["events"][names.index("door_open")] and obs["events"][names.index("first_door_open")]
+    # The fast renderer draws the open door (and the agent holding the key) as minigrid does.
+    assert np.array_equal(render_full_grid(env, 8), env.unwrapped.get_frame(highlight=False, tile_size=8))
 
     # Step next to the goal (bottom-right corner) and walk onto it.
     _place(env, (3 - 1, 3), 0)

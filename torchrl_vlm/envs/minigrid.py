@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from torchrl.data import NonTensor
 from torchrl.envs import (
@@ -37,6 +38,7 @@ __all__ = [
     "MiniGridObservation",
     "make_minigrid_env",
     "register_doorkey_12x12",
+    "render_full_grid",
 ]
 
 #: Names of the columns of the ``events`` flag vector, in order. ``first_*``
@@ -76,6 +78,40 @@ _OPEN = STATE_TO_IDX["open"]
 def _convert_mission_space(spec, device=None, **kwargs):
     """TorchRL spec for minigrid's free-text ``MissionSpace``: a non-tensor string."""
     return NonTensor((), device=device, example_data="a mission string")
+
+
+# (object kind, colour, open, locked, agent direction, tile size) -> uint8 tile
+_TILES: dict[tuple, np.ndarray] = {}
+
+
+def render_full_grid(env: gym.Env, tile_size: int = 8) -> np.ndarray:
+    """The full MiniGrid scene as uint8 ``[H * tile_size, W * tile_size, 3]``.
+
+    Pixel for pixel what ``env.get_frame(highlight=False, tile_size=tile_size)``
+    draws, about ten times faster: minigrid computes the agent's field of view
+    even when it does not highlight it, and looks each tile up by re-encoding
+    its object, while this reads a tile cache keyed by what a tile shows and
+    assembles the frame with one numpy reshape.
+    """
+    base = env.unwrapped
+    grid = base.grid
+    width, height = grid.width, grid.height
+    agent = int(base.agent_pos[1]) * width + int(base.agent_pos[0])
+    tiles = []
+    for idx, cell in enumerate(grid.grid):
+        direction = base.agent_dir if idx == agent else None
+        if cell is None:
+            key = (None, None, False, False, direction, tile_size)
+        else:
+            key = (cell.type, cell.color, getattr(cell, "is_open", False), getattr(cell, "is_locked", False),
+                   direction, tile_size)
+        tile = _TILES.get(key)
+        if tile is None:
+            # minigrid's tiles are float after anti-aliasing; its frame buffer is uint8
+            tile = _TILES[key] = Grid.render_tile(cell, agent_dir=direction, tile_size=tile_size).astype(np.uint8)
+        tiles.append(tile)
+    frame = np.stack(tiles).reshape(height, width, tile_size, tile_size, 3)
+    return frame.transpose(0, 2, 1, 3, 4).reshape(height * tile_size, width * tile_size, 3)
 
 
 def register_doorkey_12x12() -> str:
@@ -136,6 +172,7 @@ class MiniGridObservation(gym.Wrapper):
         self.observation_space = gym.spaces.Dict(spaces)
         self._had_key = False
         self._door_opened = False
+        self._doors: list = []
 
     def _encode(self, obs, events, success):
         view = (obs["image"].astype(np.float32) / _CHANNEL_SCALE).reshape(-1)
@@ -148,20 +185,16 @@ class MiniGridObservation(gym.Wrapper):
             "mission": obs["mission"],
         }
         if self.render_frames:
-            out["pixels"] = self.env.unwrapped.get_frame(
-                highlight=False, tile_size=self.tile_size
-            )
+            out["pixels"] = render_full_grid(self.env, self.tile_size)
         return out
 
     def _doors_open(self) -> bool:
-        grid = self.env.unwrapped.grid
-        return any(
-            cell is not None and cell.type == "door" and cell.is_open
-            for cell in grid.grid
-        )
+        return any(door.is_open for door in self._doors)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
+        # Doors are placed at reset and never move: find them once per episode.
+        self._doors = [c for c in self.env.unwrapped.grid.grid if c is not None and c.type == "door"]
         self._had_key = False
         self._door_opened = False
         events = np.zeros(len(EVENT_NAMES), dtype=np.bool_)
