@@ -7,7 +7,7 @@ from minigrid.core.world_object import Key
 from torchrl.envs import GymEnv, SerialEnv, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
-from torchrl_vlm import EVENT_NAMES, RenderClips, make_minigrid_env
+from torchrl_vlm import EVENT_NAMES, RenderClips, decode_mission, make_minigrid_env
 from torchrl_vlm.envs.minigrid import MiniGridObservation, _single_env, render_full_grid
 
 FORWARD, PICKUP, TOGGLE = 2, 3, 5
@@ -27,8 +27,9 @@ def test_specs_and_entries(num_envs):
     assert td["events"].shape == (*batch, len(EVENT_NAMES)) and td["events"].dtype == torch.bool
     assert td["clip_id"].dtype == torch.int64
     assert "episode_reward" in td["next"].keys() and "step_count" in td["next"].keys()
-    mission = td["mission"] if num_envs == 1 else td["mission"][0]
-    assert "key" in mission[0]
+    missions = decode_mission(td["mission"])
+    first = missions[0] if num_envs == 1 else missions[0][0]
+    assert first == "use the key to open the door and then get to the goal"
 
 
 def test_doorkey_12x12_is_registered_and_unknown_envs_are_refused():
@@ -55,6 +56,15 @@ def test_fast_renderer_matches_minigrid_pixel_for_pixel(env_name):
         _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
         if terminated or truncated:
             env.reset()
+
+
+def test_missions_travel_as_bytes():
+    from torchrl_vlm.envs.minigrid import MISSION_BYTES, encode_mission
+
+    code = encode_mission("go to the red door")
+    assert code.shape == (MISSION_BYTES,) and decode_mission(torch.as_tensor(code)) == "go to the red door"
+    with pytest.raises(ValueError, match="MISSION_BYTES"):
+        encode_mission("x" * (MISSION_BYTES + 1))
 
 
 def test_render_off_gives_no_pixels():

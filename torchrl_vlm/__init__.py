@@ -3,7 +3,7 @@
 The public names below are the contract that recipes, tests and users rely on.
 ``TransformersScorer`` is imported on first use (it pulls in ``transformers``).
 """
-from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, make_minigrid_env
+from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, decode_mission, make_minigrid_env
 from torchrl_vlm.replay import ClipAssembler, MixtureSampler, make_replay_buffer, mixture_lambda
 from torchrl_vlm.scoring import (
     EVENT_DEFINITIONS,
@@ -33,6 +33,7 @@ __all__ = [
     "ScoringServiceError",
     "TransformersScorer",
     "VLMScoringHook",
+    "decode_mission",
     "make_minigrid_env",
     "make_replay_buffer",
     "mixture_lambda",

@@ -1,6 +1,9 @@
 """Environments that tag their steps with clips for VLM scoring."""
 from torchrl_vlm.envs.clips import RenderClips, render_gym_frames
 from torchrl_vlm.envs.minigrid import (
+    MISSION_BYTES,
+    decode_mission,
+    encode_mission,
     EVENT_NAMES,
     MINIGRID_ENVS,
     MiniGridObservation,
@@ -10,6 +13,9 @@ from torchrl_vlm.envs.minigrid import (
 
 __all__ = [
     "EVENT_NAMES",
+    "MISSION_BYTES",
+    "decode_mission",
+    "encode_mission",
     "MINIGRID_ENVS",
     "MiniGridObservation",
     "RenderClips",

@@ -19,6 +19,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import TensorDictReplayBuffer
 
+from torchrl_vlm.envs.minigrid import decode_mission
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
 from torchrl_vlm.scoring.service import ScoringService
@@ -205,9 +206,11 @@ class VLMScoringHook:
 
 
 def _strings(value) -> list[str] | None:
-    """A flat list of strings from a non-tensor entry (or ``None``)."""
+    """A flat list of strings from a mission entry: UTF-8 bytes (``[N, MISSION_BYTES]``) or non-tensor."""
     if value is None:
         return None
+    if isinstance(value, torch.Tensor):
+        return decode_mission(value.reshape(-1, value.shape[-1]))
     if hasattr(value, "tolist"):
         value = value.tolist()
     out = []
