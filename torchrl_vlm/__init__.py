@@ -6,6 +6,7 @@ The public names below are the contract that recipes, tests and users rely on.
 from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, decode_mission, make_minigrid_env
 from torchrl_vlm.replay import ClipAssembler, MixtureSampler, make_replay_buffer, mixture_lambda
 from torchrl_vlm.scoring import (
+    ClipGallery,
     EVENT_DEFINITIONS,
     DelayedScorer,
     MiniGridEventScorer,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClipAssembler",
+    "ClipGallery",
     "DelayedScorer",
     "EVENT_DEFINITIONS",
     "EVENT_NAMES",

@@ -4,11 +4,13 @@
 does not pay for importing ``transformers``.
 """
 from torchrl_vlm.scoring.base import Scorer, check_scores, validate_clips
+from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.hook import VLMScoringHook
 from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS, DelayedScorer, MiniGridEventScorer, NoisyScorer
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
 
 __all__ = [
+    "ClipGallery",
     "DelayedScorer",
     "EVENT_DEFINITIONS",
     "MiniGridEventScorer",

@@ -14,14 +14,17 @@ back after its slot was reused is rejected, never written onto new data.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import TensorDictReplayBuffer
 
 from torchrl_vlm.envs.minigrid import decode_mission
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
+from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.service import ScoringService
 
 __all__ = ["VLMScoringHook"]
@@ -46,6 +49,13 @@ class VLMScoringHook:
         mission_key: the env's mission string, passed to the scorer.
         exclude_keys: further entries kept out of the buffer (the mission string
             is kept out by default: it is the same for every step).
+        max_idle_batches: an unfinished clip that gets no step for this many
+            batches is abandoned (its env went away).
+        gallery: a :class:`ClipGallery` that keeps thumbnails of scored clips.
+        postproc: applied to the batch (in its collector layout, frames
+            removed) before it is written, e.g. TorchRL's ``MultiStep`` for
+            n-step returns. Clip tags, episode ends and events are read from the
+            batch *before* it, since ``MultiStep`` shifts every ``"next"`` entry.
 
     Call :meth:`extend` and :meth:`poll` from the training loop's thread.
 
@@ -70,6 +80,8 @@ class VLMScoringHook:
         done_key: NestedKey = ("next", "done"),
         exclude_keys: tuple[NestedKey, ...] = (),
         max_idle_batches: int = 8,
+        gallery: ClipGallery | None = None,
+        postproc: Callable[[TensorDictBase], TensorDictBase] | None = None,
     ):
         if not isinstance(replay_buffer, TensorDictReplayBuffer):
             raise TypeError(
@@ -93,6 +105,8 @@ class VLMScoringHook:
         self.done_key = done_key
         self._drop = (frame_key, ("next", frame_key), mission_key, ("next", mission_key), *exclude_keys)
         self.assembler = ClipAssembler(clip_len, max_idle=max_idle_batches)
+        self.gallery = gallery
+        self.postproc = postproc
         self._counts = dict.fromkeys(("positives", "stale_rejected", "slots_written", "slots_scored"), 0)
 
     # ---------------------------------------------------------------- extend
@@ -111,12 +125,22 @@ class VLMScoringHook:
                 )
         # Scores that are ready land before this extend can overwrite their slots.
         self.poll()
+        n = batch.numel()
         flat = batch.reshape(-1)
-        n = flat.batch_size[0]
         frames = flat.get(self.frame_key, None)
-        missions = _strings(flat.get(self.mission_key, None))
+        mission = flat.get(self.mission_key, None)
+        # Byte-encoded missions ride along as a tensor and are decoded once per
+        # finished clip; other mission entries are turned into strings here.
+        missions = None if mission is None or isinstance(mission, torch.Tensor) else _strings(mission)
+        # Read before postproc, which may rewrite "next" entries in place.
+        end = flat.get(self.done_key, torch.zeros(n, dtype=torch.bool)).reshape(n).clone()
+        events = flat.get(self.events_key, None)
+        events = None if events is None else events.clone()
 
-        data = flat.exclude(*self._drop)
+        data = batch.exclude(*self._drop)
+        if self.postproc is not None:
+            data = self.postproc(data)
+        data = data.reshape(-1)
         data.set("vlm_priority", torch.zeros(n, device=data.device))
         data.set("vlm_score", torch.full((n,), float("nan"), device=data.device))
         index = self.rb.extend(data)
@@ -127,7 +151,7 @@ class VLMScoringHook:
             {
                 "clip_id": flat["clip_id"].reshape(n),
                 "clip_step": flat["clip_step"].reshape(n),
-                "end": flat.get(self.done_key, torch.zeros(n, dtype=torch.bool)).reshape(n),
+                "end": end,
                 "index": index.reshape(n),
                 "generation": generation.reshape(n),
             },
@@ -135,16 +159,23 @@ class VLMScoringHook:
         )
         if frames is not None:
             steps.set("frames", frames)
-        events = flat.get(self.events_key, None)
         if events is not None:
             steps.set("events", events)
+        if isinstance(mission, torch.Tensor):
+            steps.set("mission_bytes", mission.reshape(n, -1))
         clips = self.assembler.add(steps, missions)
         if clips is not None:
+            if "mission_bytes" in clips.keys():
+                # The mission is fixed within an episode: the first step's tells.
+                clips.set("mission", NonTensorStack(*decode_mission(clips.pop("mission_bytes")[:, 0])))
             meta = {
                 "index": clips.pop("index"),
                 "generation": clips.pop("generation"),
                 "mask": clips["mask"],
             }
+            if self.gallery is not None and "frames" in clips.keys():
+                meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
+                meta["clip_id"] = clips["clip_id"]
             self.service.submit(clips, meta)
         return index
 
@@ -167,6 +198,8 @@ class VLMScoringHook:
             generation.append(result.meta["generation"][mask])
             score.append(per_slot)
             self._counts["positives"] += int((result.scores >= self.threshold).sum())
+            if self.gallery is not None and "thumbnails" in result.meta:
+                self.gallery.add(result.meta["thumbnails"], result.scores, result.meta["clip_id"])
         index, generation, score = torch.cat(index), torch.cat(generation), torch.cat(score)
         priority = (score >= self.threshold).float()
 
@@ -205,12 +238,8 @@ class VLMScoringHook:
         self.close()
 
 
-def _strings(value) -> list[str] | None:
-    """A flat list of strings from a mission entry: UTF-8 bytes (``[N, MISSION_BYTES]``) or non-tensor."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return decode_mission(value.reshape(-1, value.shape[-1]))
+def _strings(value) -> list[str]:
+    """A flat list of strings from a non-tensor mission entry."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     out = []

@@ -1,0 +1,264 @@
+"""Sample efficiency of VLM-RB against uniform replay and PER on MiniGrid DoorKey.
+
+Each (method, seed) cell is one run of ``recipes/dqn_minigrid.py`` with equal
+budgets and hyperparameters; only the replay differs. A cell runs in its own
+process and writes ``benchmarks/results/sample_efficiency/<env>/<method>_s<seed>.json``;
+cells already on disk are skipped, so a long study can be split over several
+calls (and machines) and merged at the end.
+
+Reported per method, over seeds: env steps until greedy evaluation success first
+reaches 0.5 and 0.9 (median, and how many seeds got there), the same with
+ε=0.05 evaluation (greedy evaluation flickers), and final success. It writes a
+CSV of every evaluation, a PNG of learning curves (mean ± std over seeds), and
+appends the table to ``benchmarks/RESULTS.md``.
+
+    python benchmarks/sample_efficiency.py --quick                      # DoorKey-5x5, 3 seeds (~15 min)
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-6x6-v0 --frames 300000 --seeds 5 \\
+        --definition first_progress
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1500000 --cell vlm_events:0
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1500000 --merge-only
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import append_results, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "sample_efficiency"  # committed: JSON, CSV, PNG
+RUNS_DIR = Path(__file__).resolve().parent / "out" / "sample_efficiency"  # ignored: each run's logs
+
+#: Replay choices compared, as overrides of recipes/dqn_minigrid.yaml.
+METHODS = {
+    "uniform": ["buffer.sampler=uniform"],
+    "per": ["buffer.sampler=per"],
+    "vlm_events": ["buffer.sampler=vlm", "vlm.scorer=events"],
+    "vlm_noisy": ["buffer.sampler=vlm", "vlm.scorer=noisy_events"],
+    "vlm_pure": ["buffer.sampler=vlm", "vlm.scorer=events", "buffer.lam_max=null"],
+}
+DEFAULT_METHODS = ("uniform", "per", "vlm_events", "vlm_noisy")
+
+
+def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
+    return RESULTS_DIR / f"{env}{tag}" / f"{method}_s{seed}.json"
+
+
+def run_cell(args, method: str, seed: int) -> dict:
+    """Runs one training run in this process and returns its evaluation history."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from hydra import compose, initialize_config_dir
+
+    import dqn_minigrid
+
+    overrides = [
+        f"env.name={args.env}",
+        f"env.seed={seed}",
+        f"collector.total_frames={args.frames}",
+        f"eval.interval={args.eval_interval}",
+        f"eval.episodes={args.eval_episodes}",
+        f"vlm.definition={args.definition}",
+        f"vlm.false_positive_rate={args.fpr}",
+        f"vlm.false_negative_rate={args.fnr}",
+        "logger.backend=csv",
+        "logger.progress=false",
+        "logger.gallery_interval=0",
+        "checkpoint.at_end=false",
+        *METHODS[method],
+        *args.override,
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
+        cfg = compose("dqn_minigrid", overrides=overrides)
+    run_dir = RUNS_DIR / f"{args.env}{args.tag}" / f"{method}_s{seed}"
+    summary = dqn_minigrid.train(cfg, run_dir)
+    return {
+        "env": args.env,
+        "method": method,
+        "seed": seed,
+        "frames": args.frames,
+        "overrides": overrides,
+        "evals": summary["evals"],
+        "sps": summary["sps"],
+        "final_success_greedy": summary["final_success_greedy"],
+        "final_success_eps": summary["final_success_eps"],
+        "vlm_stats": summary["vlm_stats"],
+    }
+
+
+def first_reach(evals: list[dict], key: str, level: float) -> float:
+    for row in evals:
+        if row[key] >= level:
+            return row["frames"]
+    return math.inf
+
+
+def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict]:
+    rows, curves = [], {}
+    for method in methods:
+        cells = [r for r in results if r["method"] == method]
+        if not cells:
+            continue
+        per_seed = {
+            level_key: [first_reach(c["evals"], key, level) for c in cells]
+            for level_key, key, level in (
+                ("g50", "success_greedy", 0.5),
+                ("g90", "success_greedy", 0.9),
+                ("e90", "success_eps", 0.9),
+            )
+        }
+
+        def med(values):
+            reached = [v for v in values if math.isfinite(v)]
+            if len(reached) * 2 <= len(values):  # median not reached
+                return f"— ({len(reached)}/{len(values)})"
+            return f"{np.median(values) / 1000:.0f}k ({len(reached)}/{len(values)})"
+
+        finals = [c["final_success_greedy"] for c in cells]
+        finals_eps = [c["final_success_eps"] for c in cells]
+        g90 = ", ".join("never" if not math.isfinite(v) else f"{v / 1000:.0f}k" for v in per_seed["g90"])
+        rows.append(
+            [
+                method,
+                len(cells),
+                med(per_seed["g50"]),
+                med(per_seed["g90"]),
+                g90,
+                med(per_seed["e90"]),
+                f"{np.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}]",
+                f"{np.median(finals_eps):.2f}",
+                f"{np.median([c['sps'] for c in cells]):.0f}",
+            ]
+        )
+        frames = np.array([row["frames"] for row in cells[0]["evals"]])
+        n = min(len(c["evals"]) for c in cells)
+        greedy = np.array([[row["success_greedy"] for row in c["evals"][:n]] for c in cells])
+        eps = np.array([[row["success_eps"] for row in c["evals"][:n]] for c in cells])
+        curves[method] = (frames[:n], greedy, eps)
+    return rows, curves
+
+
+def plot(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, index, name in ((axes[0], 1, "greedy"), (axes[1], 2, "ε = 0.05")):
+        for method, curve in curves.items():
+            frames, values = curve[0], curve[index]
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(frames, mean, label=f"{method} (n={values.shape[0]})")
+            ax.fill_between(frames, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
+        ax.set_xlabel("env steps")
+        ax.set_title(f"eval success, {name}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success rate (mean ± std over seeds)")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="MiniGrid-DoorKey-8x8-v0")
+    parser.add_argument("--frames", type=int, default=None, help="default: 1.5M (--quick: 60k)")
+    parser.add_argument("--seeds", type=int, default=None, help="default: 5 (--quick: 3)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(METHODS))
+    parser.add_argument("--definition", default="any", help="what the event scorer counts as meaningful")
+    parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
+    parser.add_argument("--fnr", type=float, default=0.1, help="vlm_noisy: false-negative rate")
+    parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
+    parser.add_argument("--eval-episodes", type=int, default=16)
+    parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
+    parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the cells on disk")
+    parser.add_argument("--quick", action="store_true", help="DoorKey-5x5, 3 seeds, 60k steps")
+    parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
+    parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.env = "MiniGrid-DoorKey-5x5-v0"
+    args.frames = args.frames or (60_000 if args.quick else 1_500_000)
+    args.seeds = args.seeds or (3 if args.quick else 5)
+    if args.eval_interval is None:
+        args.eval_interval = max(1000, args.frames // 30)
+    if args.definition != "any":
+        args.tag = args.tag or f"_{args.definition}"
+
+    if args.cell:
+        method, seed = args.cell.split(":")
+        result = run_cell(args, method, int(seed))
+        path = cell_path(args.env, method, int(seed), args.tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=float))
+        print(f"{method} seed {seed}: final greedy success {result['final_success_greedy']:.2f}, "
+              f"SPS {result['sps']:.0f} -> {path}")
+        return
+
+    if not args.merge_only:
+        for seed in range(args.seeds):
+            for method in args.methods:
+                path = cell_path(args.env, method, seed, args.tag)
+                if path.exists():
+                    continue
+                cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
+                       "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
+                       "--eval-episodes", str(args.eval_episodes), "--definition", args.definition,
+                       "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
+                if args.override:
+                    cmd += ["--override", *args.override]
+                t0 = time.time()
+                subprocess.run(cmd, check=True)
+                print(f"  ({time.time() - t0:.0f}s)", flush=True)
+
+    folder = RESULTS_DIR / f"{args.env}{args.tag}"
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*_s*.json"))]
+    results = [r for r in results if r["frames"] == args.frames]
+    if not results:
+        print("no results to merge")
+        return
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    rows, curves = summarise(results, methods)
+    csv_path = folder / "evals.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "seed", "frames", "success_greedy", "success_eps", "return_greedy"])
+        for r in results:
+            for row in r["evals"]:
+                writer.writerow([r["method"], r["seed"], row["frames"], row["success_greedy"], row["success_eps"],
+                                 row["return_greedy"]])
+    png = folder / "learning_curves.png"
+    title = f"{args.env}, {args.frames:,} steps, scorer definition '{args.definition}'"
+    plot(curves, png, title)
+    table = markdown_table(
+        ["method", "seeds", "steps to 0.5 (greedy)", "steps to 0.9 (greedy)", "per seed to 0.9",
+         "steps to 0.9 (ε=0.05)", "final success greedy, median [min, max]", "final ε=0.05", "SPS"],
+        rows,
+    )
+    body = (
+        f"{title}. Double DQN, MLP 2×128, Adam 2.5e-4, batch 128, 8 envs, 3-step returns, target every "
+        f"1000 steps, ε over 20%, one update per 4 steps; VLM-RB λmax 0.5 over the first half; "
+        f"vlm_noisy: fpr {args.fpr}, fnr {args.fnr}. Evaluation every {args.eval_interval:,} steps on "
+        f"{args.eval_episodes} episodes. Medians count a seed that never got there as infinite "
+        f"(reached/seeds in brackets).\n\n{table}\n\nCurves: `{png.relative_to(ROOT)}`; "
+        f"every evaluation: `{csv_path.relative_to(ROOT)}`.\n"
+    )
+    print(body)
+    if not args.no_record:
+        append_results(f"Sample efficiency: {args.env}", body)
+
+
+if __name__ == "__main__":
+    main()

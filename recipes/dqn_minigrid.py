@@ -1,0 +1,453 @@
+"""Double DQN on MiniGrid with uniform, PER or VLM-RB replay (VLM-guided experience replay).
+
+The agent learns from the symbolic observation. With ``buffer.sampler=vlm``,
+every collector batch goes through :class:`~torchrl_vlm.VLMScoringHook`: the
+frames are cut into clips of ``vlm.clip_len`` steps and scored in a separate
+process, and the verdicts become the replay priorities that
+:class:`~torchrl_vlm.MixtureSampler` mixes with uniform sampling,
+q_t = λ_t·q_P + (1 − λ_t)·q_U, λ rising to ``buffer.lam_max`` over the first
+``buffer.warmup_fraction`` of training.
+
+The loop, written out: collect → extend (through the hook) → sample → loss →
+optimise → log. ``vlm.scorer=events`` is an *ideal* VLM that reads the
+simulator's events; ``vlm.scorer=transformers vlm.model=...`` asks a real one.
+
+    python recipes/dqn_minigrid.py                                  # VLM-RB, ideal scorer, DoorKey-8x8
+    python recipes/dqn_minigrid.py buffer.sampler=uniform           # the UER baseline
+    python recipes/dqn_minigrid.py buffer.sampler=per               # the PER baseline
+    python recipes/dqn_minigrid.py vlm.scorer=transformers vlm.model=HuggingFaceTB/SmolVLM-256M-Instruct
+"""
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+import tqdm
+from omegaconf import DictConfig, OmegaConf
+from tensordict.nn import TensorDictSequential
+from torchrl._utils import timeit
+from torchrl.collectors import Collector
+from torchrl.data.postprocs import MultiStep
+from torchrl.envs import ExplorationType
+from torchrl.modules import MLP, EGreedyModule, QValueActor
+from torchrl.objectives import DQNLoss, HardUpdate
+
+from torchrl_vlm import (
+    MINIGRID_ENVS,
+    ClipGallery,
+    MiniGridEventScorer,
+    MixtureSampler,
+    NoisyScorer,
+    ScoringService,
+    VLMScoringHook,
+    make_minigrid_env,
+    make_replay_buffer,
+)
+from torchrl_vlm.training import (
+    evaluate_success,
+    get_rng_state,
+    load_checkpoint,
+    log_metrics,
+    make_logger,
+    save_checkpoint,
+    set_rng_state,
+)
+
+SAMPLERS = ("uniform", "per", "vlm")
+SCORERS = ("events", "noisy_events", "transformers")
+
+
+# --------------------------------------------------------------------------- building blocks
+def check_config(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    if cfg.env.name not in MINIGRID_ENVS:
+        raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(MINIGRID_ENVS)}")
+    if cfg.buffer.sampler not in SAMPLERS:
+        raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
+    if cfg.buffer.sampler == "vlm" and cfg.vlm.scorer not in SCORERS:
+        raise ValueError(f"vlm.scorer={cfg.vlm.scorer!r}; choose one of {SCORERS}")
+    if cfg.env.render not in ("auto", True, False):
+        raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
+    if cfg.collector.frames_per_batch % cfg.env.num_envs:
+        raise ValueError(
+            f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "
+            f"env.num_envs ({cfg.env.num_envs})"
+        )
+    for key in ("total_frames", "frames_per_batch"):
+        if cfg.collector[key] <= 0:
+            raise ValueError(f"collector.{key} must be > 0, got {cfg.collector[key]}")
+
+
+def scorer_factory(cfg: DictConfig):
+    """A picklable zero-argument factory of the scorer, built inside the scoring process."""
+    if cfg.vlm.scorer == "events":
+        return functools.partial(MiniGridEventScorer, cfg.vlm.definition)
+    if cfg.vlm.scorer == "noisy_events":
+        return functools.partial(
+            NoisyScorer,
+            functools.partial(MiniGridEventScorer, cfg.vlm.definition),
+            cfg.vlm.false_positive_rate,
+            cfg.vlm.false_negative_rate,
+            cfg.env.seed,
+        )
+    from torchrl_vlm.scoring.transformers import DEFAULT_PROMPT, TransformersScorer
+
+    return functools.partial(
+        TransformersScorer,
+        cfg.vlm.model,
+        prompt=cfg.vlm.prompt or DEFAULT_PROMPT,
+        num_frames=cfg.vlm.num_frames,
+        image_size=cfg.vlm.image_size,
+        dtype=cfg.vlm.dtype,
+        device=cfg.vlm.device,
+        batch_size=cfg.vlm.batch_size,
+        mission_in_prompt=cfg.vlm.mission_in_prompt,
+    )
+
+
+def wants_frames(cfg: DictConfig) -> bool:
+    if cfg.env.render != "auto":
+        return bool(cfg.env.render)
+    if cfg.buffer.sampler != "vlm":
+        return False
+    return cfg.vlm.scorer == "transformers" or cfg.logger.gallery_interval > 0
+
+
+def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
+    return make_minigrid_env(
+        cfg.env.name,
+        num_envs=num_envs,
+        clip_len=cfg.vlm.clip_len,
+        tile_size=cfg.env.tile_size,
+        render=render,
+        seed=seed,
+        parallel=cfg.env.parallel,
+        max_steps=cfg.env.max_steps,
+        device=cfg.device,
+    )
+
+
+def make_q_network(cfg: DictConfig, env) -> QValueActor:
+    action_spec = env.full_action_spec_unbatched["action"]
+    net = MLP(
+        in_features=env.observation_spec["observation"].shape[-1],
+        out_features=action_spec.n,
+        num_cells=list(cfg.network.hidden),
+        activation_class=torch.nn.ReLU,
+    )
+    return QValueActor(net, in_keys=["observation"], spec=action_spec).to(cfg.device)
+
+
+def make_buffer(cfg: DictConfig):
+    b = cfg.buffer
+    if b.sampler == "vlm":
+        sampler = MixtureSampler(
+            lam_max=b.lam_max,
+            warmup=int(b.warmup_fraction * cfg.collector.total_frames),
+            td_boost=b.td_boost,
+            importance_weights=b.importance_weights,
+        )
+    else:
+        sampler = b.sampler
+    return make_replay_buffer(
+        b.capacity, sampler=sampler, batch_size=b.batch_size, per_alpha=b.per_alpha, per_beta=b.per_beta
+    )
+
+
+def batch_metrics(batch) -> dict[str, float]:
+    """Return, success and length of the episodes that ended in this collector batch."""
+    done = batch["next", "done"].reshape(-1)
+    if not bool(done.any()):
+        return {}
+    nxt = batch["next"].reshape(-1)
+    return {
+        "train/episode_return": float(nxt["episode_reward"].reshape(-1)[done].mean()),
+        "train/success": float(nxt["success"].reshape(-1)[done].float().mean()),
+        "train/episode_length": float(nxt["step_count"].reshape(-1)[done].float().mean()),
+        "train/episodes": float(done.sum()),
+    }
+
+
+# --------------------------------------------------------------------------- training
+def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Runs one training run; returns a summary (and the live objects, for tests and benchmarks)."""
+    check_config(cfg)
+    torch.manual_seed(cfg.env.seed)
+    np.random.seed(cfg.env.seed)
+    torch.set_num_threads(cfg.num_threads)
+    total_frames = cfg.collector.total_frames
+    vlm = cfg.buffer.sampler == "vlm"
+    render = wants_frames(cfg)
+
+    env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
+    eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
+    eval_steps = (cfg.env.max_steps or gym.make(cfg.env.name).unwrapped.max_steps) + 1
+
+    q_net = make_q_network(cfg, env)
+    action_spec = env.full_action_spec_unbatched["action"]
+    explore = EGreedyModule(
+        action_spec,
+        annealing_num_steps=max(1, int(cfg.collector.eps_fraction * total_frames)),
+        eps_init=cfg.collector.eps_start,
+        eps_end=cfg.collector.eps_end,
+    )
+    policy = TensorDictSequential(q_net, explore)
+    eps_policy = TensorDictSequential(q_net, EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps))
+
+    loss_module = DQNLoss(q_net, loss_function="l2", delay_value=True, double_dqn=cfg.loss.double_dqn)
+    loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+    updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
+    target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
+    multistep = MultiStep(gamma=cfg.loss.gamma, n_steps=cfg.loss.n_steps) if cfg.loss.n_steps > 1 else None
+
+    rb = make_buffer(cfg)
+    hook = None
+    gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None
+    collected = 0
+    updates = 0
+    if cfg.checkpoint.resume:
+        state = load_checkpoint(cfg.checkpoint.resume, rb)
+        loss_module.load_state_dict(state["loss_module"])
+        optimizer.load_state_dict(state["optimizer"])
+        explore.load_state_dict(state["explore"])
+        env.load_state_dict(state["env"])
+        set_rng_state(state["rng"])
+        collected, updates = state["collected_frames"], state["updates"]
+        print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
+    start_frames = collected
+    if vlm:
+        service = ScoringService(
+            scorer_factory(cfg),
+            max_pending=cfg.vlm.max_pending,
+            batch_clips=cfg.vlm.batch_clips,
+            num_threads=cfg.vlm.num_threads,
+            start_timeout_s=cfg.vlm.start_timeout_s,
+        )
+        hook = VLMScoringHook(
+            rb, service, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold, gallery=gallery, postproc=multistep
+        )
+
+    remaining = total_frames - collected
+    if remaining <= 0:
+        raise ValueError(f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}")
+    collector = Collector(
+        env,
+        policy,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=remaining,
+        init_random_frames=max(0, cfg.collector.init_random_frames - collected),
+        device=cfg.device,
+        auto_register_policy_transforms=False,  # the Q-network needs no recurrent-state tracking
+    )
+    logger = make_logger(
+        cfg.logger.backend,
+        algo="dqn",
+        exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
+        log_dir=out_dir / "logs",
+        config=OmegaConf.to_container(cfg, resolve=True),
+        project=cfg.logger.project,
+        mode=cfg.logger.mode,
+    )
+
+    evals: list[dict[str, float]] = []
+
+    def evaluate() -> dict[str, float]:
+        greedy = evaluate_success(eval_env, q_net, max_steps=eval_steps)
+        eps = evaluate_success(eval_env, eps_policy, max_steps=eval_steps, exploration=ExplorationType.RANDOM)
+        row = {"frames": collected, "success_greedy": greedy["success"], "success_eps": eps["success"],
+               "return_greedy": greedy["return"]}
+        evals.append(row)
+        log_metrics(logger, {f"eval/{k}": v for k, v in row.items() if k != "frames"}, collected)
+        return row
+
+    def checkpoint(folder: Path) -> None:
+        state = {
+            "loss_module": loss_module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "explore": explore.state_dict(),
+            "env": env.state_dict(),
+            "rng": get_rng_state(),
+            "collected_frames": collected,
+            "updates": updates,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        save_checkpoint(folder, state, rb)
+
+    frames_per_update = cfg.optim.frames_per_update
+    next_eval = (collected // cfg.eval.interval + 1) * cfg.eval.interval if cfg.eval.interval else None
+    next_log = collected + cfg.logger.log_interval
+    next_gallery = collected + cfg.logger.gallery_interval if gallery is not None else None
+    next_ckpt = collected + cfg.checkpoint.interval if cfg.checkpoint.interval else None
+    losses: list[float] = []
+    prio_fracs: list[float] = []
+    train_stats: dict[str, float] = {}
+    pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
+    t_start = time.perf_counter()
+    last_eval = {"success_greedy": float("nan")}
+    budget = 0.0  # fractional gradient steps carried between batches
+
+    try:
+        with timeit("collect"):
+            batches = iter(collector)
+        while True:
+            with timeit("collect"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            n = batch.numel()
+            collected += n
+            explore.step(n)
+            train_stats.update(batch_metrics(batch))
+            with timeit("extend"):
+                if hook is not None:
+                    hook.extend(batch)
+                else:
+                    data = batch.exclude("pixels", ("next", "pixels"), "mission", ("next", "mission"))
+                    if multistep is not None:
+                        data = multistep(data)
+                    rb.extend(data.reshape(-1))
+
+            if collected >= cfg.collector.init_random_frames:
+                budget += n / frames_per_update
+                if hook is not None:
+                    with timeit("poll"):
+                        hook.poll()  # verdicts that arrived since extend reach the sampler now
+                for _ in range(int(budget)):
+                    with timeit("sample"):
+                        sample = rb.sample().to(cfg.device)
+                    with timeit("update"):
+                        # DQNLoss weights each sample by "priority_weight" when the
+                        # sampler returns it (PER; MixtureSampler with importance_weights).
+                        loss = loss_module(sample)["loss"]
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
+                        optimizer.step()
+                        target_updater.step()
+                        updates += 1
+                    with timeit("priorities"):
+                        if cfg.buffer.sampler == "per":
+                            rb.update_tensordict_priority(sample)
+                        elif cfg.buffer.td_boost:
+                            rb.sampler.update_td_error(sample["index"], sample["td_error"])
+                    losses.append(float(loss.detach()))
+                    if "from_priority" in sample.keys():
+                        prio_fracs.append(float(sample["from_priority"].float().mean()))
+                budget -= int(budget)
+
+            collector.update_policy_weights_()
+            elapsed = time.perf_counter() - t_start
+            sps = (collected - start_frames) / max(elapsed, 1e-9)
+            pbar.update(n)
+
+            if next_eval is not None and collected >= next_eval:
+                with timeit("eval"):
+                    last_eval = evaluate()
+                next_eval += cfg.eval.interval
+            if collected >= next_log or collected >= total_frames:
+                metrics = dict(train_stats)
+                metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
+                if losses:
+                    metrics["train/loss"] = float(np.mean(losses))
+                if isinstance(rb.sampler, MixtureSampler):
+                    metrics["vlm/lambda"] = rb.sampler.lam
+                    metrics["vlm/num_positive"] = rb.sampler.num_positive
+                    if prio_fracs:
+                        metrics["vlm/priority_fraction"] = float(np.mean(prio_fracs))
+                if hook is not None:
+                    metrics.update({f"vlm/{k}": v for k, v in hook.stats.items()})
+                metrics.update({f"time/{k}": v for k, v in _timings().items()})
+                log_metrics(logger, metrics, collected)
+                losses.clear()
+                prio_fracs.clear()
+                next_log = collected + cfg.logger.log_interval
+            pbar.set_postfix(
+                success=f"{train_stats.get('train/success', float('nan')):.2f}",
+                eval=f"{last_eval['success_greedy']:.2f}",
+                sps=f"{sps:.0f}",
+            )
+            if next_gallery is not None and collected >= next_gallery:
+                gallery.save(out_dir / "gallery" / f"clips_{collected:09d}.png")
+                next_gallery += cfg.logger.gallery_interval
+            if next_ckpt is not None and collected >= next_ckpt:
+                checkpoint(out_dir / "checkpoint")
+                next_ckpt += cfg.checkpoint.interval
+
+        loop_seconds = time.perf_counter() - t_start
+        with timeit("eval"):
+            last_eval = evaluate()
+        if hook is not None:
+            hook.poll()
+        if gallery is not None:
+            gallery.save(out_dir / "gallery" / "clips_final.png")
+        if cfg.checkpoint.at_end:
+            checkpoint(out_dir / "checkpoint")
+    finally:
+        pbar.close()
+        collector.shutdown()
+        if hook is not None:
+            hook.close()
+        if logger is not None and hasattr(logger, "experiment") and cfg.logger.backend == "wandb":
+            logger.experiment.finish()
+
+    return {
+        "frames": collected,
+        "start_frames": start_frames,
+        "updates": updates,
+        "sps": (collected - start_frames) / max(loop_seconds, 1e-9),  # the training loop's own speed
+        "final_success_greedy": last_eval["success_greedy"],
+        "final_success_eps": last_eval.get("success_eps", float("nan")),
+        "evals": evals,
+        "vlm_stats": hook.stats if hook is not None else {},
+        "lambda": rb.sampler.lam if isinstance(rb.sampler, MixtureSampler) else None,
+        "out_dir": out_dir,
+        "gallery": (out_dir / "gallery") if gallery is not None else None,
+        "replay_buffer": rb,
+    }
+
+
+def _timings() -> dict[str, float]:
+    """Seconds spent per phase so far (TorchRL's timeit registry)."""
+    return {key: float(value) for key, value in timeit.todict(percall=False).items()}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print("\n=== run summary ===")
+    print(f"frames {summary['frames']}  updates {summary['updates']}  SPS {summary['sps']:.0f}")
+    print(f"final eval success: greedy {summary['final_success_greedy']:.2f}, "
+          f"eps=0.05 {summary['final_success_eps']:.2f}")
+    if summary["lambda"] is not None:
+        print(f"lambda {summary['lambda']:.3f}")
+    stats = summary["vlm_stats"]
+    if stats:
+        print(
+            "scorer: {submitted:.0f} clips submitted, {scored:.0f} scored, {pos:.0f} positive, "
+            "{dropped:.0f} dropped, {lost:.0f} lost, {stale:.0f} stale slots rejected, coverage {cov:.2f}, "
+            "latency mean {lat:.3f}s p95 {p95:.3f}s".format(
+                submitted=stats["clips_submitted"], scored=stats["clips_scored"], pos=stats["positives"],
+                dropped=stats["clips_dropped"], lost=stats["clips_lost"], stale=stats["stale_rejected"],
+                cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
+            )
+        )
+    print(f"logs and checkpoint: {summary['out_dir']}")
+    if summary["gallery"] is not None:
+        print(f"clip gallery: {summary['gallery']}")
+
+
+@hydra.main(config_path=".", config_name="dqn_minigrid", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A clip gallery: what the scorer liked, as a picture.
+
+The hook keeps a few evenly spaced frames of recently scored clips together
+with their P(yes); :meth:`ClipGallery.save` draws the highest- and
+lowest-scored ones as rows of a PNG, so a researcher sees at a glance whether
+the VLM's verdicts make sense.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import torch
+
+__all__ = ["ClipGallery"]
+
+
+class ClipGallery:
+    """Keeps thumbnails of the last ``capacity`` scored clips and renders them.
+
+    Args:
+        capacity: how many recent clips to remember.
+        frames_per_clip: evenly spaced frames kept per clip.
+    """
+
+    def __init__(self, capacity: int = 256, frames_per_clip: int = 4):
+        if capacity < 1 or frames_per_clip < 1:
+            raise ValueError("capacity and frames_per_clip must be >= 1")
+        self.frames_per_clip = frames_per_clip
+        self._items: deque[tuple[float, int, torch.Tensor]] = deque(maxlen=capacity)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def thumbnails(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``frames_per_clip`` evenly spaced real frames of each clip: uint8 ``[B, F, H, W, 3]``."""
+        length = mask.sum(-1).clamp(min=1)
+        pos = torch.linspace(0, 1, self.frames_per_clip).unsqueeze(0) * (length - 1).unsqueeze(-1)
+        index = pos.round().long()
+        return torch.stack([frames[b, index[b]] for b in range(frames.shape[0])])
+
+    def add(self, thumbnails: torch.Tensor, scores: torch.Tensor, clip_ids: torch.Tensor) -> None:
+        for thumb, score, cid in zip(thumbnails, scores.tolist(), clip_ids.tolist()):
+            self._items.append((float(score), int(cid), thumb))
+
+    def save(self, path: str | Path, rows: int = 8, title: str = "") -> Path | None:
+        """Draws the ``rows // 2`` highest- and lowest-scored clips; returns the PNG path (None if empty)."""
+        if not self._items:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ranked = sorted(self._items, key=lambda item: -item[0])
+        top = ranked[: max(1, rows // 2)]
+        bottom = [item for item in ranked[-max(1, rows // 2):] if item not in top]
+        chosen = top + bottom
+        cols = self.frames_per_clip
+        fig, axes = plt.subplots(len(chosen), cols, figsize=(1.6 * cols + 1.5, 1.6 * len(chosen)), squeeze=False)
+        for r, (score, cid, thumb) in enumerate(chosen):
+            for c in range(cols):
+                ax = axes[r][c]
+                ax.imshow(thumb[c].numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    color = "tab:green" if score >= 0.5 else "tab:red"
+                    ax.set_ylabel(f"P(yes)={score:.2f}\nclip {cid & 0xFFFFFF:x}", color=color, fontsize=8)
+        fig.suptitle(title or f"highest and lowest scored of the last {len(self._items)} clips", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
