@@ -33,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictSequential
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
-from torchrl.data.postprocs import MultiStep
 from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate
@@ -44,7 +43,9 @@ from torchrl_vlm import (
     MiniGridEventScorer,
     MixtureSampler,
     NoisyScorer,
+    NStepReturns,
     ScoringService,
+    ScoringServiceError,
     VLMScoringHook,
     make_minigrid_env,
     make_replay_buffer,
@@ -205,7 +206,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
     target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
-    multistep = MultiStep(gamma=cfg.loss.gamma, n_steps=cfg.loss.n_steps) if cfg.loss.n_steps > 1 else None
+    # TorchRL's MultiStep, with the episode's end moved to each window's end (see NStepReturns)
+    multistep = NStepReturns(gamma=cfg.loss.gamma, n_steps=cfg.loss.n_steps) if cfg.loss.n_steps > 1 else None
 
     rb = make_buffer(cfg)
     hook = None
@@ -223,13 +225,22 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
     start_frames = collected
     if vlm:
-        service = ScoringService(
-            scorer_factory(cfg),
-            max_pending=cfg.vlm.max_pending,
-            batch_clips=cfg.vlm.batch_clips,
-            num_threads=cfg.vlm.num_threads,
-            start_timeout_s=cfg.vlm.start_timeout_s,
-        )
+        try:
+            service = ScoringService(
+                scorer_factory(cfg),
+                max_pending=cfg.vlm.max_pending,
+                batch_clips=cfg.vlm.batch_clips,
+                num_threads=cfg.vlm.num_threads,
+                start_timeout_s=cfg.vlm.start_timeout_s,
+            )
+        except ScoringServiceError as err:
+            if cfg.vlm.scorer != "transformers":
+                raise
+            raise ScoringServiceError(
+                f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a "
+                "local folder holding the model, or run with vlm.scorer=events (the ideal, weight-free scorer). "
+                f"The scoring process said:\n{err}"
+            ) from None
         hook = VLMScoringHook(
             rb, service, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold, gallery=gallery, postproc=multistep
         )
@@ -248,7 +259,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     )
     logger = make_logger(
         cfg.logger.backend,
-        algo="dqn",
+        algo="DQN",
         exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
         log_dir=out_dir / "logs",
         config=OmegaConf.to_container(cfg, resolve=True),

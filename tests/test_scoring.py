@@ -123,6 +123,9 @@ def test_noisy_scorer_error_rates_within_binomial_bounds():
         assert abs(float(flipped) - rate * float(total)) < 5 * sd
     with pytest.raises(ValueError, match="false_positive_rate"):
         NoisyScorer(MiniGridEventScorer(), false_positive_rate=1.5)
+    # A factory (as a recipe passes it to the scoring process) builds the same scorer.
+    from_factory = NoisyScorer(functools.partial(MiniGridEventScorer, "any"), 0.1, 0.25, seed=0)
+    assert torch.equal(from_factory(clips), NoisyScorer(MiniGridEventScorer("any"), 0.1, 0.25, seed=0)(clips))
 
 
 @pytest.mark.parametrize(

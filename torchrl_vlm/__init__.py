@@ -4,7 +4,7 @@ The public names below are the contract that recipes, tests and users rely on.
 ``TransformersScorer`` is imported on first use (it pulls in ``transformers``).
 """
 from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, decode_mission, make_minigrid_env
-from torchrl_vlm.replay import ClipAssembler, MixtureSampler, make_replay_buffer, mixture_lambda
+from torchrl_vlm.replay import ClipAssembler, MixtureSampler, NStepReturns, make_replay_buffer, mixture_lambda
 from torchrl_vlm.scoring import (
     ClipGallery,
     EVENT_DEFINITIONS,
@@ -28,6 +28,7 @@ __all__ = [
     "MINIGRID_ENVS",
     "MiniGridEventScorer",
     "MixtureSampler",
+    "NStepReturns",
     "NoisyScorer",
     "RenderClips",
     "Scorer",

@@ -11,6 +11,7 @@ They are named stand-ins, never silent fallbacks:
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -32,6 +33,15 @@ EVENT_DEFINITIONS = {
     # reaching the goal only
     "goal_only": ("goal",),
 }
+
+
+def _built(base):
+    """A scorer from a scorer or its factory (a class or a ``functools.partial``)."""
+    if isinstance(base, (type, functools.partial)):
+        base = base()
+    if not callable(base):
+        raise TypeError(f"base must be a scorer or a factory of one, got {type(base).__name__}")
+    return base
 
 
 class MiniGridEventScorer:
@@ -88,8 +98,9 @@ class NoisyScorer:
     probability ``false_positive_rate``. The output is 0 or 1.
 
     Args:
-        base: the scorer to corrupt, or a zero-argument factory of it (so the
-            whole thing stays picklable for :class:`ScoringService`).
+        base: the scorer to corrupt, or its factory (a class or a
+            ``functools.partial``), so the whole thing stays picklable for
+            :class:`ScoringService` and the base is built in the scoring process.
         false_positive_rate: P(yes | not meaningful), in [0, 1].
         false_negative_rate: P(no | meaningful), in [0, 1].
         seed: seeds the flips, so runs are reproducible.
@@ -99,15 +110,11 @@ class NoisyScorer:
         for name, rate in (("false_positive_rate", false_positive_rate), ("false_negative_rate", false_negative_rate)):
             if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be a float in [0, 1], got {rate!r}")
-        if isinstance(base, type):
-            base = base()
-        if not callable(base):
-            raise TypeError(f"base must be a scorer, got {type(base).__name__}")
-        self.base = base
+        self.base = _built(base)
         self.false_positive_rate = float(false_positive_rate)
         self.false_negative_rate = float(false_negative_rate)
         self.generator = torch.Generator().manual_seed(seed)
-        self.needs_frames = getattr(base, "needs_frames", True)
+        self.needs_frames = getattr(self.base, "needs_frames", True)
 
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
         truth = torch.as_tensor(self.base(clips)).float().cpu() >= 0.5
@@ -132,7 +139,7 @@ class DelayedScorer:
     def __init__(self, base, latency_s: float):
         if not latency_s >= 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
-        self.base = base() if isinstance(base, type) else base
+        self.base = _built(base)
         self.latency_s = float(latency_s)
         self.needs_frames = getattr(self.base, "needs_frames", True)
 

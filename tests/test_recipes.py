@@ -1,0 +1,126 @@
+"""Smoke runs of recipes/dqn_minigrid.py with tiny budgets, its checkpoints, and its config errors."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+import dqn_minigrid  # noqa: E402
+
+TINY = [
+    "env.name=MiniGrid-DoorKey-5x5-v0",
+    "env.num_envs=4",
+    "env.max_steps=24",
+    "collector.total_frames=256",
+    "collector.frames_per_batch=64",
+    "collector.init_random_frames=64",
+    "buffer.capacity=2000",
+    "buffer.batch_size=32",
+    "vlm.clip_len=8",
+    "eval.interval=128",
+    "eval.episodes=2",
+    "logger.backend=csv",
+    "logger.log_interval=64",
+    "logger.progress=false",
+    "logger.gallery_interval=128",
+]
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return compose("dqn_minigrid", overrides=[*TINY, *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["buffer.sampler=uniform"],
+        ["buffer.sampler=per"],
+        ["buffer.sampler=vlm", "vlm.scorer=events"],
+        ["buffer.sampler=vlm", "vlm.scorer=noisy_events", "buffer.td_boost=true", "buffer.importance_weights=true"],
+    ],
+    ids=["uniform", "per", "vlm-events", "vlm-noisy-tdboost"],
+)
+def test_smoke(overrides, tmp_path):
+    summary = dqn_minigrid.train(config(*overrides), tmp_path)
+    assert summary["frames"] == 256 and summary["updates"] > 0
+    assert [row["frames"] for row in summary["evals"]] == [128, 256, 256]
+    assert (tmp_path / "checkpoint" / "checkpoint.pt").exists()
+    logged = {f"{p.parent.name}/{p.stem}" for p in (tmp_path / "logs").rglob("scalars/*/*.csv")}
+    assert {"train/sps", "train/success", "train/loss", "train/epsilon", "eval/success_greedy"} <= logged
+    if "buffer.sampler=vlm" in overrides:
+        stats = summary["vlm_stats"]
+        assert stats["clips_submitted"] > 0 and stats["clips_scored"] > 0
+        assert summary["lambda"] == 0.5  # warm-up is half of the 256 frames
+        watched = {"vlm/lambda", "vlm/priority_fraction", "vlm/stale_rejected", "vlm/latency_mean_s",
+                   "vlm/coverage", "vlm/clips_dropped", "vlm/positives"}
+        assert watched <= logged
+        assert list((tmp_path / "gallery").glob("*.png"))
+
+
+def test_smoke_with_the_tiny_vlm(tiny_vlm, tmp_path):
+    summary = dqn_minigrid.train(
+        config(
+            "buffer.sampler=vlm",
+            "vlm.scorer=transformers",
+            f"vlm.model={tiny_vlm}",
+            "vlm.num_frames=4",
+            "vlm.batch_size=4",
+        ),
+        tmp_path,
+    )
+    assert summary["vlm_stats"]["clips_scored"] > 0
+    rb = summary["replay_buffer"]
+    scores = rb[:]["vlm_score"]
+    assert bool(((scores[~scores.isnan()] >= 0) & (scores[~scores.isnan()] <= 1)).all())
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    first = dqn_minigrid.train(config("buffer.sampler=vlm", "collector.total_frames=192"), tmp_path / "a")
+    rb = first["replay_buffer"]
+    ckpt = tmp_path / "a" / "checkpoint"
+
+    # What the checkpoint restores: the same transitions, priorities and λ.
+    cfg = config("buffer.sampler=vlm", "collector.total_frames=192")
+    restored = dqn_minigrid.make_buffer(cfg)
+    state = dqn_minigrid.load_checkpoint(ckpt, restored)
+    assert len(restored) == len(rb) == 192
+    for key in ("observation", "vlm_priority", "vlm_score", "clip_id", "action"):
+        torch.testing.assert_close(restored[:][key], rb[:][key], equal_nan=True)
+    assert restored.sampler.lam == rb.sampler.lam
+    assert restored.sampler.num_positive == rb.sampler.num_positive
+    assert state["collected_frames"] == 192
+
+    # Training continues from there.
+    resumed = dqn_minigrid.train(
+        config("buffer.sampler=vlm", "collector.total_frames=384", f"checkpoint.resume={ckpt}"), tmp_path / "b"
+    )
+    assert resumed["start_frames"] == 192 and resumed["frames"] == 384
+    assert resumed["updates"] > first["updates"]
+    assert resumed["replay_buffer"].sampler.transitions_written == 384
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["env.name=MiniGrid-DoorKey-9x9-v0"], "MiniGrid-DoorKey-8x8-v0"),
+        (["buffer.sampler=rainbow"], "uniform"),
+        (["vlm.scorer=gpt"], "transformers"),
+        (["collector.frames_per_batch=63"], "multiple of env.num_envs"),
+        (["logger.backend=neptune"], "logger.backend"),
+    ],
+)
+def test_config_errors_are_clear(overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        dqn_minigrid.train(config(*overrides), tmp_path)
+
+
+def test_a_missing_model_offline_suggests_the_way_out(tmp_path):
+    from torchrl_vlm import ScoringServiceError
+
+    with pytest.raises(ScoringServiceError, match="vlm.model='acme/no-such-vlm'.*local folder.*vlm.scorer=events"):
+        dqn_minigrid.train(config("buffer.sampler=vlm", "vlm.scorer=transformers", "vlm.model=acme/no-such-vlm"), tmp_path)
