@@ -40,6 +40,7 @@ from torchrl.objectives import DQNLoss, HardUpdate
 from torchrl_vlm import (
     MINIGRID_ENVS,
     ClipGallery,
+    DelayedScorer,
     MiniGridEventScorer,
     MixtureSampler,
     NoisyScorer,
@@ -87,6 +88,13 @@ def check_config(cfg: DictConfig) -> None:
 
 def scorer_factory(cfg: DictConfig):
     """A picklable zero-argument factory of the scorer, built inside the scoring process."""
+    factory = _base_scorer_factory(cfg)
+    if cfg.vlm.latency_s > 0:
+        return functools.partial(DelayedScorer, factory, cfg.vlm.latency_s)
+    return factory
+
+
+def _base_scorer_factory(cfg: DictConfig):
     if cfg.vlm.scorer == "events":
         return functools.partial(MiniGridEventScorer, cfg.vlm.definition)
     if cfg.vlm.scorer == "noisy_events":

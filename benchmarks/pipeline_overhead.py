@@ -1,0 +1,102 @@
+"""What the VLM-RB pipeline costs the learner, in env steps per second.
+
+Runs the DQN recipe (collect → extend → sample → update, one update per 4 env
+steps) three ways, alternating them over several rounds in one process:
+
+- ``uniform``: uniform replay, no frames rendered (the cheapest loop);
+- ``per``: TorchRL's PrioritizedSampler with TD-error write-back (the paper's reference);
+- ``vlm``: the full VLM-RB path: frames rendered, the hook cutting clips and
+  shipping them to the scoring process, the MixtureSampler, and a scorer that
+  answers after a fixed latency without using CPU (a VLM on its own GPU).
+
+The SPS is the training loop's own (start-up and the final evaluation excluded).
+Target: VLM-RB within 10% of uniform (the paper reports about 12% below PER).
+
+    python benchmarks/pipeline_overhead.py [--frames 30000] [--rounds 3] [--latency 0.25]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common import append_results, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+VARIANTS = {
+    "uniform": ["buffer.sampler=uniform", "env.render=false"],
+    "per": ["buffer.sampler=per", "env.render=false"],
+    "vlm": ["buffer.sampler=vlm", "vlm.scorer=events", "env.render=true"],
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="MiniGrid-DoorKey-8x8-v0")
+    parser.add_argument("--frames", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.25, help="seconds per scorer call (16 clips at most)")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    import dqn_minigrid
+
+    common = [
+        f"env.name={args.env}",
+        f"collector.total_frames={args.frames}",
+        "collector.init_random_frames=2048",
+        "eval.interval=0",
+        "eval.episodes=2",
+        "logger.backend=",
+        "logger.progress=false",
+        "logger.gallery_interval=0",
+        "checkpoint.at_end=false",
+        f"vlm.latency_s={args.latency}",
+    ]
+    sps: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    stats = {}
+    for r in range(args.rounds):
+        for name, overrides in VARIANTS.items():
+            with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
+                cfg = compose("dqn_minigrid", overrides=[*common, *overrides, f"env.seed={r}"])
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = dqn_minigrid.train(cfg, Path(tmp))
+            sps[name].append(summary["sps"])
+            if summary["vlm_stats"]:
+                stats = summary["vlm_stats"]
+            print(f"round {r} {name}: {summary['sps']:.0f} SPS", flush=True)
+
+    base = np.median(sps["uniform"])
+    per = np.median(sps["per"])
+    rows = []
+    for name, values in sps.items():
+        med = np.median(values)
+        rows.append([name, f"{med:.0f}", ", ".join(f"{v:.0f}" for v in values), f"{(1 - med / base) * 100:+.1f}%",
+                     f"{(1 - med / per) * 100:+.1f}%"])
+    table = markdown_table(["loop", "SPS (median)", "per round", "slower than uniform", "slower than PER"], rows)
+    vlm = np.median(sps["vlm"])
+    verdict = (f"VLM-RB overhead against uniform: {(1 - vlm / base) * 100:.1f}% "
+               f"(target ≤ 10%: {'met' if vlm >= 0.9 * base else 'MISSED'}); against PER: {(1 - vlm / per) * 100:.1f}% "
+               "(the paper: about 12%).")
+    scorer = (f"Scorer of the last VLM-RB round: {stats.get('clips_submitted', 0):.0f} clips submitted, "
+              f"{stats.get('clips_scored', 0):.0f} scored, {stats.get('clips_dropped', 0):.0f} dropped, "
+              f"latency mean {stats.get('latency_mean_s', float('nan')):.2f}s, p95 {stats.get('latency_p95_s', float('nan')):.2f}s, "
+              f"coverage {stats.get('coverage', 0):.2f}.")
+    body = (f"{args.env}, {args.frames:,} env steps per run (2,048 random first), 8 envs, batch 128, one update "
+            f"per 4 steps, {args.rounds} alternating rounds; the VLM-RB scorer answers after {args.latency}s per call "
+            f"(a sleep: no CPU), on frames rendered at 8 px per cell.\n\n{table}\n\n{verdict}\n{scorer}\n")
+    print(body)
+    if not args.no_record:
+        append_results("Pipeline overhead", body)
+
+
+if __name__ == "__main__":
+    main()
