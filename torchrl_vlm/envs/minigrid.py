@@ -29,6 +29,7 @@ __all__ = [
     "MISSION_BYTES",
     "decode_mission",
     "encode_mission",
+    "full_state",
     "make_minigrid_env",
     "register_doorkey_12x12",
     "render_full_grid",
@@ -98,6 +99,25 @@ def decode_mission(mission) -> str | list:
     return [decode_mission(row) for row in array]
 
 
+def full_state(env: gym.Env) -> dict[str, np.ndarray]:
+    """The full MiniGrid state, for planners and oracles (not for the agent).
+
+    - ``grid``: uint8 ``[W, H, 3]``, minigrid's ``(object, colour, state)``
+      encoding of every cell (the agent is not drawn in it);
+    - ``agent_pos``: int64 ``[2]``, ``(x, y)``; ``agent_dir``: int64 ``[1]``
+      (0 right, 1 down, 2 left, 3 up);
+    - ``carrying``: uint8 ``[3]``, the encoding of the carried object, zeros if none.
+    """
+    base = env.unwrapped
+    carrying = np.zeros(3, dtype=np.uint8) if base.carrying is None else np.array(base.carrying.encode(), np.uint8)
+    return {
+        "grid": base.grid.encode(),
+        "agent_pos": np.asarray(base.agent_pos, dtype=np.int64),
+        "agent_dir": np.array([base.agent_dir], dtype=np.int64),
+        "carrying": carrying,
+    }
+
+
 # (object kind, colour, open, locked, agent direction, tile size) -> uint8 tile
 _TILES: dict[tuple, np.ndarray] = {}
 
@@ -162,19 +182,23 @@ class MiniGridObservation(gym.Wrapper):
     - ``success`` (bool): the episode ended on the goal (positive reward).
     - ``mission`` (uint8 ``[MISSION_BYTES]``): the mission string as UTF-8
       bytes; :func:`decode_mission` turns it back into text.
+    - ``state``, only with ``state=True``: the full simulator state for
+      oracles and planners (see :func:`full_state`).
 
     Args:
         env: a MiniGrid gymnasium env.
         tile_size: pixels per grid cell of the rendered frame.
         render: whether to render ``pixels``.
+        state: whether to expose the full ``state``.
     """
 
-    def __init__(self, env: gym.Env, *, tile_size: int = 8, render: bool = True):
+    def __init__(self, env: gym.Env, *, tile_size: int = 8, render: bool = True, state: bool = False):
         super().__init__(env)
         if not isinstance(tile_size, int) or tile_size < 1:
             raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
         self.tile_size = tile_size
         self.render_frames = render
+        self.expose_state = state
         base = env.unwrapped
         view = env.observation_space["image"].shape
         spaces = {
@@ -188,6 +212,15 @@ class MiniGridObservation(gym.Wrapper):
         if render:
             shape = (base.height * tile_size, base.width * tile_size, 3)
             spaces["pixels"] = gym.spaces.Box(0, 255, shape, dtype=np.uint8)
+        if state:
+            spaces["state"] = gym.spaces.Dict(
+                {
+                    "grid": gym.spaces.Box(0, 255, (base.width, base.height, 3), dtype=np.uint8),
+                    "agent_pos": gym.spaces.Box(0, max(base.width, base.height), (2,), dtype=np.int64),
+                    "agent_dir": gym.spaces.Box(0, 3, (1,), dtype=np.int64),
+                    "carrying": gym.spaces.Box(0, 255, (3,), dtype=np.uint8),
+                }
+            )
         self.observation_space = gym.spaces.Dict(spaces)
         self._had_key = False
         self._door_opened = False
@@ -205,6 +238,8 @@ class MiniGridObservation(gym.Wrapper):
         }
         if self.render_frames:
             out["pixels"] = render_full_grid(self.env, self.tile_size)
+        if self.expose_state:
+            out["state"] = full_state(self.env)
         return out
 
     def _doors_open(self) -> bool:
@@ -245,16 +280,16 @@ class MiniGridObservation(gym.Wrapper):
         return self._encode(obs, events, goal), reward, terminated, truncated, info
 
 
-def _make_gym_env(env_name: str, tile_size: int, render: bool, max_steps: int | None) -> gym.Env:
+def _make_gym_env(
+    env_name: str, tile_size: int, render: bool, max_steps: int | None, state: bool = False
+) -> gym.Env:
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
-    return MiniGridObservation(
-        gym.make(env_name, **kwargs), tile_size=tile_size, render=render
-    )
+    return MiniGridObservation(gym.make(env_name, **kwargs), tile_size=tile_size, render=render, state=state)
 
 
-def _single_env(env_name, tile_size, render, max_steps, device) -> GymWrapper:
+def _single_env(env_name, tile_size, render, max_steps, device, state=False) -> GymWrapper:
     return GymWrapper(
-        _make_gym_env(env_name, tile_size, render, max_steps),
+        _make_gym_env(env_name, tile_size, render, max_steps, state),
         device=device,
         categorical_action_encoding=True,
     )
@@ -272,6 +307,7 @@ def make_minigrid_env(
     parallel: bool = False,
     max_steps: int | None = None,
     worker_id: int | None = None,
+    state: bool = False,
 ) -> TransformedEnv:
     """Builds a MiniGrid TorchRL env that tags its steps with clip ids.
 
@@ -300,6 +336,9 @@ def make_minigrid_env(
         parallel: step the batched envs in worker processes.
         max_steps: override the env's episode step limit.
         worker_id: distinguishes clip ids across data-collection processes.
+        state: also expose the full simulator ``state`` (grid encoding, agent
+            position and direction, carried object; see :func:`full_state`), for
+            planners and oracles. The agent should not learn from it.
 
     Examples:
         >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, seed=0)
@@ -320,9 +359,9 @@ def make_minigrid_env(
         raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
 
     if num_envs == 1:
-        base = _single_env(env_name, tile_size, render, max_steps, device)
+        base = _single_env(env_name, tile_size, render, max_steps, device, state)
     else:
-        make_one = functools.partial(_make_gym_env, env_name, tile_size, render, max_steps)
+        make_one = functools.partial(_make_gym_env, env_name, tile_size, render, max_steps, state)
         vector_cls = gym.vector.AsyncVectorEnv if parallel else gym.vector.SyncVectorEnv
         vector = vector_cls(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
