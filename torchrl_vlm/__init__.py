@@ -45,7 +45,7 @@ __all__ = [
 
 def __getattr__(name):
     if name == "TransformersScorer":
-        from torchrl_vlm.scoring.transformers import TransformersScorer
+        from torchrl_vlm import scoring
 
-        return TransformersScorer
+        return scoring.TransformersScorer  # imported on first use there
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

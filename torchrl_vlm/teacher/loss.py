@@ -45,19 +45,42 @@ def distillation_kl(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -
 
 
 class _Distillation:
-    """The part LVLM2P adds to a TorchRL policy-gradient loss (PPO or A2C)."""
+    """The part LVLM2P adds to a TorchRL policy-gradient loss (PPO or A2C).
 
-    def _init_distillation(self, coeff, decay_frames, hard_targets, teacher_key, teacher_mask_key):
-        if not coeff >= 0:
-            raise ValueError(f"distill_coeff must be >= 0, got {coeff}")
-        if decay_frames is not None and decay_frames <= 0:
-            raise ValueError(f"distill_decay_frames must be > 0 or None, got {decay_frames}")
-        self.distill_coeff_init = float(coeff)
-        self.distill_decay_frames = decay_frames
+    Listed before the TorchRL loss in the bases, so ``super()`` reaches it.
+    """
+
+    def __init__(
+        self,
+        actor_network,
+        critic_network=None,
+        *,
+        distill_coeff: float = 0.01,
+        distill_decay_frames: int | None = None,
+        hard_targets: bool = False,
+        teacher_key: str = "teacher_probs",
+        teacher_mask_key: str = "teacher_mask",
+        **kwargs,
+    ):
+        super().__init__(actor_network, critic_network, **kwargs)
+        if not distill_coeff >= 0:
+            raise ValueError(f"distill_coeff must be >= 0, got {distill_coeff}")
+        if distill_decay_frames is not None and distill_decay_frames <= 0:
+            raise ValueError(f"distill_decay_frames must be > 0 or None, got {distill_decay_frames}")
+        self.distill_coeff_init = float(distill_coeff)
+        self.distill_decay_frames = distill_decay_frames
         self.hard_targets = bool(hard_targets)
         self.teacher_key = teacher_key
         self.teacher_mask_key = teacher_mask_key
         self.register_buffer("distill_frames", torch.zeros((), dtype=torch.long))
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        out = super().forward(tensordict)
+        loss, kl = self._distillation_loss(tensordict)
+        out.set("loss_distill", loss)
+        out.set("distill_kl", kl)
+        out.set("distill_coeff", torch.tensor(self.distill_coeff))
+        return out
 
     @property
     def distill_coeff(self) -> float:
@@ -113,13 +136,6 @@ class _Distillation:
         mean_kl = torch.where(valid, kl, torch.zeros_like(kl)).sum() / count.clamp(min=1)
         return self.distill_coeff * mean_kl, mean_kl.detach()
 
-    def _add_distillation(self, tensordict: TensorDictBase, out: TensorDictBase) -> TensorDictBase:
-        loss, kl = self._distillation_loss(tensordict)
-        out.set("loss_distill", loss)
-        out.set("distill_kl", kl)
-        out.set("distill_coeff", torch.tensor(self.distill_coeff))
-        return out
-
 
 class DistillClipPPOLoss(_Distillation, ClipPPOLoss):
     """TorchRL's :class:`~torchrl.objectives.ClipPPOLoss` plus ``loss_distill = λ · KL(π_T ‖ π_θ)``.
@@ -136,25 +152,9 @@ class DistillClipPPOLoss(_Distillation, ClipPPOLoss):
 
     The output holds ``loss_objective``, ``loss_critic``, ``loss_entropy`` (as
     ``ClipPPOLoss``) and ``loss_distill``, plus ``distill_kl`` and ``distill_coeff`` for logging.
+    With ``distill_coeff=0`` and no teacher in the batch, ``loss_distill`` is 0
+    (the no-teacher baseline).
     """
-
-    def __init__(
-        self,
-        actor_network,
-        critic_network=None,
-        *,
-        distill_coeff: float = 0.01,
-        distill_decay_frames: int | None = None,
-        hard_targets: bool = False,
-        teacher_key: str = "teacher_probs",
-        teacher_mask_key: str = "teacher_mask",
-        **kwargs,
-    ):
-        super().__init__(actor_network, critic_network, **kwargs)
-        self._init_distillation(distill_coeff, distill_decay_frames, hard_targets, teacher_key, teacher_mask_key)
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        return self._add_distillation(tensordict, super().forward(tensordict))
 
 
 class DistillA2CLoss(_Distillation, A2CLoss):
@@ -162,21 +162,3 @@ class DistillA2CLoss(_Distillation, A2CLoss):
 
     Arguments as :class:`DistillClipPPOLoss`, with ``A2CLoss``'s own keyword arguments.
     """
-
-    def __init__(
-        self,
-        actor_network,
-        critic_network=None,
-        *,
-        distill_coeff: float = 0.01,
-        distill_decay_frames: int | None = None,
-        hard_targets: bool = False,
-        teacher_key: str = "teacher_probs",
-        teacher_mask_key: str = "teacher_mask",
-        **kwargs,
-    ):
-        super().__init__(actor_network, critic_network, **kwargs)
-        self._init_distillation(distill_coeff, distill_decay_frames, hard_targets, teacher_key, teacher_mask_key)
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        return self._add_distillation(tensordict, super().forward(tensordict))
