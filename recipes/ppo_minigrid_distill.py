@@ -73,23 +73,27 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def make_teacher(cfg: DictConfig):
-    """The teacher, called once per rollout as ``teacher(batch) -> probs [n_envs, T, n_actions]``."""
+def make_teacher(cfg: DictConfig, num_actions: int):
+    """The teacher, called once per rollout as ``teacher(batch) -> probs [n_envs, T, num_actions]``.
+
+    ``num_actions`` is the env's: Dynamic-Obstacles offers only left, right and forward.
+    """
     if cfg.teacher == "none":
         return None
     from torchrl_vlm.teacher import NoisyTeacher, PlannerTeacher
 
-    if cfg.teacher == "planner":
-        return PlannerTeacher(epsilon=cfg.teacher_planner.epsilon)
-    if cfg.teacher == "noisy_planner":
-        return NoisyTeacher(
-            PlannerTeacher(epsilon=cfg.teacher_planner.epsilon), cfg.teacher_planner.error_rate, seed=cfg.env.seed
-        )
+    if cfg.teacher in ("planner", "noisy_planner"):
+        planner = PlannerTeacher(epsilon=cfg.teacher_planner.epsilon, num_actions=num_actions)
+        if cfg.teacher == "planner":
+            return planner
+        return NoisyTeacher(planner, cfg.teacher_planner.error_rate, seed=cfg.env.seed)
     from torchrl_vlm.teacher import VLMTeacher
+    from torchrl_vlm.teacher.vlm import MINIGRID_ACTIONS
 
     try:
         return VLMTeacher(
             cfg.teacher_vlm.model,
+            action_names=MINIGRID_ACTIONS[:num_actions],
             temperature=cfg.teacher_vlm.temperature,
             two_stage=cfg.teacher_vlm.two_stage,
             device=cfg.teacher_vlm.device,
@@ -160,8 +164,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(cfg.num_threads)
     total_frames = cfg.collector.total_frames
 
-    teacher = make_teacher(cfg)
     env = make_env(cfg, cfg.env.num_envs, cfg.env.seed, teacher=cfg.teacher)
+    teacher = make_teacher(cfg, env.full_action_spec_unbatched["action"].n)
     eval_env = make_env(cfg, cfg.eval.episodes, cfg.env.seed + 10_000, teacher="none")
     eval_steps = (cfg.env.max_steps or gym.make(cfg.env.name).unwrapped.max_steps) + 1
     actor, critic = make_actor_critic(cfg, env)

@@ -16,6 +16,14 @@ from torchrl_vlm.scoring import (
     ScoringServiceError,
     VLMScoringHook,
 )
+from torchrl_vlm.teacher import (
+    DistillA2CLoss,
+    DistillClipPPOLoss,
+    NoisyTeacher,
+    PlannerTeacher,
+    VLMTeacher,
+    distillation_kl,
+)
 
 __version__ = "0.1.0"
 
@@ -23,6 +31,8 @@ __all__ = [
     "ClipAssembler",
     "ClipGallery",
     "DelayedScorer",
+    "DistillA2CLoss",
+    "DistillClipPPOLoss",
     "EVENT_DEFINITIONS",
     "EVENT_NAMES",
     "MINIGRID_ENVS",
@@ -30,13 +40,17 @@ __all__ = [
     "MixtureSampler",
     "NStepReturns",
     "NoisyScorer",
+    "NoisyTeacher",
+    "PlannerTeacher",
     "RenderClips",
     "Scorer",
     "ScoringService",
     "ScoringServiceError",
     "TransformersScorer",
     "VLMScoringHook",
+    "VLMTeacher",
     "decode_mission",
+    "distillation_kl",
     "make_minigrid_env",
     "make_replay_buffer",
     "mixture_lambda",
