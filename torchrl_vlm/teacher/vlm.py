@@ -234,7 +234,7 @@ class VLMTeacher(VLMBacked):
             trust_remote_code=trust_remote_code,
             processor_kwargs=processor_kwargs,
             owner="VLMTeacher",
-            load_hint="use a non-VLM teacher",
+            load_hint="use the exact PlannerTeacher (teacher=planner in the recipe) instead",
         )
         self.label_token_ids, self.label_variants = self._resolve_labels()
         # [n_actions, max_variants] ids, padded with the first variant and masked.
