@@ -56,3 +56,21 @@ class SlowConstantScorer:
     def __call__(self, clips):
         time.sleep(self.latency_s)
         return torch.ones(clips.batch_size[0])
+
+
+class LastFrameScorer:
+    """P(yes) = a fingerprint of the clip's last real frame, in [0, 1): shows which frame came last."""
+
+    needs_frames = True
+
+    def __call__(self, clips):
+        validate_clips(clips)
+        last = clips["mask"].sum(-1) - 1
+        frames = clips["frames"][torch.arange(clips.batch_size[0]), last]
+        return last_frame_fingerprint(frames)
+
+
+def last_frame_fingerprint(frames):
+    """A number in [0, 1) per frame ([B, H, W, 3] uint8), sensitive to where the agent is."""
+    weights = torch.arange(1, frames[0].numel() + 1, dtype=torch.float64)
+    return ((frames.reshape(frames.shape[0], -1).double() * weights).sum(-1) % 9973 / 9973).float()

@@ -11,7 +11,15 @@ from tensordict import NonTensorStack, TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs.utils import RandomPolicy
 
-from _scorers import BrokenAtStart, ClipIdParityScorer, HangingScorer, RaisingScorer, SlowConstantScorer
+from _scorers import (
+    BrokenAtStart,
+    ClipIdParityScorer,
+    HangingScorer,
+    LastFrameScorer,
+    RaisingScorer,
+    SlowConstantScorer,
+    last_frame_fingerprint,
+)
 from torchrl_vlm import (
     EVENT_DEFINITIONS,
     EVENT_NAMES,
@@ -260,6 +268,34 @@ def test_end_to_end_priorities_sit_exactly_on_clips_with_events():
     assert set(sampler._pos_list[: sampler.num_positive].tolist()) == set(
         torch.nonzero(data["vlm_priority"]).squeeze(-1).tolist()
     )
+
+
+def test_a_clip_ends_on_the_state_its_last_action_reached():
+    clip_len = 8
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=3, max_steps=20)
+    rb = make_replay_buffer(1000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
+    torch.manual_seed(0)
+    collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=30, total_frames=120)
+    batches = []
+    with VLMScoringHook(rb, ScoringService(LastFrameScorer), clip_len=clip_len) as hook:
+        for batch in collector:
+            batches.append(batch.reshape(-1).clone())
+            hook.extend(batch)
+        collector.shutdown()
+        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+    steps = torch.cat(batches)
+    data = rb[:]
+    checked = 0
+    for cid in torch.unique(data["clip_id"]).tolist():
+        rows = torch.nonzero(steps["clip_id"] == cid).squeeze(-1)
+        score = data["vlm_score"][data["clip_id"] == cid]
+        if torch.isnan(score).all():
+            continue  # unfinished at the end of the run
+        last = rows[steps["clip_step"][rows].argmax()]
+        expected = last_frame_fingerprint(steps["next", "pixels"][last].unsqueeze(0))
+        assert torch.allclose(score, expected.expand_as(score)), cid
+        checked += 1
+    assert checked >= 10
 
 
 def test_heavy_overwrite_never_lands_a_late_score_on_a_reused_slot():

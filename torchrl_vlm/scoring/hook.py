@@ -41,8 +41,10 @@ class VLMScoringHook:
         service: the :class:`ScoringService` that scores clips.
         clip_len: the clip length L the env tags with (paper: 32).
         frame_key: the frame entry of the collector batch; frames are sent to
-            the scorer and never stored. Missing frames are fine for scorers that
-            do not look at them (``MiniGridEventScorer``).
+            the scorer and never stored. A clip's last frame is the state its last
+            action led to (``("next", frame_key)``), so the outcome is in view.
+            Missing frames are fine for scorers that do not look at them
+            (``MiniGridEventScorer``).
         threshold: P(yes) at or above which a clip is meaningful (paper: 0.5).
         events_key: per-step flags for ground-truth scorers. A row's events are
             ``("next", "events")``: those its own action caused.
@@ -127,7 +129,7 @@ class VLMScoringHook:
         self.poll()
         n = batch.numel()
         flat = batch.reshape(-1)
-        frames = flat.get(self.frame_key, None)
+        frames = self._frames(flat)
         mission = flat.get(self.mission_key, None)
         # Byte-encoded missions ride along as a tensor and are decoded once per
         # finished clip; other mission entries are turned into strings here.
@@ -178,6 +180,26 @@ class VLMScoringHook:
                 meta["clip_id"] = clips["clip_id"]
             self.service.submit(clips, meta)
         return index
+
+    def _frames(self, flat: TensorDictBase) -> torch.Tensor | None:
+        """One frame per row: the row's own, except that a clip's last row shows where it led.
+
+        A row is the transition (s_t, a_t, s_t+1). Without this, a clip of L rows
+        would show s_t0 ... s_t0+L-1 and never the state its last action reached:
+        an episode's goal (the agent on the goal tile) or the opened door would be
+        missing from the frames the VLM judges.
+        """
+        frames = flat.get(self.frame_key, None)
+        next_frames = flat.get(("next", self.frame_key), None)
+        if frames is None or next_frames is None:
+            return frames
+        n = flat.batch_size[0]
+        last = flat.get(self.done_key, torch.zeros(n, dtype=torch.bool)).reshape(n).clone()
+        next_clip = flat.get(("next", "clip_id"), None)
+        if next_clip is not None:
+            last |= next_clip.reshape(n) != flat["clip_id"].reshape(n)
+        last = last.reshape(n, *([1] * (frames.ndim - 1)))
+        return torch.where(last, next_frames, frames)
 
     # ------------------------------------------------------------------ poll
     def poll(self) -> int:
