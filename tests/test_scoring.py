@@ -136,6 +136,16 @@ def test_noisy_scorer_error_rates_within_binomial_bounds():
     assert torch.equal(from_factory(clips), NoisyScorer(MiniGridEventScorer("any"), 0.1, 0.25, seed=0)(clips))
 
 
+def test_delayed_scorer_delegates_to_its_base():
+    clips = _clips(2)
+    clips["events"][0, 0, EVENT_NAMES.index("goal")] = True
+    delayed = DelayedScorer(functools.partial(MiniGridEventScorer, "goal_only"), latency_s=0.0)
+    assert delayed(clips).tolist() == [1.0, 0.0]
+    assert delayed.needs_frames is False
+    with pytest.raises(ValueError, match="latency_s"):
+        DelayedScorer(MiniGridEventScorer, latency_s=-1.0)
+
+
 @pytest.mark.parametrize(
     "bad, error, match",
     [
