@@ -19,6 +19,7 @@ losses → optimise → log.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -87,19 +88,22 @@ def make_teacher(cfg: DictConfig, num_actions: int):
         if cfg.teacher == "planner":
             return planner
         return NoisyTeacher(planner, cfg.teacher_planner.error_rate, seed=cfg.env.seed)
-    from torchrl_vlm.teacher import VLMTeacher
+    from torchrl_vlm.scoring.service import ScoringServiceError
+    from torchrl_vlm.teacher import RemoteTeacher, VLMTeacher
     from torchrl_vlm.teacher.vlm import MINIGRID_ACTIONS
 
+    factory = functools.partial(
+        VLMTeacher,
+        cfg.teacher_vlm.model,
+        action_names=MINIGRID_ACTIONS[:num_actions],
+        temperature=cfg.teacher_vlm.temperature,
+        two_stage=cfg.teacher_vlm.two_stage,
+        device=cfg.teacher_vlm.device,
+        batch_size=cfg.teacher_vlm.batch_size,
+    )
     try:
-        return VLMTeacher(
-            cfg.teacher_vlm.model,
-            action_names=MINIGRID_ACTIONS[:num_actions],
-            temperature=cfg.teacher_vlm.temperature,
-            two_stage=cfg.teacher_vlm.two_stage,
-            device=cfg.teacher_vlm.device,
-            batch_size=cfg.teacher_vlm.batch_size,
-        )
-    except OSError as err:
+        return RemoteTeacher(factory) if cfg.teacher_vlm.remote else factory()
+    except (OSError, ScoringServiceError) as err:
         raise OSError(
             f"teacher_vlm.model={cfg.teacher_vlm.model!r} could not be loaded. Without hub access, point it at a "
             f"local folder holding the model, or use teacher=planner (the exact, weight-free teacher).\n{err}"
@@ -288,6 +292,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     finally:
         pbar.close()
         collector.shutdown()
+        if hasattr(teacher, "close"):
+            teacher.close()
         if logger is not None and cfg.logger.backend == "wandb":
             logger.experiment.finish()
     return {

@@ -52,6 +52,14 @@ def test_smoke_with_the_tiny_vlm_teacher(algo, tiny_vlm, tmp_path):
     assert kl and all(float(line.split(",")[1]) >= 0 for line in kl)
 
 
+def test_the_vlm_teacher_in_its_own_process(tiny_vlm, tmp_path):
+    summary = ppo_minigrid_distill.train(
+        config("algo=a2c", "teacher=vlm", f"teacher_vlm.model={tiny_vlm}", "teacher_vlm.remote=true"), tmp_path
+    )
+    assert summary["frames"] == 128
+    assert next((tmp_path / "logs").rglob("scalars/train/distill_kl.csv")).read_text().strip()
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

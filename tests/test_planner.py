@@ -474,3 +474,19 @@ def test_bad_inputs_are_explained():
         PlannerTeacher()(state_td(env))
     with pytest.raises(ValueError, match="gotodoor"):
         PlannerTeacher(task="gotodoor")(td)
+
+
+def test_a_teacher_in_its_own_process_answers_like_the_local_one():
+    import functools
+
+    from torchrl_vlm import make_minigrid_env
+    from torchrl_vlm.teacher import RemoteTeacher
+
+    env = make_minigrid_env("MiniGrid-LavaGapS7-v0", num_envs=3, state=True, render=False, seed=0)
+    td = env.rollout(20, break_when_any_done=False)
+    local = PlannerTeacher(epsilon=0.1)(td)
+    with RemoteTeacher(functools.partial(PlannerTeacher, epsilon=0.1)) as remote:
+        answer = remote(td)
+        assert remote.service.worker_pid is not None
+    assert answer.shape == (3, 20, 7)
+    torch.testing.assert_close(answer, local)

@@ -68,7 +68,7 @@ class ScoredBatch:
     """Seconds from submission to the result's arrival in the parent."""
 
 
-def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int) -> None:
+def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores) -> None:
     """The child: build the scorer, report, then score submissions until told to stop."""
     torch.set_num_threads(num_threads)
     try:
@@ -100,7 +100,7 @@ def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int) -> No
         q_out.put(("busy", tickets, time.time()))
         try:
             clips = _concat([td for _, td in items])
-            scores = check_scores(scorer(clips), clips.batch_size[0], type(scorer).__name__)
+            scores = output_check(scorer(clips), clips.batch_size[0], type(scorer).__name__)
         except Exception as err:  # noqa: BLE001
             q_out.put(("error", tickets, f"{type(err).__name__}: {err}"))
             continue
@@ -111,6 +111,8 @@ def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int) -> No
 def _concat(tds: list[TensorDictBase]) -> TensorDictBase:
     if len(tds) == 1:
         return tds[0]
+    if "mask" not in tds[0].keys():  # not clips (e.g. states for a teacher): nothing to pad
+        return torch.cat(tds)
     length = max(td["mask"].shape[1] for td in tds)
     return torch.cat([_pad_steps(td, length) for td in tds])
 
@@ -153,6 +155,9 @@ class ScoringService:
             service gives up with :class:`ScoringServiceError`.
         hang_timeout_s: a batch taking longer than this is treated as a hang.
         max_consecutive_errors: scorer exceptions in a row before giving up.
+        output_check: a picklable ``(output, n, name) -> tensor`` run in the worker on
+            every answer; the default checks for ``n`` probabilities in [0, 1]
+            (a teacher's check accepts ``[n, n_actions]`` distributions).
 
     Examples:
         >>> import functools
@@ -174,6 +179,7 @@ class ScoringService:
         max_restarts: int = 3,
         hang_timeout_s: float = 600.0,
         max_consecutive_errors: int = 10,
+        output_check: Callable[[torch.Tensor, int, str], torch.Tensor] = check_scores,
     ):
         if not callable(scorer_factory):
             raise TypeError(
@@ -200,6 +206,8 @@ class ScoringService:
         self.max_restarts = max_restarts
         self.hang_timeout_s = hang_timeout_s
         self.max_consecutive_errors = max_consecutive_errors
+        self.output_check = output_check
+        self._unclaimed: list[ScoredBatch] = []  # answers poll() met while request() waited
 
         self._ctx = mp.get_context("spawn")
         self._tickets = itertools.count()
@@ -234,7 +242,9 @@ class ScoringService:
         try:
             self._process = self._ctx.Process(
                 target=_worker_main,
-                args=(self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips),
+                args=(
+                    self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips, self.output_check
+                ),
                 daemon=True,
                 name="torchrl_vlm-scorer",
             )
@@ -396,8 +406,37 @@ class ScoringService:
             # Consolidated: one shared-memory block per submission instead of one per tensor.
             self._q_in.put((ticket, clips.consolidate()))
 
+    def request(self, clips: TensorDictBase, timeout_s: float = 600.0) -> torch.Tensor:
+        """Scores ``clips`` and waits for the answer: the synchronous call a teacher needs.
+
+        Answers to earlier :meth:`submit` calls that arrive meanwhile are kept
+        for the next :meth:`poll`. Raises :class:`ScoringServiceError` if the
+        answer does not come within ``timeout_s`` or the clips were lost.
+        """
+        marker = object()
+        ticket = self.submit(clips, meta=marker)
+        if ticket is None:
+            raise ScoringServiceError(
+                f"the request of {clips.batch_size[0]} items is larger than max_pending={self.max_pending}"
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for result in self._poll_queue():
+                if result.meta is marker:
+                    return result.scores
+                self._unclaimed.append(result)
+            if ticket not in self._pending:
+                raise ScoringServiceError("the request was lost (the worker died or the scorer failed on it)")
+            if time.monotonic() > deadline:
+                raise ScoringServiceError(f"no answer within {timeout_s:.0f}s")
+            time.sleep(0.001)
+
     def poll(self) -> list[ScoredBatch]:
         """Returns the scores that have arrived since the last call; never waits."""
+        out, self._unclaimed = self._unclaimed, []
+        return out + self._poll_queue()
+
+    def _poll_queue(self) -> list[ScoredBatch]:
         self._check_open()
         out: list[ScoredBatch] = []
         while True:

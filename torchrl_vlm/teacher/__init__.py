@@ -4,6 +4,7 @@ from torchrl_vlm.teacher.loss import DistillClipPPOLoss
 from torchrl_vlm.teacher.loss import distillation_kl
 from torchrl_vlm.teacher.planner import NoisyTeacher
 from torchrl_vlm.teacher.planner import PlannerTeacher
+from torchrl_vlm.teacher.remote import RemoteTeacher
 from torchrl_vlm.teacher.vlm import VLMTeacher
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "DistillClipPPOLoss",
     "NoisyTeacher",
     "PlannerTeacher",
+    "RemoteTeacher",
     "VLMTeacher",
     "distillation_kl",
 ]
