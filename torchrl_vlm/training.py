@@ -80,13 +80,12 @@ def make_logger(
 
 
 def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) -> None:
-    """Logs scalar metrics (non-finite ones are skipped: wandb charts choke on NaN)."""
+    """Logs scalar metrics in one call (non-finite ones are skipped: wandb charts choke on NaN)."""
     if logger is None:
         return
-    for key, value in metrics.items():
-        value = float(value)
-        if np.isfinite(value):
-            logger.log_scalar(key, value, step=step)
+    finite = {key: float(value) for key, value in metrics.items() if np.isfinite(float(value))}
+    if finite:
+        logger.log_metrics(finite, step=step)
 
 
 @torch.no_grad()
