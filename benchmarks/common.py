@@ -76,3 +76,23 @@ def append_results(title: str, body: str) -> None:
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by a benchmark script; newest last.\n")
     with RESULTS.open("a") as f:
         f.write(text)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe(name: str):
+    """Imports ``recipes/<name>.py`` (its ``train(cfg, out_dir)`` runs one training run)."""
+    import importlib
+
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))
+    return importlib.import_module(name)
+
+
+def recipe_config(name: str, overrides: list[str]):
+    """The Hydra config of ``recipes/<name>.yaml`` with command-line style overrides."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return compose(name, overrides=overrides)

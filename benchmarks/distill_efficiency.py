@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table
+from common import append_results, markdown_table, recipe, recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "distill_efficiency"
@@ -55,11 +55,6 @@ def cell_path(env: str, algo: str, teacher: str, seed: int) -> Path:
 
 
 def run_cell(args, env: str, algo: str, teacher: str, overrides: list[str], seed: int) -> dict:
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from hydra import compose, initialize_config_dir
-
-    import ppo_minigrid_distill
-
     all_overrides = [
         f"algo={algo}",
         f"env.name={env}",
@@ -72,9 +67,9 @@ def run_cell(args, env: str, algo: str, teacher: str, overrides: list[str], seed
         "checkpoint.at_end=false",
         *overrides,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
-        cfg = compose("ppo_minigrid_distill", overrides=all_overrides)
-    summary = ppo_minigrid_distill.train(cfg, RUNS_DIR / env / f"{algo}_{teacher}_s{seed}")
+    summary = recipe("ppo_minigrid_distill").train(
+        recipe_config("ppo_minigrid_distill", all_overrides), RUNS_DIR / env / f"{algo}_{teacher}_s{seed}"
+    )
     return {"env": env, "algo": algo, "teacher": teacher, "seed": seed, "frames": args.frames,
             "overrides": all_overrides, "evals": summary["evals"], "solved_at": summary["solved_at"],
             "final_success": summary["final_success"], "sps": summary["sps"]}

@@ -17,15 +17,12 @@ Target: VLM-RB within 10% of uniform (the paper reports about 12% below PER).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table
+from common import append_results, markdown_table, recipe, recipe_config
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
 
 VARIANTS = {
     "uniform": ["buffer.sampler=uniform", "env.render=false"],
@@ -45,9 +42,7 @@ def main():
 
     import tempfile
 
-    from hydra import compose, initialize_config_dir
-
-    import dqn_minigrid
+    dqn_minigrid = recipe("dqn_minigrid")
 
     common = [
         f"env.name={args.env}",
@@ -65,8 +60,7 @@ def main():
     stats = {}
     for r in range(args.rounds):
         for name, overrides in VARIANTS.items():
-            with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
-                cfg = compose("dqn_minigrid", overrides=[*common, *overrides, f"env.seed={r}"])
+            cfg = recipe_config("dqn_minigrid", [*common, *overrides, f"env.seed={r}"])
             with tempfile.TemporaryDirectory() as tmp:
                 summary = dqn_minigrid.train(cfg, Path(tmp))
             sps[name].append(summary["sps"])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table
+from common import append_results, markdown_table, recipe, recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "sample_efficiency"  # committed: JSON, CSV, PNG
@@ -54,11 +54,6 @@ def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
 
 def run_cell(args, method: str, seed: int) -> dict:
     """Runs one training run in this process and returns its evaluation history."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from hydra import compose, initialize_config_dir
-
-    import dqn_minigrid
-
     overrides = [
         f"env.name={args.env}",
         f"env.seed={seed}",
@@ -75,10 +70,8 @@ def run_cell(args, method: str, seed: int) -> dict:
         *METHODS[method],
         *args.override,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
-        cfg = compose("dqn_minigrid", overrides=overrides)
     run_dir = RUNS_DIR / f"{args.env}{args.tag}" / f"{method}_s{seed}"
-    summary = dqn_minigrid.train(cfg, run_dir)
+    summary = recipe("dqn_minigrid").train(recipe_config("dqn_minigrid", overrides), run_dir)
     return {
         "env": args.env,
         "method": method,
