@@ -96,3 +96,34 @@ def recipe_config(name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
         return compose(name, overrides=overrides)
+
+
+def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
+    """Runs benchmark cells, each a command line in its own process, ``jobs`` at a time.
+
+    Every run here is single-threaded (one learner thread, envs stepped in
+    that thread), so two cells on a two-core machine each keep nearly their
+    solo speed: a study's wall time halves. A failing cell stops the study
+    once the cells already running have finished.
+    """
+    import subprocess
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    running: list[tuple[subprocess.Popen, float, str]] = []
+    pending = list(commands)
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs and not failed:
+            cmd = pending.pop(0)
+            running.append((subprocess.Popen(cmd), time.time(), " ".join(cmd[2:])))
+        for item in list(running):
+            proc, t0, name = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"  [{name}] exit {proc.returncode} ({time.time() - t0:.0f}s)", flush=True)
+                if proc.returncode != 0:
+                    failed.append(name)
+        if failed and not running:
+            raise RuntimeError(f"benchmark cell(s) failed: {failed}")
+        time.sleep(0.5)

@@ -18,14 +18,12 @@ import argparse
 import csv
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table, recipe, recipe_config
+from common import append_results, markdown_table, recipe, recipe_config, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "distill_efficiency"
@@ -88,6 +86,7 @@ def main():
     parser.add_argument("--noise", nargs="*", type=float, default=[], help="noisy-planner error rates to add")
     parser.add_argument("--cell", default=None, help="run one cell ENV:ALGO:TEACHER:SEED and exit")
     parser.add_argument("--merge-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once (each is single-threaded)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -111,18 +110,14 @@ def main():
         return
 
     if not args.merge_only:
-        for env in args.envs:
-            for seed in range(args.seeds):
-                for algo in args.algos:
-                    for teacher, _ in choices:
-                        if cell_path(env, algo, teacher, seed).exists():
-                            continue
-                        t0 = time.time()
-                        subprocess.run([sys.executable, __file__, "--cell", f"{env}:{algo}:{teacher}:{seed}",
-                                        "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
-                                        "--solved", str(args.solved), "--coeffs", *map(str, args.coeffs),
-                                        "--noise", *map(str, args.noise)], check=True)
-                        print(f"  ({time.time() - t0:.0f}s)", flush=True)
+        commands = [
+            [sys.executable, __file__, "--cell", f"{env}:{algo}:{teacher}:{seed}",
+             "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
+             "--solved", str(args.solved), "--coeffs", *map(str, args.coeffs), "--noise", *map(str, args.noise)]
+            for env in args.envs for seed in range(args.seeds) for algo in args.algos for teacher, _ in choices
+            if not cell_path(env, algo, teacher, seed).exists()
+        ]
+        run_cells(commands, args.jobs)
 
     rows, ratios = [], []
     import matplotlib

@@ -24,14 +24,12 @@ import argparse
 import csv
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table, recipe, recipe_config
+from common import append_results, markdown_table, recipe, recipe_config, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "sample_efficiency"  # committed: JSON, CSV, PNG
@@ -176,6 +174,7 @@ def main():
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
     parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the cells on disk")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once (each is single-threaded)")
     parser.add_argument("--quick", action="store_true", help="DoorKey-5x5, 3 seeds, 60k steps")
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
@@ -201,10 +200,10 @@ def main():
         return
 
     if not args.merge_only:
+        commands = []
         for seed in range(args.seeds):
             for method in args.methods:
-                path = cell_path(args.env, method, seed, args.tag)
-                if path.exists():
+                if cell_path(args.env, method, seed, args.tag).exists():
                     continue
                 cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
                        "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
@@ -212,9 +211,8 @@ def main():
                        "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
                 if args.override:
                     cmd += ["--override", *args.override]
-                t0 = time.time()
-                subprocess.run(cmd, check=True)
-                print(f"  ({time.time() - t0:.0f}s)", flush=True)
+                commands.append(cmd)
+        run_cells(commands, args.jobs)
 
     folder = RESULTS_DIR / f"{args.env}{args.tag}"
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*_s*.json"))]

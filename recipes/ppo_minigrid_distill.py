@@ -119,6 +119,7 @@ def make_env(cfg: DictConfig, num_envs: int, seed: int, *, teacher: str):
         state=teacher in ("planner", "noisy_planner"),
         seed=seed,
         max_steps=cfg.env.max_steps,
+        mission_features=cfg.env.mission_features,
         device=cfg.device,
     )
 

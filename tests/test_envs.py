@@ -67,6 +67,22 @@ def test_missions_travel_as_bytes():
         encode_mission("x" * (MISSION_BYTES + 1))
 
 
+def test_mission_features_tell_the_goal_apart():
+    from torchrl_vlm.envs import MISSION_WORDS, mission_features
+
+    red_key, blue_door = mission_features("fetch a red key"), mission_features("go to the blue door")
+    assert red_key.sum() == 2 and red_key[MISSION_WORDS.index("red")] and red_key[MISSION_WORDS.index("key")]
+    assert blue_door.sum() == 2 and blue_door[MISSION_WORDS.index("blue")] and blue_door[MISSION_WORDS.index("door")]
+
+    plain = make_minigrid_env("MiniGrid-GoToDoor-6x6-v0", num_envs=2, render=False, seed=0)
+    env = make_minigrid_env("MiniGrid-GoToDoor-6x6-v0", num_envs=2, render=False, seed=0, mission_features=True)
+    check_env_specs(env)
+    td = env.reset()
+    assert td["observation"].shape[-1] == plain.observation_spec["observation"].shape[-1] + len(MISSION_WORDS)
+    for row, mission in zip(td["observation"], decode_mission(td["mission"])):
+        assert torch.equal(row[-len(MISSION_WORDS):], torch.as_tensor(mission_features(mission)))
+
+
 def test_render_off_gives_no_pixels():
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, seed=0)
     check_env_specs(env)
@@ -120,8 +136,8 @@ def _two_envs_of_different_episode_lengths(clip_len):
     # Same env, different step limits: episodes end at different times, so the
     # batched env resets one env while the other goes on (a partial reset).
     makers = [
-        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 8, False, 5, "cpu"),
-        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 8, False, 7, "cpu"),
+        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 5, "cpu", render=False),
+        lambda: _single_env("MiniGrid-DoorKey-8x8-v0", 7, "cpu", render=False),
     ]
     base = SerialEnv(2, makers)
     env = TransformedEnv(base, RenderClips(clip_len=clip_len, frame_key=None, worker_id=1))

@@ -7,8 +7,10 @@ from torchrl_vlm.envs.minigrid import (
     full_state,
     EVENT_NAMES,
     MINIGRID_ENVS,
+    MISSION_WORDS,
     MiniGridObservation,
     make_minigrid_env,
+    mission_features,
     register_doorkey_12x12,
 )
 
@@ -19,9 +21,11 @@ __all__ = [
     "encode_mission",
     "full_state",
     "MINIGRID_ENVS",
+    "MISSION_WORDS",
     "MiniGridObservation",
     "RenderClips",
     "make_minigrid_env",
+    "mission_features",
     "register_doorkey_12x12",
     "render_gym_frames",
 ]

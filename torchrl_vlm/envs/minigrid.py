@@ -9,11 +9,12 @@ in for an ideal VLM.
 from __future__ import annotations
 
 import functools
+import re
 
 import gymnasium as gym
 import numpy as np
 import torch
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+from minigrid.core.constants import COLOR_NAMES, COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from torchrl.data import NonTensor
@@ -31,6 +32,7 @@ __all__ = [
     "encode_mission",
     "full_state",
     "make_minigrid_env",
+    "mission_features",
     "register_doorkey_12x12",
     "render_full_grid",
 ]
@@ -62,6 +64,10 @@ MINIGRID_ENVS = (
     "MiniGrid-GoToDoor-6x6-v0",
 )
 
+#: Words of :func:`mission_features`: MiniGrid's colours, then the object kinds a
+#: mission can name.
+MISSION_WORDS = tuple(COLOR_NAMES) + ("key", "ball", "box", "door", "goal")
+
 # Scale of each channel of the symbolic view, so the observation lies in [0, 1].
 _CHANNEL_SCALE = np.array(
     [max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), max(STATE_TO_IDX.values())],
@@ -89,6 +95,18 @@ def encode_mission(text: str) -> np.ndarray:
     out = np.zeros(MISSION_BYTES, dtype=np.uint8)
     out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return out
+
+
+def mission_features(text: str) -> np.ndarray:
+    """A bag of words over :data:`MISSION_WORDS` (float32 ``[len(MISSION_WORDS)]``, 1 where the word occurs).
+
+    Enough for an agent to tell MiniGrid missions that name one colour and one
+    object kind apart ("go to the blue door", "fetch a red key"), which is what
+    Fetch and GoToDoor need: without it the target is not in the observation.
+    Missions naming two objects (PutNext) lose which is which.
+    """
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return np.array([word in words for word in MISSION_WORDS], dtype=np.float32)
 
 
 def decode_mission(mission) -> str | list:
@@ -174,7 +192,8 @@ class MiniGridObservation(gym.Wrapper):
 
     - ``observation`` (float32, ``7*7*3 + 4``): the agent's symbolic egocentric
       view, each channel divided by its largest index, followed by a one-hot
-      direction. This is what the agent learns from.
+      direction, and with ``mission_features=True`` a bag of words of the
+      mission (see :func:`mission_features`). This is what the agent learns from.
     - ``pixels`` (uint8, ``H x W x 3``), only with ``render=True``: the full grid
       rendered at ``tile_size`` pixels per cell. This is what the VLM sees.
     - ``events`` (bool, ``len(EVENT_NAMES)``): what the action that led to this
@@ -190,20 +209,32 @@ class MiniGridObservation(gym.Wrapper):
         tile_size: pixels per grid cell of the rendered frame.
         render: whether to render ``pixels``.
         state: whether to expose the full ``state``.
+        mission_features: whether to append the mission's bag of words to
+            ``observation`` (for tasks whose goal only the mission names).
     """
 
-    def __init__(self, env: gym.Env, *, tile_size: int = 8, render: bool = True, state: bool = False):
+    def __init__(
+        self,
+        env: gym.Env,
+        *,
+        tile_size: int = 8,
+        render: bool = True,
+        state: bool = False,
+        mission_features: bool = False,
+    ):
         super().__init__(env)
         if not isinstance(tile_size, int) or tile_size < 1:
             raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
         self.tile_size = tile_size
         self.render_frames = render
         self.expose_state = state
+        self.mission_features = mission_features
         base = env.unwrapped
         view = env.observation_space["image"].shape
         spaces = {
             "observation": gym.spaces.Box(
-                0.0, 1.0, (int(np.prod(view)) + 4,), dtype=np.float32
+                0.0, 1.0, (int(np.prod(view)) + 4 + (len(MISSION_WORDS) if mission_features else 0),),
+                dtype=np.float32,
             ),
             "events": gym.spaces.Box(0, 1, (len(EVENT_NAMES),), dtype=np.bool_),
             "success": gym.spaces.Box(0, 1, (1,), dtype=np.bool_),
@@ -230,8 +261,11 @@ class MiniGridObservation(gym.Wrapper):
         view = (obs["image"].astype(np.float32) / _CHANNEL_SCALE).reshape(-1)
         direction = np.zeros(4, dtype=np.float32)
         direction[obs["direction"]] = 1.0
+        parts = [view, direction]
+        if self.mission_features:
+            parts.append(mission_features(obs["mission"]))
         out = {
-            "observation": np.concatenate([view, direction]),
+            "observation": np.concatenate(parts),
             "events": events,
             "success": np.array([success], dtype=np.bool_),
             "mission": encode_mission(obs["mission"]),
@@ -280,16 +314,14 @@ class MiniGridObservation(gym.Wrapper):
         return self._encode(obs, events, goal), reward, terminated, truncated, info
 
 
-def _make_gym_env(
-    env_name: str, tile_size: int, render: bool, max_steps: int | None, state: bool = False
-) -> gym.Env:
+def _make_gym_env(env_name: str, max_steps: int | None, **wrapper_kwargs) -> gym.Env:
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
-    return MiniGridObservation(gym.make(env_name, **kwargs), tile_size=tile_size, render=render, state=state)
+    return MiniGridObservation(gym.make(env_name, **kwargs), **wrapper_kwargs)
 
 
-def _single_env(env_name, tile_size, render, max_steps, device, state=False) -> GymWrapper:
+def _single_env(env_name, max_steps, device, **wrapper_kwargs) -> GymWrapper:
     return GymWrapper(
-        _make_gym_env(env_name, tile_size, render, max_steps, state),
+        _make_gym_env(env_name, max_steps, **wrapper_kwargs),
         device=device,
         categorical_action_encoding=True,
     )
@@ -308,6 +340,7 @@ def make_minigrid_env(
     max_steps: int | None = None,
     worker_id: int | None = None,
     state: bool = False,
+    mission_features: bool = False,
 ) -> TransformedEnv:
     """Builds a MiniGrid TorchRL env that tags its steps with clip ids.
 
@@ -339,6 +372,9 @@ def make_minigrid_env(
         state: also expose the full simulator ``state`` (grid encoding, agent
             position and direction, carried object; see :func:`full_state`), for
             planners and oracles. The agent should not learn from it.
+        mission_features: append a bag of words of the mission to
+            ``observation`` (see :func:`mission_features`); Fetch and GoToDoor
+            need it, since only the mission says which object or door is the goal.
 
     Examples:
         >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, seed=0)
@@ -358,10 +394,11 @@ def make_minigrid_env(
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
 
+    wrapper_kwargs = dict(tile_size=tile_size, render=render, state=state, mission_features=mission_features)
     if num_envs == 1:
-        base = _single_env(env_name, tile_size, render, max_steps, device, state)
+        base = _single_env(env_name, max_steps, device, **wrapper_kwargs)
     else:
-        make_one = functools.partial(_make_gym_env, env_name, tile_size, render, max_steps, state)
+        make_one = functools.partial(_make_gym_env, env_name, max_steps, **wrapper_kwargs)
         vector_cls = gym.vector.AsyncVectorEnv if parallel else gym.vector.SyncVectorEnv
         vector = vector_cls(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
