@@ -266,6 +266,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 with timeit("eval"):
                     last_eval = evaluate()
                 next_eval += cfg.eval.interval
+                if solved_at is not None and cfg.eval.stop_when_solved:
+                    break
             metrics = dict(train_stats)
             metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
             metrics.update({"train/sps": sps, "train/distill_coeff": loss_module.distill_coeff})
@@ -278,7 +280,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 sps=f"{sps:.0f}",
             )
         loop_seconds = time.perf_counter() - t_start
-        last_eval = evaluate()
+        if not (solved_at == collected and cfg.eval.stop_when_solved):
+            last_eval = evaluate()
         if cfg.checkpoint.at_end:
             save_checkpoint(
                 out_dir / "checkpoint",
@@ -303,6 +306,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "sps": (collected - start_frames) / max(loop_seconds, 1e-9),
         "final_success": last_eval["success"],
         "solved_at": solved_at,
+        "stopped_when_solved": bool(cfg.eval.stop_when_solved and solved_at is not None),
         "evals": evals,
         "out_dir": out_dir,
         "teacher_unsolved": getattr(teacher, "unsolved", None),

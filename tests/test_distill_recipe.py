@@ -42,6 +42,16 @@ def test_smoke(algo, teacher, tmp_path):
     assert (tmp_path / "checkpoint" / "checkpoint.pt").exists()
 
 
+def test_a_run_can_end_when_solved(tmp_path):
+    # solved_success=0 makes the first evaluation count as solved.
+    base = ["collector.total_frames=640", "eval.solved_success=0.0", "checkpoint.at_end=false"]
+    summary = ppo_minigrid_distill.train(config(*base, "eval.stop_when_solved=true"), tmp_path / "stop")
+    assert summary["frames"] == 64 and summary["solved_at"] == 64 and summary["stopped_when_solved"]
+    assert [row["frames"] for row in summary["evals"]] == [64]
+    summary = ppo_minigrid_distill.train(config(*base), tmp_path / "full")
+    assert summary["frames"] == 640 and summary["solved_at"] == 64 and not summary["stopped_when_solved"]
+
+
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
 def test_smoke_with_the_tiny_vlm_teacher(algo, tiny_vlm, tmp_path):
     summary = ppo_minigrid_distill.train(
