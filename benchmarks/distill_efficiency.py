@@ -7,7 +7,7 @@ evaluation success first reaches ``--solved`` (0.9), their medians and spread,
 and the speed-up ratio. ``--noise`` adds runs with a noisy planner at the given
 error rates, to show how the gain falls as the teacher gets worse. Cells run in
 their own process and are stored as JSON in
-``benchmarks/results/distill_efficiency/<env>/``; cells on disk are skipped.
+``benchmarks/results/distill_efficiency/<env>/<budget>k/``; cells on disk are skipped.
 
     python benchmarks/distill_efficiency.py --quick          # LavaGapS7 + GoToDoor-6x6, PPO, 3 seeds (~15 min)
     python benchmarks/distill_efficiency.py --envs MiniGrid-Fetch-6x6-N2-v0 --algos ppo a2c --seeds 5 --noise 0.2 0.5
@@ -48,8 +48,13 @@ def teachers(coeffs: list[float], noise: list[float]) -> list[tuple[str, list[st
     return out
 
 
-def cell_path(env: str, algo: str, teacher: str, seed: int) -> Path:
-    return RESULTS_DIR / env / f"{algo}_{teacher}_s{seed}.json"
+def cell_dir(env: str, frames: int) -> Path:
+    """Cells of one env and budget (the λ schedule and the curves depend on the budget)."""
+    return RESULTS_DIR / env / f"{frames // 1000}k"
+
+
+def cell_path(env: str, algo: str, teacher: str, seed: int, frames: int) -> Path:
+    return cell_dir(env, frames) / f"{algo}_{teacher}_s{seed}.json"
 
 
 def run_cell(args, env: str, algo: str, teacher: str, overrides: list[str], seed: int) -> dict:
@@ -103,7 +108,7 @@ def main():
         env, algo, teacher, seed = args.cell.split(":")
         overrides = dict(choices)[teacher]
         result = run_cell(args, env, algo, teacher, overrides, int(seed))
-        path = cell_path(env, algo, teacher, int(seed))
+        path = cell_path(env, algo, teacher, int(seed), args.frames)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1, default=float))
         print(f"{env} {algo} teacher={teacher} seed {seed}: solved at {result['solved_at']}, "
@@ -116,7 +121,7 @@ def main():
              "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
              "--solved", str(args.solved), "--coeffs", *map(str, args.coeffs), "--noise", *map(str, args.noise)]
             for env in args.envs for seed in range(args.seeds) for algo in args.algos for teacher, _ in choices
-            if not cell_path(env, algo, teacher, seed).exists()
+            if not cell_path(env, algo, teacher, seed, args.frames).exists()
         ]
         run_cells(commands, args.jobs)
 
@@ -132,8 +137,8 @@ def main():
         for algo in args.algos:
             base = None
             for teacher, _ in choices:
-                cells = [json.loads(p.read_text()) for p in sorted((RESULTS_DIR / env).glob(f"{algo}_{teacher}_s*.json"))]
-                cells = [c for c in cells if c["frames"] == args.frames]
+                paths = sorted(cell_dir(env, args.frames).glob(f"{algo}_{teacher}_s*.json"))
+                cells = [json.loads(p.read_text()) for p in paths]
                 if not cells:
                     continue
                 solved = [c["solved_at"] if c["solved_at"] is not None else math.inf for c in cells]
@@ -173,9 +178,9 @@ def main():
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = RESULTS_DIR / "learning_curves.png"
+    png = RESULTS_DIR / f"learning_curves_{args.frames // 1000}k.png"
     fig.savefig(png, dpi=110)
-    with (RESULTS_DIR / "evals.csv").open("w", newline="") as f:
+    with (RESULTS_DIR / f"evals_{args.frames // 1000}k.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["env", "algo", "teacher", "seed", "frames", "success", "return"], *csv_rows])
     table = markdown_table(["env", "algo", "teacher", "seeds", f"steps to success ≥ {args.solved} (median)",
                             "reached", "per seed", "speed-up vs no teacher", "success at the end"], rows)
