@@ -9,8 +9,12 @@ error rates, to show how the gain falls as the teacher gets worse. Cells run in
 their own process and are stored as JSON in
 ``benchmarks/results/distill_efficiency/<env>/<budget>k/``; cells on disk are skipped.
 
-    python benchmarks/distill_efficiency.py --quick          # LavaGapS7 + GoToDoor-6x6, PPO, 3 seeds (~15 min)
-    python benchmarks/distill_efficiency.py --envs MiniGrid-Fetch-6x6-N2-v0 --algos ppo a2c --seeds 5 --noise 0.2 0.5
+    python benchmarks/distill_efficiency.py --quick    # LavaGapS7 + Dynamic-Obstacles-6x6, PPO, λ 0.5, 3 seeds (~15 min)
+    # the study in RESULTS.md (200k steps, 3 seeds; --jobs 2 runs two cells at once):
+    python benchmarks/distill_efficiency.py --algos ppo --coeffs 0.01 0.5 --seeds 3 --frames 200000
+    python benchmarks/distill_efficiency.py --algos a2c --coeffs 0.5 --seeds 3 --frames 200000
+    python benchmarks/distill_efficiency.py --envs MiniGrid-LavaGapS7-v0 MiniGrid-Dynamic-Obstacles-6x6-v0 \
+        --algos ppo --coeffs 0.5 --noise 0.2 0.4 --seeds 3 --frames 200000
 """
 from __future__ import annotations
 
@@ -87,8 +91,9 @@ def main():
     parser.add_argument("--frames", type=int, default=None, help="default 500k (--quick: 150k)")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 25")
     parser.add_argument("--solved", type=float, default=0.9)
-    parser.add_argument("--coeffs", nargs="+", type=float, default=[0.01, 0.5],
-                        help="distillation λ values for the planner teacher (the paper: 0.01)")
+    parser.add_argument("--coeffs", nargs="+", type=float, default=None,
+                        help="distillation λ values for the planner teacher (the paper: 0.01); "
+                             "default 0.01 0.5 (--quick: 0.5)")
     parser.add_argument("--noise", nargs="*", type=float, default=[], help="noisy-planner error rates to add")
     parser.add_argument("--cell", default=None, help="run one cell ENV:ALGO:TEACHER:SEED and exit")
     parser.add_argument("--merge-only", action="store_true")
@@ -97,8 +102,9 @@ def main():
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.envs = ["MiniGrid-LavaGapS7-v0", "MiniGrid-GoToDoor-6x6-v0"]
+        args.envs = ["MiniGrid-LavaGapS7-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0"]
         args.algos = ["ppo"]
+    args.coeffs = args.coeffs or ([0.5] if args.quick else [0.01, 0.5])
     args.seeds = args.seeds or (3 if args.quick else 5)
     args.frames = args.frames or (150_000 if args.quick else 500_000)
     args.eval_interval = args.eval_interval or max(1000, args.frames // 25)
