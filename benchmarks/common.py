@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,8 +107,6 @@ def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
     solo speed: a study's wall time halves. A failing cell stops the study
     once the cells already running have finished.
     """
-    import subprocess
-
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     running: list[tuple[subprocess.Popen, float, str]] = []
