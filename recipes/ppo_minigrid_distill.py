@@ -227,6 +227,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     last_eval = {"success": float("nan")}
     train_stats: dict[str, float] = {}
+    stopped = False
     try:
         for batch in collector:
             n = batch.numel()
@@ -267,6 +268,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     last_eval = evaluate()
                 next_eval += cfg.eval.interval
                 if solved_at is not None and cfg.eval.stop_when_solved:
+                    stopped = True
                     break
             metrics = dict(train_stats)
             metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
@@ -280,7 +282,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 sps=f"{sps:.0f}",
             )
         loop_seconds = time.perf_counter() - t_start
-        if not (solved_at == collected and cfg.eval.stop_when_solved):
+        if not stopped:  # a stopped run has just been evaluated
             last_eval = evaluate()
         if cfg.checkpoint.at_end:
             save_checkpoint(
@@ -306,7 +308,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "sps": (collected - start_frames) / max(loop_seconds, 1e-9),
         "final_success": last_eval["success"],
         "solved_at": solved_at,
-        "stopped_when_solved": bool(cfg.eval.stop_when_solved and solved_at is not None),
+        "stopped_when_solved": stopped,
         "evals": evals,
         "out_dir": out_dir,
         "teacher_unsolved": getattr(teacher, "unsolved", None),

@@ -97,6 +97,12 @@ def encode_mission(text: str) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _mission_words(text: str) -> np.ndarray:
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return np.array([word in words for word in MISSION_WORDS], dtype=np.float32)
+
+
 def mission_features(text: str) -> np.ndarray:
     """A bag of words over :data:`MISSION_WORDS` (float32 ``[len(MISSION_WORDS)]``, 1 where the word occurs).
 
@@ -105,8 +111,8 @@ def mission_features(text: str) -> np.ndarray:
     Fetch and GoToDoor need: without it the target is not in the observation.
     Missions naming two objects (PutNext) lose which is which.
     """
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    return np.array([word in words for word in MISSION_WORDS], dtype=np.float32)
+    # Called every env step with the episode's one mission: parse it once.
+    return _mission_words(text).copy()
 
 
 def decode_mission(mission) -> str | list:
