@@ -1,10 +1,22 @@
 """Sample efficiency of VLM-RB against uniform replay and PER on MiniGrid DoorKey.
 
 Each (method, seed) cell is one run of ``recipes/dqn_minigrid.py`` with equal
-budgets and hyperparameters; only the replay differs. A cell runs in its own
-process and writes ``benchmarks/results/sample_efficiency/<env>/<method>_s<seed>.json``;
-cells already on disk are skipped, so a long study can be split over several
-calls (and machines) and merged at the end.
+budgets and hyperparameters; only the replay differs. Methods: ``uniform``,
+``per`` (TorchRL's PrioritizedSampler, TD errors), ``vlm_events`` (VLM-RB with the
+ideal event scorer), ``vlm_noisy`` (the same with --fpr/--fnr errors) and
+``vlm_pure`` (λmax = null, pure prioritisation: the paper's ablation).
+
+What the event scorer counts as meaningful (--definition): ``any`` (every key
+pick-up, door opening or goal), ``first_progress`` (the first pick-up and first
+opening of an episode, and the goal) or ``goal_only``.
+
+A cell runs in its own process and writes
+``benchmarks/results/sample_efficiency/<env>[_<definition>]/<method>_s<seed>.json``
+with the recipe overrides it ran with. Cells already on disk with the same
+settings are skipped, so a long study can be split over several calls (and
+machines) and merged at the end; a cell on disk with other settings is an error
+when running and left out (with a warning) when merging: use --tag to keep
+variants apart.
 
 Reported per method, over seeds: env steps until greedy evaluation success first
 reaches 0.5 and 0.9 (median, and how many seeds got there), the same with
@@ -15,7 +27,7 @@ test, so that a table of three seeds cannot read as more than it is. It writes a
 CSV of every evaluation, a PNG of learning curves (mean ± std over seeds), and
 appends the table to ``benchmarks/RESULTS.md``.
 
-    python benchmarks/sample_efficiency.py --quick                      # DoorKey-5x5, 3 seeds (~15 min)
+    python benchmarks/sample_efficiency.py --quick                      # DoorKey-5x5, 3 seeds (~15 min on 2 cores)
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-6x6-v0 --frames 300000 --seeds 5 \\
         --definition first_progress
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1500000 --cell vlm_events:0
@@ -28,12 +40,15 @@ import csv
 import itertools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from common import append_results, markdown_table, recipe, recipe_config, run_cells
+
+from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "sample_efficiency"  # committed: JSON, CSV, PNG
@@ -54,9 +69,9 @@ def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS_DIR / f"{env}{tag}" / f"{method}_s{seed}.json"
 
 
-def run_cell(args, method: str, seed: int) -> dict:
-    """Runs one training run in this process and returns its evaluation history."""
-    overrides = [
+def cell_overrides(args, method: str, seed: int) -> list[str]:
+    """The recipe overrides of one cell: what makes two cells comparable (or the same cell)."""
+    return [
         f"env.name={args.env}",
         f"env.seed={seed}",
         f"collector.total_frames={args.frames}",
@@ -72,6 +87,11 @@ def run_cell(args, method: str, seed: int) -> dict:
         *METHODS[method],
         *args.override,
     ]
+
+
+def run_cell(args, method: str, seed: int) -> dict:
+    """Runs one training run in this process and returns its evaluation history."""
+    overrides = cell_overrides(args, method, seed)
     run_dir = RUNS_DIR / f"{args.env}{args.tag}" / f"{method}_s{seed}"
     summary = recipe("dqn_minigrid").train(recipe_config("dqn_minigrid", overrides), run_dir)
     return {
@@ -86,6 +106,23 @@ def run_cell(args, method: str, seed: int) -> dict:
         "final_success_eps": summary["final_success_eps"],
         "vlm_stats": summary["vlm_stats"],
     }
+
+
+def load_cell(path: Path) -> dict:
+    """A cell's JSON, with the duplicate end-of-run evaluation older recipe versions recorded dropped."""
+    cell = json.loads(path.read_text())
+    evals = cell["evals"]
+    cell["evals"] = [row for i, row in enumerate(evals) if i == 0 or row["frames"] != evals[i - 1]["frames"]]
+    return cell
+
+
+def settings_differ(cell: dict, args) -> list[str]:
+    """The overrides of a cell on disk that this call would not use (empty: same settings)."""
+    expected = cell_overrides(args, cell["method"], cell["seed"])
+    differ = set(cell["overrides"]) ^ set(expected)
+    if not cell["method"].startswith("vlm"):  # the scorer's settings do not touch uniform or PER runs
+        differ = {o for o in differ if not o.startswith("vlm.")}
+    return sorted(differ)
 
 
 def first_reach(evals: list[dict], key: str, level: float) -> float:
@@ -228,25 +265,26 @@ def plot(curves: dict, path: Path, title: str) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="MiniGrid-DoorKey-8x8-v0")
+    parser.add_argument("--env", default=None, help="a DoorKey id (default: 8x8; --quick: 5x5)")
     parser.add_argument("--frames", type=int, default=None, help="default: 1.5M (--quick: 60k)")
     parser.add_argument("--seeds", type=int, default=None, help="default: 5 (--quick: 3)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(METHODS))
-    parser.add_argument("--definition", default="any", help="what the event scorer counts as meaningful")
+    parser.add_argument("--definition", default="any", choices=list(EVENT_DEFINITIONS),
+                        help="what the event scorer counts as meaningful (see above)")
     parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
     parser.add_argument("--fnr", type=float, default=0.1, help="vlm_noisy: false-negative rate")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
     parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the cells on disk")
-    parser.add_argument("--jobs", type=int, default=1, help="cells run at once (each is single-threaded)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="cells run at once (each is single-threaded; default: one per core)")
     parser.add_argument("--quick", action="store_true", help="DoorKey-5x5, 3 seeds, 60k steps")
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    if args.quick:
-        args.env = "MiniGrid-DoorKey-5x5-v0"
+    args.env = args.env or ("MiniGrid-DoorKey-5x5-v0" if args.quick else "MiniGrid-DoorKey-8x8-v0")
     args.frames = args.frames or (60_000 if args.quick else 1_500_000)
     args.seeds = args.seeds or (3 if args.quick else 5)
     if args.eval_interval is None:
@@ -255,7 +293,9 @@ def main():
         args.tag = args.tag or f"_{args.definition}"
 
     if args.cell:
-        method, seed = args.cell.split(":")
+        method, _, seed = args.cell.partition(":")
+        if method not in METHODS or not seed.isdigit():
+            parser.error(f"--cell must be METHOD:SEED with METHOD one of {sorted(METHODS)}, got {args.cell!r}")
         result = run_cell(args, method, int(seed))
         path = cell_path(args.env, method, int(seed), args.tag)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +308,12 @@ def main():
         commands = []
         for seed in range(args.seeds):
             for method in args.methods:
-                if cell_path(args.env, method, seed, args.tag).exists():
+                path = cell_path(args.env, method, seed, args.tag)
+                if path.exists():
+                    differ = settings_differ(load_cell(path), args)
+                    if differ:
+                        parser.error(f"{path} was run with other settings ({', '.join(differ)}); "
+                                     "pass --tag to keep this variant apart, or delete the cell")
                     continue
                 cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
                        "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
@@ -280,8 +325,13 @@ def main():
         run_cells(commands, args.jobs)
 
     folder = RESULTS_DIR / f"{args.env}{args.tag}"
-    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*_s*.json"))]
-    results = [r for r in results if r["frames"] == args.frames]
+    results, other = [], []
+    for path in sorted(folder.glob("*_s*.json")):
+        cell = load_cell(path)
+        (other if settings_differ(cell, args) else results).append(cell)
+    if other:
+        print(f"left out {len(other)} cell(s) run with other settings: "
+              + ", ".join(f"{c['method']}_s{c['seed']}" for c in other))
     if not results:
         print("no results to merge")
         return
@@ -316,7 +366,9 @@ def main():
     body = (
         f"{title}. Double DQN, MLP 2×128, Adam 2.5e-4, batch 128, 8 envs, 3-step returns, target every "
         f"1000 steps, ε over 20%, one update per 4 steps; VLM-RB λmax 0.5 over the first half; "
-        f"vlm_noisy: fpr {args.fpr}, fnr {args.fnr}. Evaluation every {args.eval_interval:,} steps on "
+        f"vlm_noisy: fpr {args.fpr}, fnr {args.fnr}"
+        + (f"; further overrides: `{' '.join(args.override)}`" if args.override else "")
+        + f". Evaluation every {args.eval_interval:,} steps on "
         f"{args.eval_episodes} episodes. Medians count a seed that never got there as infinite "
         f"(reached/seeds in brackets).\n\n{table}\n\nCurves: `{png.relative_to(ROOT)}`; "
         f"every evaluation: `{csv_path.relative_to(ROOT)}`.\n"

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import hydra
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from torchrl.modules import MLP, EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate
 
 from torchrl_vlm import (
+    EVENT_DEFINITIONS,
     MINIGRID_ENVS,
     ClipGallery,
     DelayedScorer,
@@ -48,10 +48,12 @@ from torchrl_vlm import (
     ScoringService,
     ScoringServiceError,
     VLMScoringHook,
+    episode_step_limit,
     make_minigrid_env,
     make_replay_buffer,
 )
 from torchrl_vlm.training import (
+    LOGGER_BACKENDS,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
@@ -74,6 +76,17 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.buffer.sampler == "vlm" and cfg.vlm.scorer not in SCORERS:
         raise ValueError(f"vlm.scorer={cfg.vlm.scorer!r}; choose one of {SCORERS}")
+    if cfg.buffer.td_boost and cfg.buffer.sampler != "vlm":
+        raise ValueError(f"buffer.td_boost=true needs buffer.sampler=vlm, got {cfg.buffer.sampler!r}")
+    if cfg.vlm.definition not in EVENT_DEFINITIONS:
+        raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {tuple(EVENT_DEFINITIONS)}")
+    for key in ("false_positive_rate", "false_negative_rate", "threshold"):
+        if not 0.0 <= cfg.vlm[key] <= 1.0:
+            raise ValueError(f"vlm.{key} must be in [0, 1], got {cfg.vlm[key]}")
+    if cfg.logger.backend not in LOGGER_BACKENDS:
+        raise ValueError(f"logger.backend={cfg.logger.backend!r}; choose one of {LOGGER_BACKENDS}")
+    if cfg.logger.mode not in (None, "online", "offline", "disabled"):
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose online, offline, disabled or null")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
     if cfg.collector.frames_per_batch % cfg.env.num_envs:
@@ -84,6 +97,23 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("total_frames", "frames_per_batch"):
         if cfg.collector[key] <= 0:
             raise ValueError(f"collector.{key} must be > 0, got {cfg.collector[key]}")
+
+
+#: Settings a resumed run must share with its checkpoint: they shape the buffer, the
+#: network or the returns already stored. The budget, logging and evaluation may change.
+RESUME_MUST_MATCH = ("env.name", "env.num_envs", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len")
+
+
+def check_resumable(saved: dict, cfg: DictConfig) -> None:
+    """Refuses to resume a checkpoint into a run whose replay or network settings differ."""
+    saved = OmegaConf.create(saved)
+    differ = [
+        f"{key}: checkpoint {OmegaConf.select(saved, key)!r}, now {OmegaConf.select(cfg, key)!r}"
+        for key in RESUME_MUST_MATCH
+        if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)
+    ]
+    if differ:
+        raise ValueError("checkpoint.resume: the run's settings differ from the checkpoint's; " + "; ".join(differ))
 
 
 def scorer_factory(cfg: DictConfig):
@@ -187,6 +217,7 @@ def batch_metrics(batch) -> dict[str, float]:
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Runs one training run; returns a summary (and the live objects, for tests and benchmarks)."""
     check_config(cfg)
+    timeit.reset()  # the phase timings are per run, not per process
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)
     torch.set_num_threads(cfg.num_threads)
@@ -196,7 +227,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
     eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
-    eval_steps = (cfg.env.max_steps or gym.make(cfg.env.name).unwrapped.max_steps) + 1
+    eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
 
     q_net = make_q_network(cfg, env)
     action_spec = env.full_action_spec_unbatched["action"]
@@ -222,16 +253,23 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None
     collected = 0
     updates = 0
+    state = None
     if cfg.checkpoint.resume:
         state = load_checkpoint(cfg.checkpoint.resume, rb)
+        check_resumable(state["config"], cfg)
         loss_module.load_state_dict(state["loss_module"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry the old learning rate; the config wins
+            group["lr"] = cfg.optim.lr
         explore.load_state_dict(state["explore"])
+        target_updater.counter = state["target_update_counter"]
         env.load_state_dict(state["env"])
         set_rng_state(state["rng"])
         collected, updates = state["collected_frames"], state["updates"]
         print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
     start_frames = collected
+    if total_frames - collected <= 0:
+        raise ValueError(f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}")
     if vlm:
         try:
             service = ScoringService(
@@ -252,15 +290,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         hook = VLMScoringHook(
             rb, service, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold, gallery=gallery, postproc=multistep
         )
+        if state is not None and "hook" in state:
+            hook.load_state_dict(state["hook"])
 
-    remaining = total_frames - collected
-    if remaining <= 0:
-        raise ValueError(f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}")
     collector = Collector(
         env,
         policy,
         frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=remaining,
+        total_frames=total_frames - collected,
         init_random_frames=max(0, cfg.collector.init_random_frames - collected),
         device=cfg.device,
         auto_register_policy_transforms=False,  # the Q-network needs no recurrent-state tracking
@@ -287,10 +324,15 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         return row
 
     def checkpoint(folder: Path) -> None:
+        if hook is not None:
+            # Clips in the scoring process would be lost with it, their slots never scored.
+            hook.drain()
         state = {
             "loss_module": loss_module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "explore": explore.state_dict(),
+            "target_update_counter": target_updater.counter,
+            "hook": hook.state_dict() if hook is not None else None,
             "env": env.state_dict(),
             "rng": get_rng_state(),
             "collected_frames": collected,
@@ -309,7 +351,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     train_stats: dict[str, float] = {}
     pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
     t_start = time.perf_counter()
-    last_eval = {"success_greedy": float("nan")}
+    last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
     budget = 0.0  # fractional gradient steps carried between batches
 
     try:
@@ -354,14 +396,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     with timeit("priorities"):
                         if cfg.buffer.sampler == "per":
                             rb.update_tensordict_priority(sample)
-                        elif cfg.buffer.td_boost:
+                        elif cfg.buffer.td_boost:  # check_config: only with the MixtureSampler
                             rb.sampler.update_td_error(sample["index"], sample["td_error"])
                     losses.append(float(loss.detach()))
                     if "from_priority" in sample.keys():
                         prio_fracs.append(float(sample["from_priority"].float().mean()))
                 budget -= int(budget)
 
-            collector.update_policy_weights_()
+            collector.update_policy_weights_()  # a no-op in-process (shared policy); kept for remote collectors
             elapsed = time.perf_counter() - t_start
             sps = (collected - start_frames) / max(elapsed, 1e-9)
             pbar.update(n)
@@ -372,6 +414,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 next_eval += cfg.eval.interval
             if collected >= next_log or collected >= total_frames:
                 metrics = dict(train_stats)
+                train_stats.clear()  # episode metrics are logged once, at the first log after the episodes ended
                 metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
                 if losses:
                     metrics["train/loss"] = float(np.mean(losses))
@@ -400,8 +443,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 next_ckpt += cfg.checkpoint.interval
 
         loop_seconds = time.perf_counter() - t_start
-        with timeit("eval"):
-            last_eval = evaluate()
+        if not evals or evals[-1]["frames"] != collected:  # unless the last periodic one was at the very end
+            with timeit("eval"):
+                last_eval = evaluate()
         if hook is not None:
             hook.poll()
         if gallery is not None:
@@ -411,6 +455,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     finally:
         pbar.close()
         collector.shutdown()
+        eval_env.close()
         if hook is not None:
             hook.close()
         if logger is not None and hasattr(logger, "experiment") and cfg.logger.backend == "wandb":
@@ -422,13 +467,17 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "updates": updates,
         "sps": (collected - start_frames) / max(loop_seconds, 1e-9),  # the training loop's own speed
         "final_success_greedy": last_eval["success_greedy"],
-        "final_success_eps": last_eval.get("success_eps", float("nan")),
+        "final_success_eps": last_eval["success_eps"],
         "evals": evals,
         "vlm_stats": hook.stats if hook is not None else {},
         "lambda": rb.sampler.lam if isinstance(rb.sampler, MixtureSampler) else None,
         "out_dir": out_dir,
         "gallery": (out_dir / "gallery") if gallery is not None else None,
+        "checkpoint": (out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,
         "replay_buffer": rb,
+        "loss_module": loss_module,
+        "optimizer": optimizer,
+        "epsilon": float(explore.eps),
     }
 
 
@@ -455,7 +504,9 @@ def print_summary(summary: dict[str, Any]) -> None:
                 cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
             )
         )
-    print(f"logs and checkpoint: {summary['out_dir']}")
+    print(f"logs: {summary['out_dir'] / 'logs'} (offline wandb runs: `wandb sync <run folder>` uploads them)")
+    if summary["checkpoint"] is not None:
+        print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")
     if summary["gallery"] is not None:
         print(f"clip gallery: {summary['gallery']}")
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import hydra
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from torchrl.collectors import Collector
 from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives.value import GAE
 
-from torchrl_vlm import make_minigrid_env
+from torchrl_vlm import episode_step_limit, make_minigrid_env
 from torchrl_vlm.teacher.loss import DistillA2CLoss, DistillClipPPOLoss
 from torchrl_vlm.training import (
     evaluate_success,
@@ -164,6 +163,7 @@ def make_loss(cfg: DictConfig, actor, critic):
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Runs one training run; returns a summary (and the live objects, for tests and benchmarks)."""
     check_config(cfg)
+    timeit.reset()  # the phase timings are per run, not per process
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)
     torch.set_num_threads(cfg.num_threads)
@@ -172,7 +172,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     env = make_env(cfg, cfg.env.num_envs, cfg.env.seed, teacher=cfg.teacher)
     teacher = make_teacher(cfg, env.full_action_spec_unbatched["action"].n)
     eval_env = make_env(cfg, cfg.eval.episodes, cfg.env.seed + 10_000, teacher="none")
-    eval_steps = (cfg.env.max_steps or gym.make(cfg.env.name).unwrapped.max_steps) + 1
+    eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
     actor, critic = make_actor_critic(cfg, env)
     loss_module = make_loss(cfg, actor, critic)
     advantage = GAE(gamma=cfg.loss.gamma, lmbda=cfg.loss.gae_lambda, value_network=critic, average_gae=False)
@@ -183,6 +183,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         state = load_checkpoint(cfg.checkpoint.resume)
         loss_module.load_state_dict(state["loss_module"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry the old learning rate; the config wins
+            group["lr"] = cfg.optim.lr
         set_rng_state(state["rng"])
         collected = state["collected_frames"]
         print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
@@ -282,7 +284,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 sps=f"{sps:.0f}",
             )
         loop_seconds = time.perf_counter() - t_start
-        if not stopped:  # a stopped run has just been evaluated
+        if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
             last_eval = evaluate()
         if cfg.checkpoint.at_end:
             save_checkpoint(
@@ -298,6 +300,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     finally:
         pbar.close()
         collector.shutdown()
+        eval_env.close()
         if hasattr(teacher, "close"):
             teacher.close()
         if logger is not None and cfg.logger.backend == "wandb":

@@ -34,7 +34,7 @@ def config(*overrides):
 def test_smoke(algo, teacher, tmp_path):
     summary = ppo_minigrid_distill.train(config(f"algo={algo}", f"teacher={teacher}"), tmp_path)
     assert summary["frames"] == 128
-    assert [row["frames"] for row in summary["evals"]] == [64, 128, 128]
+    assert [row["frames"] for row in summary["evals"]] == [64, 128]  # the final evaluation is the one at 128
     logged = {f"{p.parent.name}/{p.stem}" for p in (tmp_path / "logs").rglob("scalars/*/*.csv")}
     assert {"train/sps", "train/loss_objective", "eval/success"} <= logged
     if teacher != "none":

@@ -250,7 +250,7 @@ def test_end_to_end_priorities_sit_exactly_on_clips_with_events():
     with VLMScoringHook(rb, ScoringService(MiniGridEventScorer), clip_len=clip_len) as hook:
         # 3 envs x 25 steps per batch: clips of 8 straddle the batches.
         _run(hook, env, frames=3000, frames_per_batch=75)
-        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+        assert hook.drain() == 0
         stats = hook.stats
 
     data = rb[: len(rb)]
@@ -280,6 +280,22 @@ def test_end_to_end_priorities_sit_exactly_on_clips_with_events():
     )
 
 
+def test_a_resumed_hook_continues_its_counters():
+    clip_len = 4
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=4, render=False)
+    rb = make_replay_buffer(1000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
+    with VLMScoringHook(rb, ScoringService(functools.partial(ClipIdParityScorer, 0.05)), clip_len=clip_len) as hook:
+        _run(hook, env, frames=160, frames_per_batch=40)
+        assert hook.drain() == 0  # every complete clip answered and written back
+        before, state = hook.stats, hook.state_dict()
+    assert before["slots_scored"] > 0 and before["positives"] > 0
+    with VLMScoringHook(rb, ScoringService(ClipIdParityScorer), clip_len=clip_len) as resumed:
+        resumed.load_state_dict(state)
+        after = resumed.stats
+    for key in ("positives", "slots_written", "slots_scored", "coverage", "stale_rejected"):
+        assert after[key] == before[key], key
+
+
 def test_a_clip_ends_on_the_state_its_last_action_reached():
     clip_len = 8
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=3, max_steps=20)
@@ -292,7 +308,7 @@ def test_a_clip_ends_on_the_state_its_last_action_reached():
             batches.append(batch.reshape(-1).clone())
             hook.extend(batch)
         collector.shutdown()
-        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+        assert hook.drain() == 0
     steps = torch.cat(batches)
     data = rb[:]
     checked = 0
@@ -315,7 +331,7 @@ def test_heavy_overwrite_never_lands_a_late_score_on_a_reused_slot():
     service = ScoringService(functools.partial(ClipIdParityScorer, 0.2), batch_clips=4)
     with VLMScoringHook(rb, service, clip_len=clip_len) as hook:
         _run(hook, env, frames=1200, frames_per_batch=40)
-        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+        assert hook.drain() == 0
         stats = hook.stats
     assert stats["stale_rejected"] > 0  # the buffer turned over many times while scores were late
     data = rb[:]
@@ -334,7 +350,7 @@ def test_hook_survives_a_worker_kill_mid_run():
         _run(hook, env, frames=400, frames_per_batch=40)
         os.kill(service.worker_pid, signal.SIGKILL)
         _run(hook, env, frames=400, frames_per_batch=40, seed=1)
-        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+        assert hook.drain() == 0
         stats = hook.stats
     assert stats["worker_restarts"] == 1
     assert stats["clips_scored"] > 0
@@ -356,7 +372,7 @@ def test_tiny_vlm_scores_real_frames_in_the_scoring_process(tiny_vlm):
     factory = functools.partial(TransformersScorer, str(tiny_vlm), num_frames=4, batch_size=4, mission_in_prompt=True)
     with VLMScoringHook(rb, ScoringService(factory), clip_len=clip_len, threshold=0.5) as hook:
         _run(hook, env, frames=96, frames_per_batch=32)
-        _wait_until(lambda: hook.service.queue_depth == 0, hook.poll)
+        assert hook.drain() == 0
         stats = hook.stats
     assert stats["clips_scored"] == stats["clips_submitted"] > 0
     data = rb[:]

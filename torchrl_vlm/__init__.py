@@ -3,7 +3,14 @@
 The public names below are the contract that recipes, tests and users rely on.
 ``TransformersScorer`` is imported on first use (it pulls in ``transformers``).
 """
-from torchrl_vlm.envs import EVENT_NAMES, MINIGRID_ENVS, RenderClips, decode_mission, make_minigrid_env
+from torchrl_vlm.envs import (
+    EVENT_NAMES,
+    MINIGRID_ENVS,
+    RenderClips,
+    decode_mission,
+    episode_step_limit,
+    make_minigrid_env,
+)
 from torchrl_vlm.replay import ClipAssembler, MixtureSampler, NStepReturns, make_replay_buffer, mixture_lambda
 from torchrl_vlm.scoring import (
     ClipGallery,
@@ -51,6 +58,7 @@ __all__ = [
     "VLMTeacher",
     "decode_mission",
     "distillation_kl",
+    "episode_step_limit",
     "make_minigrid_env",
     "make_replay_buffer",
     "mixture_lambda",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -151,23 +152,31 @@ def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], replay_
 
     ``state`` goes to ``folder/checkpoint.pt``; the buffer, with its storage,
     writer generations and sampler state (λ progress, priorities), goes to
-    ``folder/replay_buffer`` through TorchRL's ``dumps``. The checkpoint is
-    written next to the old one and renamed over it, so a crash mid-write
-    leaves the previous checkpoint intact.
+    ``folder/replay_buffer`` through TorchRL's ``dumps``. Both are written to a
+    staging folder that then takes the old one's place, so a crash mid-write never
+    leaves a buffer and a checkpoint from different moments: :func:`load_checkpoint`
+    finds the previous one (``<folder>.old``) if the swap itself was interrupted.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    staging, old = folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     if replay_buffer is not None:
-        replay_buffer.dumps(folder / "replay_buffer")
-    tmp = folder / "checkpoint.pt.tmp"
-    torch.save(dict(state), tmp)
-    os.replace(tmp, folder / "checkpoint.pt")
+        replay_buffer.dumps(staging / "replay_buffer")
+    torch.save(dict(state), staging / "checkpoint.pt")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def load_checkpoint(folder: str | os.PathLike, replay_buffer=None) -> dict[str, Any]:
     """Reads what :func:`save_checkpoint` wrote; fills ``replay_buffer`` in place if given."""
     folder = Path(folder)
+    if not folder.exists() and folder.with_name(folder.name + ".old").exists():
+        folder = folder.with_name(folder.name + ".old")  # a save was interrupted between its two renames
     path = folder / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (checkpoint.resume must name a checkpoint folder)")

@@ -30,6 +30,7 @@ __all__ = [
     "MISSION_BYTES",
     "decode_mission",
     "encode_mission",
+    "episode_step_limit",
     "full_state",
     "make_minigrid_env",
     "mission_features",
@@ -331,6 +332,17 @@ def _single_env(env_name, max_steps, device, **wrapper_kwargs) -> GymWrapper:
         device=device,
         categorical_action_encoding=True,
     )
+
+
+def episode_step_limit(env_name: str, max_steps: int | None = None) -> int:
+    """The number of steps after which an episode of ``env_name`` is truncated (``max_steps`` if set)."""
+    if max_steps is not None:
+        return int(max_steps)
+    probe = gym.make(env_name)
+    try:
+        return int(probe.unwrapped.max_steps)
+    finally:
+        probe.close()
 
 
 def make_minigrid_env(

@@ -14,7 +14,8 @@ back after its slot was reused is rejected, never written onto new data.
 """
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
@@ -238,6 +239,20 @@ class VLMScoringHook:
             self.rb.update_priority(index[live], priority[live])
         return len(results)
 
+    def drain(self, timeout_s: float = 60.0) -> int:
+        """Waits until every submitted clip is answered (or ``timeout_s``), writing the scores back.
+
+        For synchronisation points such as a checkpoint, never the training loop: it
+        blocks the learner. Clips still being assembled (fewer than ``clip_len`` steps
+        so far) are not submitted. Returns the clips still unanswered at the timeout.
+        """
+        deadline = time.monotonic() + timeout_s
+        self.poll()
+        while self.service.queue_depth and time.monotonic() < deadline:
+            time.sleep(0.005)
+            self.poll()
+        return self.service.queue_depth
+
     # ----------------------------------------------------------------- stats
     @property
     def stats(self) -> dict[str, float]:
@@ -249,6 +264,17 @@ class VLMScoringHook:
         out["clips_open"] = float(self.assembler.open_clips)
         out["clips_abandoned"] = float(self.assembler.abandoned)
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The hook's counters, so that a resumed run's coverage and positives continue.
+
+        The service's own counters (submitted, dropped, latency) describe one scoring
+        process and start again with a new one.
+        """
+        return {"counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._counts.update(state["counts"])
 
     def close(self) -> None:
         self.service.close()
