@@ -262,7 +262,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for group in optimizer.param_groups:  # the saved groups carry the old learning rate; the config wins
             group["lr"] = cfg.optim.lr
         explore.load_state_dict(state["explore"])
-        target_updater.counter = state["target_update_counter"]
+        target_updater.counter = state.get("target_update_counter", 0)
         env.load_state_dict(state["env"])
         set_rng_state(state["rng"])
         collected, updates = state["collected_frames"], state["updates"]
@@ -348,7 +348,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     next_ckpt = collected + cfg.checkpoint.interval if cfg.checkpoint.interval else None
     losses: list[float] = []
     prio_fracs: list[float] = []
-    train_stats: dict[str, float] = {}
+    train_stats: dict[str, float] = {}  # episodes ended since the last log
+    shown_success = float("nan")  # the progress bar keeps the latest
     pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
     t_start = time.perf_counter()
     last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
@@ -366,6 +367,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             collected += n
             explore.step(n)
             train_stats.update(batch_metrics(batch))
+            shown_success = train_stats.get("train/success", shown_success)
             with timeit("extend"):
                 if hook is not None:
                     hook.extend(batch)
@@ -431,7 +433,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 prio_fracs.clear()
                 next_log = collected + cfg.logger.log_interval
             pbar.set_postfix(
-                success=f"{train_stats.get('train/success', float('nan')):.2f}",
+                success=f"{shown_success:.2f}",
                 eval=f"{last_eval['success_greedy']:.2f}",
                 sps=f"{sps:.0f}",
             )
