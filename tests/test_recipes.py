@@ -198,3 +198,18 @@ def test_wandb_is_the_default_and_runs_offline(monkeypatch, tmp_path):
     runs = list((tmp_path / "logs").rglob("offline-run-*"))
     assert runs, sorted(str(p) for p in (tmp_path / "logs").rglob("*"))[:20]
     assert list(runs[0].rglob("*.wandb"))  # the run's history, waiting for `wandb sync`
+
+
+def test_a_checkpoint_swap_interrupted_midway_leaves_the_previous_one_loadable(tmp_path):
+    from torchrl_vlm.training import load_checkpoint, save_checkpoint
+
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, {"collected_frames": 1})
+    save_checkpoint(folder, {"collected_frames": 2})
+    assert load_checkpoint(folder)["collected_frames"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no staging or old folder left
+    # A crash between the two renames: the old folder is aside, the new one not yet in place.
+    folder.rename(tmp_path / "checkpoint.old")
+    assert load_checkpoint(folder)["collected_frames"] == 2
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+        load_checkpoint(tmp_path / "elsewhere")

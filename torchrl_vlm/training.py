@@ -156,6 +156,7 @@ def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], replay_
     staging folder that then takes the old one's place, so a crash mid-write never
     leaves a buffer and a checkpoint from different moments: :func:`load_checkpoint`
     finds the previous one (``<folder>.old``) if the swap itself was interrupted.
+    ``folder`` belongs to the checkpoint: it is replaced as a whole.
     """
     folder = Path(folder)
     staging, old = folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".old")
