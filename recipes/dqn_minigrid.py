@@ -54,11 +54,13 @@ from torchrl_vlm import (
 )
 from torchrl_vlm.training import (
     LOGGER_BACKENDS,
+    WANDB_MODES,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
     log_metrics,
     make_logger,
+    restore_optimizer,
     save_checkpoint,
     set_rng_state,
 )
@@ -85,8 +87,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"vlm.{key} must be in [0, 1], got {cfg.vlm[key]}")
     if cfg.logger.backend not in LOGGER_BACKENDS:
         raise ValueError(f"logger.backend={cfg.logger.backend!r}; choose one of {LOGGER_BACKENDS}")
-    if cfg.logger.mode not in (None, "online", "offline", "disabled"):
-        raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose online, offline, disabled or null")
+    if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose one of {WANDB_MODES} or null")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
     if cfg.collector.frames_per_batch % cfg.env.num_envs:
@@ -258,9 +260,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         state = load_checkpoint(cfg.checkpoint.resume, rb)
         check_resumable(state["config"], cfg)
         loss_module.load_state_dict(state["loss_module"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the saved groups carry the old learning rate; the config wins
-            group["lr"] = cfg.optim.lr
+        restore_optimizer(optimizer, state["optimizer"], cfg.optim.lr)
         explore.load_state_dict(state["explore"])
         target_updater.counter = state.get("target_update_counter", 0)
         env.load_state_dict(state["env"])

@@ -43,6 +43,7 @@ from torchrl_vlm.training import (
     load_checkpoint,
     log_metrics,
     make_logger,
+    restore_optimizer,
     save_checkpoint,
     set_rng_state,
 )
@@ -182,9 +183,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.checkpoint.resume:
         state = load_checkpoint(cfg.checkpoint.resume)
         loss_module.load_state_dict(state["loss_module"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the saved groups carry the old learning rate; the config wins
-            group["lr"] = cfg.optim.lr
+        restore_optimizer(optimizer, state["optimizer"], cfg.optim.lr)
         set_rng_state(state["rng"])
         collected = state["collected_frames"]
         print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")

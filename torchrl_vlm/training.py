@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def wandb_mode(mode: str | None, project: str | None) -> str | None:
@@ -41,7 +42,7 @@ def wandb_mode(mode: str | None, project: str | None) -> str | None:
     (tests set ``WANDB_MODE=disabled``).
     """
     if mode is not None:
-        if mode not in ("online", "offline", "disabled"):
+        if mode not in WANDB_MODES:
             raise ValueError(f"logger.mode must be 'online', 'offline', 'disabled' or null, got {mode!r}")
         return mode
     if os.environ.get("WANDB_MODE"):
@@ -145,6 +146,17 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], lr: float) -> None:
+    """Loads an optimiser's saved state but keeps the configured learning rate.
+
+    ``Optimizer.load_state_dict`` also restores the saved param groups, so a
+    resumed run would otherwise silently keep the old learning rate.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], replay_buffer=None) -> Path:
