@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,19 +67,83 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def append_results(title: str, body: str) -> None:
-    """Appends a dated section to benchmarks/RESULTS.md (one write, so concurrent runs do not interleave)."""
+def paired_slowdown(sps: Sequence[float], reference: Sequence[float]) -> tuple[np.ndarray, float]:
+    """How much slower each round's run is than the same round's reference run, and the median over rounds.
+
+    ``sps[i]`` and ``reference[i]`` are env steps per second of round ``i``; its slowdown is
+    ``1 - sps[i] / reference[i]`` (0.1: 10% fewer steps per second). The runs of one round are
+    neighbours in time, so their ratio cancels the machine's drift, which a ratio of the two
+    medians (taken over different rounds) does not.
+    """
+    sps, reference = np.asarray(sps, dtype=float), np.asarray(reference, dtype=float)
+    if sps.shape != reference.shape or sps.ndim != 1 or len(sps) == 0:
+        raise ValueError(f"need one value per round for both runs, got {sps.shape} and {reference.shape}")
+    per_round = 1 - sps / reference
+    return per_round, float(np.median(per_round))
+
+
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "One section per study: its current table, with the date, machine and command that produced it. A benchmark "
+    "script replaces its study's section (found by title) when it records a run, notes included; git keeps the "
+    "history.\n"
+)
+#: A section starts at ``## <title> (<YYYY-MM-DD HH:MM>)``; ``###`` headings belong to the section above.
+SECTION_HEADING = re.compile(r"^## (?P<title>.+) \((?P<stamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2})\)$", re.MULTILINE)
+
+
+def replace_section(text: str, title: str, section: str) -> str:
+    """``text`` (a RESULTS.md) with the section titled ``title`` replaced by ``section``.
+
+    The section keeps its place; a title not there yet is appended; any later section of the same
+    title (a duplicate) is dropped. Every other section keeps its text; sections are separated by
+    one blank line.
+    """
+    headings = list(SECTION_HEADING.finditer(text))
+    starts = [h.start() for h in headings] + [len(text)]
+    blocks, placed = [text[: starts[0]]], False
+    for heading, start, end in zip(headings, starts, starts[1:]):
+        if heading["title"] != title:
+            blocks.append(text[start:end])
+        elif not placed:
+            blocks.append(section)
+            placed = True
+    if not placed:
+        blocks.append(section)
+    return "\n\n".join(block.strip("\n") for block in blocks if block.strip()) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` in one step: a reader (or a run killed midway) sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def record_results(title: str, body: str, path: Path = RESULTS) -> None:
+    """Makes ``body`` the current section ``title`` of benchmarks/RESULTS.md, dated, with the machine and command.
+
+    A rerun of a study replaces its section rather than adding one. The file is rewritten in one
+    atomic step, under a lock so that two studies finishing together do not lose each other's section.
+    """
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = (
-        f"\n## {title} ({stamp})\n\n"
+    section = (
+        f"## {title} ({stamp})\n\n"
         f"- machine: {machine()}\n"
         f"- command: `{command()}`\n\n"
-        f"{body.rstrip()}\n"
+        f"{body.strip()}\n"
     )
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEach section is appended by a benchmark script; newest last.\n")
-    with RESULTS.open("a") as f:
-        f.write(text)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else RESULTS_HEADER
+        write_atomic(path, replace_section(text, title, section))
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

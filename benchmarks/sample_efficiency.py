@@ -12,10 +12,8 @@ opening of an episode, and the goal) or ``goal_only``.
 
 A cell runs in its own process and writes
 ``benchmarks/results/sample_efficiency/<env>[_<definition>]/<method>_s<seed>.json``
-with the recipe overrides it ran with. Cells already on disk with the same
-settings are skipped, so a long study can be split over several calls (and
-machines) and merged at the end; a cell on disk with other settings is an error
-when running and left out (with a warning) when merging: use --tag to keep
+with the recipe overrides it ran with. A cell on disk with other settings is an
+error when running and left out (with a warning) when merging: use --tag to keep
 variants apart.
 
 Reported per method, over seeds: env steps until greedy evaluation success first
@@ -23,15 +21,28 @@ reaches 0.5 and 0.9 (median, and how many seeds got there), the same with
 ε=0.05 evaluation (greedy evaluation flickers), final success and the mean of the
 last three evaluations (steadier than one 16-episode evaluation). Each method is
 then compared with uniform replay seed by seed, with an exact one-sided permutation
-test, so that a table of three seeds cannot read as more than it is. It writes a
-CSV of every evaluation, a PNG of learning curves (mean ± std over seeds), and
-appends the table to ``benchmarks/RESULTS.md``.
+test, so that a table of three seeds cannot read as more than it is.
 
-    python benchmarks/sample_efficiency.py --quick                      # DoorKey-5x5, 3 seeds (~15 min on 2 cores)
+One command runs a study: the cells it names (``--seeds`` seeds of each of
+``--methods``; a method given as ``METHOD:N`` gets seeds 0 to N-1 instead) that are
+not on disk yet, ``--jobs`` at a time (default: one per core), each in its own
+process; then it merges those cells into a CSV of every evaluation, a PNG of
+learning curves (mean ± std over seeds) and a table, which replaces the study's
+section of ``benchmarks/RESULTS.md`` ("Sample efficiency: <results folder>";
+``--no-record``: print only). A cell is written when it finishes, so a study
+killed midway resumes when the same command runs again (only the cells that were
+running start over). ``--merge-only`` only merges (the study's cells on disk);
+``--cell METHOD:SEED`` runs one cell in this process (what the study does in each process).
+
+The tables in RESULTS.md, one command each:
+
+    python benchmarks/sample_efficiency.py --quick      # DoorKey-5x5, 'any', 60k steps, 3 seeds (~15 min on 2 cores)
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-6x6-v0 --frames 300000 --seeds 5 \\
-        --definition first_progress
-    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1500000 --cell vlm_events:0
-    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1500000 --merge-only
+        --definition first_progress --methods uniform vlm_events vlm_pure:3
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1000000 --seeds 5 \\
+        --definition first_progress --eval-interval 25000 --methods uniform per:2 vlm_events
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-12x12-v0 --frames 2000000 --seeds 1 \\
+        --definition first_progress --eval-interval 100000 --methods uniform per vlm_events
 """
 from __future__ import annotations
 
@@ -41,12 +52,13 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from common import append_results, markdown_table, recipe, recipe_config, run_cells
+from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
 
 from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS
 
@@ -63,6 +75,18 @@ METHODS = {
     "vlm_pure": ["buffer.sampler=vlm", "vlm.scorer=events", "buffer.lam_max=null"],
 }
 DEFAULT_METHODS = ("uniform", "per", "vlm_events", "vlm_noisy")
+
+
+def study_cells(methods: list[str], seeds: int) -> list[tuple[str, int]]:
+    """The (method, seed) cells of a study, seed by seed: ``seeds`` seeds of each method, N of one given as METHOD:N."""
+    counts = {}
+    for spec in methods:
+        method, _, n = spec.partition(":")
+        if method not in METHODS or not (n == "" or n.isdigit()):
+            raise ValueError(f"a method is METHOD or METHOD:SEEDS with METHOD one of {sorted(METHODS)}, got {spec!r}")
+        counts[method] = int(n) if n else seeds
+    return [(method, seed) for seed in range(max(counts.values(), default=0))
+            for method, n in counts.items() if seed < n]
 
 
 def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
@@ -93,6 +117,7 @@ def run_cell(args, method: str, seed: int) -> dict:
     """Runs one training run in this process and returns its evaluation history."""
     overrides = cell_overrides(args, method, seed)
     run_dir = RUNS_DIR / f"{args.env}{args.tag}" / f"{method}_s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # scratch of an earlier, killed attempt at this cell
     summary = recipe("dqn_minigrid").train(recipe_config("dqn_minigrid", overrides), run_dir)
     return {
         "env": args.env,
@@ -104,7 +129,7 @@ def run_cell(args, method: str, seed: int) -> dict:
         "sps": summary["sps"],
         "final_success_greedy": summary["final_success_greedy"],
         "final_success_eps": summary["final_success_eps"],
-        "vlm_stats": summary["vlm_stats"],
+        "vlm_stats": summary["buffer_stats"],  # the buffer's counters (scorer, λ, coverage) at the end
     }
 
 
@@ -126,6 +151,7 @@ def settings_differ(cell: dict, args) -> list[str]:
 
 
 def first_reach(evals: list[dict], key: str, level: float) -> float:
+    """Env steps at the first evaluation whose ``key`` is at least ``level`` (``inf``: never within the budget)."""
     for row in evals:
         if row[key] >= level:
             return row["frames"]
@@ -167,17 +193,22 @@ def seed_ratio(candidate: float, baseline: float) -> str:
     return "—" if not math.isfinite(baseline) else "> 1 (never)"
 
 
+def pair_by_seed(results: list[dict], method: str, baseline: str) -> list[tuple[int, dict, dict]]:
+    """(seed, method's cell, baseline's cell) for every env seed both ran, by seed; a seed only one ran is left out."""
+    by_method = {m: {r["seed"]: r for r in results if r["method"] == m} for m in (method, baseline)}
+    return [(seed, by_method[method][seed], by_method[baseline][seed])
+            for seed in sorted(set(by_method[method]) & set(by_method[baseline]))]
+
+
 def compare_with(results: list[dict], methods: list[str], baseline: str = "uniform") -> list[list]:
     """Per method: seed-by-seed steps-to-0.9 ratios against the baseline, and permutation p-values."""
-    by_method = {m: {r["seed"]: r for r in results if r["method"] == m} for m in methods}
     rows = []
     for method in methods:
-        if method == baseline or baseline not in by_method:
+        pairs = pair_by_seed(results, method, baseline) if method != baseline else []
+        if not pairs:
             continue
-        seeds = sorted(set(by_method[method]) & set(by_method[baseline]))
-        if not seeds:
-            continue
-        cand, base = ([by_method[m][s]["evals"] for s in seeds] for m in (method, baseline))
+        seeds = [seed for seed, _, _ in pairs]
+        cand, base = [c["evals"] for _, c, _ in pairs], [b["evals"] for _, _, b in pairs]
         steps = [[first_reach(e, "success_greedy", 0.9) for e in arm] for arm in (cand, base)]
         late = [[-late_success(e) for e in arm] for arm in (cand, base)]
         rows.append(
@@ -189,6 +220,14 @@ def compare_with(results: list[dict], methods: list[str], baseline: str = "unifo
             ]
         )
     return rows
+
+
+def median_steps(values: list[float]) -> str:
+    """Median steps to a level over seeds, in thousands, with (reached/seeds); "—" where the median seed never got there."""
+    reached = [v for v in values if math.isfinite(v)]
+    if len(reached) * 2 <= len(values):  # at least half never got there: the median is not reached
+        return f"— ({len(reached)}/{len(values)})"
+    return f"{np.median(values) / 1000:.0f}k ({len(reached)}/{len(values)})"
 
 
 def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict]:
@@ -206,12 +245,6 @@ def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict
             )
         }
 
-        def med(values):
-            reached = [v for v in values if math.isfinite(v)]
-            if len(reached) * 2 <= len(values):  # median not reached
-                return f"— ({len(reached)}/{len(values)})"
-            return f"{np.median(values) / 1000:.0f}k ({len(reached)}/{len(values)})"
-
         finals = [c["final_success_greedy"] for c in cells]
         finals_eps = [c["final_success_eps"] for c in cells]
         lates = [late_success(c["evals"]) for c in cells]
@@ -220,10 +253,10 @@ def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict
             [
                 method,
                 len(cells),
-                med(per_seed["g50"]),
-                med(per_seed["g90"]),
+                median_steps(per_seed["g50"]),
+                median_steps(per_seed["g90"]),
                 g90,
-                med(per_seed["e90"]),
+                median_steps(per_seed["e90"]),
                 f"{np.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}]",
                 f"{np.median(finals_eps):.2f}",
                 f"{np.median(lates):.2f} [{min(lates):.2f}, {max(lates):.2f}]",
@@ -268,7 +301,9 @@ def main():
     parser.add_argument("--env", default=None, help="a DoorKey id (default: 8x8; --quick: 5x5)")
     parser.add_argument("--frames", type=int, default=None, help="default: 1.5M (--quick: 60k)")
     parser.add_argument("--seeds", type=int, default=None, help="default: 5 (--quick: 3)")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD[:SEEDS]",
+                        help=f"of {', '.join(METHODS)}; METHOD:N runs N seeds of it instead of --seeds "
+                             f"(default: {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--definition", default="any", choices=list(EVENT_DEFINITIONS),
                         help="what the event scorer counts as meaningful (see above)")
     parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
@@ -276,13 +311,13 @@ def main():
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
-    parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the cells on disk")
+    parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the study's cells on disk")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="cells run at once (each is single-threaded; default: one per core)")
     parser.add_argument("--quick", action="store_true", help="DoorKey-5x5, 3 seeds, 60k steps")
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
-    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
     args = parser.parse_args()
     args.env = args.env or ("MiniGrid-DoorKey-5x5-v0" if args.quick else "MiniGrid-DoorKey-8x8-v0")
     args.frames = args.frames or (60_000 if args.quick else 1_500_000)
@@ -291,6 +326,10 @@ def main():
         args.eval_interval = max(1000, args.frames // 30)
     if args.definition != "any":
         args.tag = args.tag or f"_{args.definition}"
+    try:
+        cells = study_cells(args.methods, args.seeds)
+    except ValueError as e:
+        parser.error(str(e))
 
     if args.cell:
         method, _, seed = args.cell.partition(":")
@@ -298,40 +337,52 @@ def main():
             parser.error(f"--cell must be METHOD:SEED with METHOD one of {sorted(METHODS)}, got {args.cell!r}")
         result = run_cell(args, method, int(seed))
         path = cell_path(args.env, method, int(seed), args.tag)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1, default=float))
+        write_atomic(path, json.dumps(result, indent=1, default=float))  # a killed run leaves no half-written cell
         print(f"{method} seed {seed}: final greedy success {result['final_success_greedy']:.2f}, "
-              f"SPS {result['sps']:.0f} -> {path}")
+              f"SPS {result['sps']:.0f} -> {path.relative_to(ROOT)}")
         return
 
     if not args.merge_only:
         commands = []
-        for seed in range(args.seeds):
-            for method in args.methods:
-                path = cell_path(args.env, method, seed, args.tag)
-                if path.exists():
-                    differ = settings_differ(load_cell(path), args)
-                    if differ:
-                        parser.error(f"{path} was run with other settings ({', '.join(differ)}); "
-                                     "pass --tag to keep this variant apart, or delete the cell")
-                    continue
-                cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
-                       "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
-                       "--eval-episodes", str(args.eval_episodes), "--definition", args.definition,
-                       "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
-                if args.override:
-                    cmd += ["--override", *args.override]
-                commands.append(cmd)
+        for method, seed in cells:
+            path = cell_path(args.env, method, seed, args.tag)
+            if path.exists():  # done in an earlier call: a study resumes where it stopped
+                differ = settings_differ(load_cell(path), args)
+                if differ:
+                    parser.error(f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
+                                 "pass --tag to keep this variant apart, or delete the cell")
+                continue
+            cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
+                   "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
+                   "--eval-episodes", str(args.eval_episodes), "--definition", args.definition,
+                   "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
+            if args.override:
+                cmd += ["--override", *args.override]
+            commands.append(cmd)
+        print(f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
+              f"{args.jobs} at a time", flush=True)
         run_cells(commands, args.jobs)
 
+    # Merge the study's cells, and only them: the table is a function of the command.
     folder = RESULTS_DIR / f"{args.env}{args.tag}"
-    results, other = [], []
-    for path in sorted(folder.glob("*_s*.json")):
+    results, other, missing = [], [], []
+    for method, seed in cells:
+        path = cell_path(args.env, method, seed, args.tag)
+        if not path.exists():
+            missing.append(path.stem)
+            continue
         cell = load_cell(path)
         (other if settings_differ(cell, args) else results).append(cell)
+    results.sort(key=lambda c: (c["method"], c["seed"]))
+    if missing:
+        print(f"not on disk, left out: {', '.join(missing)}")
     if other:
         print(f"left out {len(other)} cell(s) run with other settings: "
               + ", ".join(f"{c['method']}_s{c['seed']}" for c in other))
+    named = {cell_path(args.env, method, seed, args.tag) for method, seed in cells}
+    stray = [p.stem for p in sorted(folder.glob("*_s*.json")) if p not in named]
+    if stray:
+        print(f"on disk but not in this study (not merged): {', '.join(stray)}")
     if not results:
         print("no results to merge")
         return
@@ -375,7 +426,7 @@ def main():
     )
     print(body)
     if not args.no_record:
-        append_results(f"Sample efficiency: {args.env}", body)
+        record_results(f"Sample efficiency: {folder.name}", body)
 
 
 if __name__ == "__main__":

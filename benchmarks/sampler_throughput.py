@@ -14,7 +14,11 @@ copies every info entry into the batch.
 
 Part 2: MiniGrid env steps with and without rendering the full-grid frame.
 
-    python benchmarks/sampler_throughput.py [--capacity 1000000] [--quick]
+One command for both parts; it replaces the "Sampler throughput" section of
+benchmarks/RESULTS.md (``--no-record``: print only; ``--quick``: a smoke run,
+never recorded). The table there came from
+
+    python benchmarks/sampler_throughput.py
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, PrioritizedSampler, RandomSampler
 
-from common import append_results, interleaved_medians, markdown_table
+from common import interleaved_medians, markdown_table, record_results
 from torchrl_vlm import MixtureSampler, make_minigrid_env, make_replay_buffer
 
 
@@ -195,7 +199,7 @@ def main():
     parser.add_argument("--per-round", type=int, default=400)
     parser.add_argument("--render-steps", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run (not recorded)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     if args.quick:
         args.capacity, args.rounds, args.per_round, args.render_steps = 10_000, 2, 40, 50
@@ -204,7 +208,7 @@ def main():
     body += "\n### Rendering cost\n\n" + render_part(args.render_steps)
     print(body)
     if not (args.quick or args.no_record):
-        append_results("Sampler throughput", body)
+        record_results("Sampler throughput", body)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ on an RTX 4090).
 
     python benchmarks/scorer_throughput.py [--model ID_OR_PATH] [--device auto] [--clips 64]
         [--batch-size 8] [--num-frames 8] [--clip-len 32] [--frame-size 64] [--rounds 3] [--no-append]
+
+It replaces its section of benchmarks/RESULTS.md, "Scorer throughput" for the tiny
+model and "Scorer throughput: MODEL on DEVICE" otherwise (``--no-append``: print
+only). The table there (the tiny model, CPU) came from
+
+    python benchmarks/scorer_throughput.py
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from common import append_results, markdown_table
+from common import markdown_table, record_results
 from torchrl_vlm.scoring.transformers import TransformersScorer
 from torchrl_vlm.testing import TINY_VLM_MARKER, make_tiny_vlm
 
@@ -188,8 +194,10 @@ def main() -> None:
     )
     print(body)
     if not args.no_append:
-        append_results("Scorer throughput", body)
-        print("\nappended to benchmarks/RESULTS.md")
+        # One section per model and device: a real VLM's figures do not replace the tiny model's.
+        title = "Scorer throughput" if tiny else f"Scorer throughput: {model} on {scorer.device}"
+        record_results(title, body)
+        print("\nrecorded in benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

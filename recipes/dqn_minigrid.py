@@ -1,16 +1,18 @@
 """Double DQN on MiniGrid with uniform, PER or VLM-RB replay (VLM-guided experience replay).
 
-The agent learns from the symbolic observation. With ``buffer.sampler=vlm``,
-every collector batch goes through :class:`~torchrl_vlm.VLMScoringHook`: the
-frames are cut into clips of ``vlm.clip_len`` steps and scored in a separate
-process, and the verdicts become the replay priorities that
+The agent learns from the symbolic observation. With ``buffer.sampler=vlm`` the
+replay buffer is a :class:`~torchrl_vlm.VLMReplayBuffer`: each collector batch it
+takes is cut into clips of ``vlm.clip_len`` steps that are scored in a separate
+process, and the verdicts become the priorities that its
 :class:`~torchrl_vlm.MixtureSampler` mixes with uniform sampling,
 q_t = λ_t·q_P + (1 − λ_t)·q_U, λ rising to ``buffer.lam_max`` over the first
-``buffer.warmup_fraction`` of training.
+``buffer.warmup_fraction`` of training. Uniform and PER buffers take the same
+``rb.extend(batch)`` and ``rb.update_tensordict_priority(sample)``, so the loop
+below has no branch on the sampler.
 
-The loop, written out: collect → extend (through the hook) → sample → loss →
-optimise → log. ``vlm.scorer=events`` is an *ideal* VLM that reads the
-simulator's events; ``vlm.scorer=transformers vlm.model=...`` asks a real one.
+The loop, written out: collect → extend → sample → loss → optimise → priorities → log.
+``vlm.scorer=events`` is an *ideal* VLM that reads the simulator's events;
+``vlm.scorer=transformers vlm.model=...`` asks a real one.
 
     python recipes/dqn_minigrid.py                                  # VLM-RB, ideal scorer, DoorKey-8x8
     python recipes/dqn_minigrid.py buffer.sampler=uniform           # the UER baseline
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictSequential
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage
 from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate
@@ -45,24 +48,28 @@ from torchrl_vlm import (
     MixtureSampler,
     NoisyScorer,
     NStepReturns,
-    ScoringService,
     ScoringServiceError,
-    VLMScoringHook,
+    VLMReplayBuffer,
     episode_step_limit,
     make_minigrid_env,
     make_replay_buffer,
 )
 from torchrl_vlm.training import (
-    LOGGER_BACKENDS,
-    WANDB_MODES,
+    EpisodeMetrics,
+    Every,
+    check_common_config,
+    check_resumable,
+    close_all,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
     log_metrics,
     make_logger,
-    restore_optimizer,
+    phase_seconds,
+    restore_training_state,
     save_checkpoint,
-    set_rng_state,
+    seed_everything,
+    timed_batches,
 )
 
 SAMPLERS = ("uniform", "per", "vlm")
@@ -74,6 +81,7 @@ def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
     if cfg.env.name not in MINIGRID_ENVS:
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(MINIGRID_ENVS)}")
+    check_common_config(cfg)
     if cfg.buffer.sampler not in SAMPLERS:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.buffer.sampler == "vlm" and cfg.vlm.scorer not in SCORERS:
@@ -85,37 +93,16 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("false_positive_rate", "false_negative_rate", "threshold"):
         if not 0.0 <= cfg.vlm[key] <= 1.0:
             raise ValueError(f"vlm.{key} must be in [0, 1], got {cfg.vlm[key]}")
-    if cfg.logger.backend not in LOGGER_BACKENDS:
-        raise ValueError(f"logger.backend={cfg.logger.backend!r}; choose one of {LOGGER_BACKENDS}")
-    if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
-        raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose one of {WANDB_MODES} or null")
+    lag = cfg.vlm.score_lag
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
+        raise ValueError(f"vlm.score_lag must be null (asynchronous) or an int >= 0, got {lag!r}")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
-    if cfg.collector.frames_per_batch % cfg.env.num_envs:
-        raise ValueError(
-            f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "
-            f"env.num_envs ({cfg.env.num_envs})"
-        )
-    for key in ("total_frames", "frames_per_batch"):
-        if cfg.collector[key] <= 0:
-            raise ValueError(f"collector.{key} must be > 0, got {cfg.collector[key]}")
 
 
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
 #: network or the returns already stored. The budget, logging and evaluation may change.
 RESUME_MUST_MATCH = ("env.name", "env.num_envs", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len")
-
-
-def check_resumable(saved: dict, cfg: DictConfig) -> None:
-    """Refuses to resume a checkpoint into a run whose replay or network settings differ."""
-    saved = OmegaConf.create(saved)
-    differ = [
-        f"{key}: checkpoint {OmegaConf.select(saved, key)!r}, now {OmegaConf.select(cfg, key)!r}"
-        for key in RESUME_MUST_MATCH
-        if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)
-    ]
-    if differ:
-        raise ValueError("checkpoint.resume: the run's settings differ from the checkpoint's; " + "; ".join(differ))
 
 
 def scorer_factory(cfg: DictConfig):
@@ -153,6 +140,7 @@ def _base_scorer_factory(cfg: DictConfig):
 
 
 def wants_frames(cfg: DictConfig) -> bool:
+    """Frames are rendered only when something looks at them: a VLM scorer or the clip gallery."""
     if cfg.env.render != "auto":
         return bool(cfg.env.render)
     if cfg.buffer.sampler != "vlm":
@@ -185,203 +173,177 @@ def make_q_network(cfg: DictConfig, env) -> QValueActor:
     return QValueActor(net, in_keys=["observation"], spec=action_spec).to(cfg.device)
 
 
-def make_buffer(cfg: DictConfig):
+def make_buffer(cfg: DictConfig, gallery: ClipGallery | None = None):
+    """The replay buffer: uniform or PER (:func:`make_replay_buffer`), or VLM-RB (:class:`VLMReplayBuffer`).
+
+    Each takes the collector's batches as they come: frames dropped, 3-step returns
+    (``loss.n_steps``) computed in the collector layout, rows written. VLM-RB's also
+    starts the scoring process.
+    """
     b = cfg.buffer
-    if b.sampler == "vlm":
-        sampler = MixtureSampler(
-            lam_max=b.lam_max,
-            warmup=int(b.warmup_fraction * cfg.collector.total_frames),
-            td_boost=b.td_boost,
-            importance_weights=b.importance_weights,
+    # TorchRL's MultiStep, with the episode's end moved to each window's end (see NStepReturns)
+    nstep = NStepReturns(gamma=cfg.loss.gamma, n_steps=cfg.loss.n_steps) if cfg.loss.n_steps > 1 else None
+    if b.sampler != "vlm":
+        return make_replay_buffer(
+            b.capacity, sampler=b.sampler, batch_size=b.batch_size, per_alpha=b.per_alpha, per_beta=b.per_beta,
+            postproc=nstep,
         )
-    else:
-        sampler = b.sampler
-    return make_replay_buffer(
-        b.capacity, sampler=sampler, batch_size=b.batch_size, per_alpha=b.per_alpha, per_beta=b.per_beta
+    sampler = MixtureSampler(
+        lam_max=b.lam_max,
+        warmup=int(b.warmup_fraction * cfg.collector.total_frames),
+        td_boost=b.td_boost,
+        importance_weights=b.importance_weights,
     )
-
-
-def batch_metrics(batch) -> dict[str, float]:
-    """Return, success and length of the episodes that ended in this collector batch."""
-    done = batch["next", "done"].reshape(-1)
-    if not bool(done.any()):
-        return {}
-    nxt = batch["next"].reshape(-1)
-    return {
-        "train/episode_return": float(nxt["episode_reward"].reshape(-1)[done].mean()),
-        "train/success": float(nxt["success"].reshape(-1)[done].float().mean()),
-        "train/episode_length": float(nxt["step_count"].reshape(-1)[done].float().mean()),
-        "train/episodes": float(done.sum()),
-    }
+    try:
+        return VLMReplayBuffer(
+            storage=LazyTensorStorage(b.capacity),
+            scorer=scorer_factory(cfg),
+            sampler=sampler,
+            batch_size=b.batch_size,
+            clip_len=cfg.vlm.clip_len,
+            threshold=cfg.vlm.threshold,
+            score_lag=cfg.vlm.score_lag,
+            postproc=nstep,
+            gallery=gallery,
+            max_pending=cfg.vlm.max_pending,
+            batch_clips=cfg.vlm.batch_clips,
+            num_threads=cfg.vlm.num_threads,
+            start_timeout_s=cfg.vlm.start_timeout_s,
+        )
+    except ScoringServiceError as err:
+        if cfg.vlm.scorer != "transformers":
+            raise
+        raise ScoringServiceError(
+            f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a "
+            "local folder holding the model, or run with vlm.scorer=events (the ideal, weight-free scorer). "
+            f"The scoring process said:\n{err}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- training
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Runs one training run; returns a summary (and the live objects, for tests and benchmarks)."""
+    """Runs one training run; returns a summary of plain numbers (and paths as strings).
+
+    What the run leaves on disk is the way to its objects: the checkpoint
+    (``out_dir/checkpoint``: networks, optimiser, replay buffer, counters; see
+    :func:`~torchrl_vlm.training.load_checkpoint`), the logs and the gallery.
+    """
     check_config(cfg)
-    timeit.reset()  # the phase timings are per run, not per process
-    torch.manual_seed(cfg.env.seed)
-    np.random.seed(cfg.env.seed)
-    torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.env.seed, cfg.num_threads)
+    out_dir = Path(out_dir)
     total_frames = cfg.collector.total_frames
-    vlm = cfg.buffer.sampler == "vlm"
     render = wants_frames(cfg)
 
-    env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
-    eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
-    eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
-
-    q_net = make_q_network(cfg, env)
-    action_spec = env.full_action_spec_unbatched["action"]
-    explore = EGreedyModule(
-        action_spec,
-        annealing_num_steps=max(1, int(cfg.collector.eps_fraction * total_frames)),
-        eps_init=cfg.collector.eps_start,
-        eps_end=cfg.collector.eps_end,
-    )
-    policy = TensorDictSequential(q_net, explore)
-    eps_policy = TensorDictSequential(q_net, EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps))
-
-    loss_module = DQNLoss(q_net, loss_function="l2", delay_value=True, double_dqn=cfg.loss.double_dqn)
-    loss_module.make_value_estimator(gamma=cfg.loss.gamma)
-    updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
-    target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
-    # TorchRL's MultiStep, with the episode's end moved to each window's end (see NStepReturns)
-    multistep = NStepReturns(gamma=cfg.loss.gamma, n_steps=cfg.loss.n_steps) if cfg.loss.n_steps > 1 else None
-
-    rb = make_buffer(cfg)
-    hook = None
-    gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None
-    collected = 0
-    updates = 0
-    state = None
-    if cfg.checkpoint.resume:
-        state = load_checkpoint(cfg.checkpoint.resume, rb)
-        check_resumable(state["config"], cfg)
-        loss_module.load_state_dict(state["loss_module"])
-        restore_optimizer(optimizer, state["optimizer"], cfg.optim.lr)
-        explore.load_state_dict(state["explore"])
-        target_updater.counter = state.get("target_update_counter", 0)
-        env.load_state_dict(state["env"])
-        set_rng_state(state["rng"])
-        collected, updates = state["collected_frames"], state["updates"]
-        print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
-    start_frames = collected
-    if total_frames - collected <= 0:
-        raise ValueError(f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}")
-    if vlm:
-        try:
-            service = ScoringService(
-                scorer_factory(cfg),
-                max_pending=cfg.vlm.max_pending,
-                batch_clips=cfg.vlm.batch_clips,
-                num_threads=cfg.vlm.num_threads,
-                start_timeout_s=cfg.vlm.start_timeout_s,
-            )
-        except ScoringServiceError as err:
-            if cfg.vlm.scorer != "transformers":
-                raise
-            raise ScoringServiceError(
-                f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a "
-                "local folder holding the model, or run with vlm.scorer=events (the ideal, weight-free scorer). "
-                f"The scoring process said:\n{err}"
-            ) from None
-        hook = VLMScoringHook(
-            rb, service, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold, gallery=gallery, postproc=multistep
-        )
-        if state is not None and "hook" in state:
-            hook.load_state_dict(state["hook"])
-
-    collector = Collector(
-        env,
-        policy,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=total_frames - collected,
-        init_random_frames=max(0, cfg.collector.init_random_frames - collected),
-        device=cfg.device,
-        auto_register_policy_transforms=False,  # the Q-network needs no recurrent-state tracking
-    )
-    logger = make_logger(
-        cfg.logger.backend,
-        algo="DQN",
-        exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
-        log_dir=out_dir / "logs",
-        config=OmegaConf.to_container(cfg, resolve=True),
-        project=cfg.logger.project,
-        mode=cfg.logger.mode,
-    )
-
-    evals: list[dict[str, float]] = []
-
-    def evaluate() -> dict[str, float]:
-        greedy = evaluate_success(eval_env, q_net, max_steps=eval_steps)
-        eps = evaluate_success(eval_env, eps_policy, max_steps=eval_steps, exploration=ExplorationType.RANDOM)
-        row = {"frames": collected, "success_greedy": greedy["success"], "success_eps": eps["success"],
-               "return_greedy": greedy["return"]}
-        evals.append(row)
-        log_metrics(logger, {f"eval/{k}": v for k, v in row.items() if k != "frames"}, collected)
-        return row
-
-    def checkpoint(folder: Path) -> None:
-        if hook is not None:
-            # Clips in the scoring process would be lost with it, their slots never scored.
-            hook.drain()
-        state = {
-            "loss_module": loss_module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "explore": explore.state_dict(),
-            "target_update_counter": target_updater.counter,
-            "hook": hook.state_dict() if hook is not None else None,
-            "env": env.state_dict(),
-            "rng": get_rng_state(),
-            "collected_frames": collected,
-            "updates": updates,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        save_checkpoint(folder, state, rb)
-
-    frames_per_update = cfg.optim.frames_per_update
-    next_eval = (collected // cfg.eval.interval + 1) * cfg.eval.interval if cfg.eval.interval else None
-    next_log = collected + cfg.logger.log_interval
-    next_gallery = collected + cfg.logger.gallery_interval if gallery is not None else None
-    next_ckpt = collected + cfg.checkpoint.interval if cfg.checkpoint.interval else None
-    losses: list[float] = []
-    prio_fracs: list[float] = []
-    train_stats: dict[str, float] = {}  # episodes ended since the last log
-    shown_success = float("nan")  # the progress bar keeps the latest
-    pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
-    t_start = time.perf_counter()
-    last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
-    budget = 0.0  # fractional gradient steps carried between batches
-
+    q_net = explore = collector = env = eval_env = rb = logger = pbar = None
     try:
-        with timeit("collect"):
-            batches = iter(collector)
-        while True:
-            with timeit("collect"):
-                batch = next(batches, None)
-            if batch is None:
-                break
+        env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
+        eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
+        eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
+
+        q_net = make_q_network(cfg, env)
+        action_spec = env.full_action_spec_unbatched["action"]
+        explore = EGreedyModule(
+            action_spec,
+            annealing_num_steps=max(1, int(cfg.collector.eps_fraction * total_frames)),
+            eps_init=cfg.collector.eps_start,
+            eps_end=cfg.collector.eps_end,
+        )
+        policy = TensorDictSequential(q_net, explore)
+        eps_policy = TensorDictSequential(q_net, EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps))
+
+        loss_module = DQNLoss(q_net, loss_function="l2", delay_value=True, double_dqn=cfg.loss.double_dqn)
+        loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+        updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
+        target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
+        optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
+
+        vlm = cfg.buffer.sampler == "vlm"
+        gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None
+        collected = updates = 0
+        state = None
+        if cfg.checkpoint.resume:
+            state = load_checkpoint(cfg.checkpoint.resume)
+            check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
+            collected, updates = state["collected_frames"], state["updates"]
+            if total_frames <= collected:
+                raise ValueError(
+                    f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}"
+                )
+        rb = make_buffer(cfg, gallery)
+        if state is not None:
+            load_checkpoint(cfg.checkpoint.resume, rb)
+            restore_training_state(state, loss_module=loss_module, optimizer=optimizer, env=env, lr=cfg.optim.lr)
+            explore.load_state_dict(state["explore"])
+            target_updater.counter = state["target_update_counter"]
+            print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
+        start_frames = collected
+
+        collector = Collector(
+            env,
+            policy,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=total_frames - collected,
+            init_random_frames=max(0, cfg.collector.init_random_frames - collected),
+            device=cfg.device,
+            auto_register_policy_transforms=False,  # the Q-network needs no recurrent-state tracking
+        )
+        logger = make_logger(
+            cfg.logger.backend,
+            algo="DQN",
+            exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
+            log_dir=out_dir / "logs",
+            config=OmegaConf.to_container(cfg, resolve=True),
+            project=cfg.logger.project,
+            mode=cfg.logger.mode,
+        )
+
+        evals: list[dict[str, float]] = []
+
+        def evaluate() -> dict[str, float]:
+            greedy = evaluate_success(eval_env, q_net, max_steps=eval_steps)
+            eps = evaluate_success(eval_env, eps_policy, max_steps=eval_steps, exploration=ExplorationType.RANDOM)
+            row = {"frames": collected, "success_greedy": greedy["success"], "success_eps": eps["success"],
+                   "return_greedy": greedy["return"]}
+            evals.append(row)
+            log_metrics(logger, {f"eval/{k}": v for k, v in row.items() if k != "frames"}, collected)
+            return row
+
+        def checkpoint(folder: Path) -> None:
+            state = {
+                "loss_module": loss_module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "explore": explore.state_dict(),
+                "target_update_counter": target_updater.counter,
+                "env": env.state_dict(),
+                "rng": get_rng_state(),
+                "collected_frames": collected,
+                "updates": updates,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+            save_checkpoint(folder, state, rb)  # a VLMReplayBuffer waits for its clips in flight first
+
+        eval_every = Every(cfg.eval.interval, collected)
+        log_every = Every(cfg.logger.log_interval, collected)
+        gallery_every = Every(cfg.logger.gallery_interval if gallery is not None else 0, collected)
+        ckpt_every = Every(cfg.checkpoint.interval, collected)
+        episodes = EpisodeMetrics()
+        frames_per_update = cfg.optim.frames_per_update
+        losses: list[float] = []
+        pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
+        t_start = time.perf_counter()
+        last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
+        budget = 0.0  # fractional gradient steps carried between batches
+
+        for batch in timed_batches(collector):
             n = batch.numel()
             collected += n
             explore.step(n)
-            train_stats.update(batch_metrics(batch))
-            shown_success = train_stats.get("train/success", shown_success)
+            episodes(batch)
             with timeit("extend"):
-                if hook is not None:
-                    hook.extend(batch)
-                else:
-                    data = batch.exclude("pixels", ("next", "pixels"), "mission", ("next", "mission"))
-                    if multistep is not None:
-                        data = multistep(data)
-                    rb.extend(data.reshape(-1))
+                rb.extend(batch)  # frames out, n-step returns, rows in; VLM-RB: clips to the scorer
 
             if collected >= cfg.collector.init_random_frames:
                 budget += n / frames_per_update
-                if hook is not None:
-                    with timeit("poll"):
-                        hook.poll()  # verdicts that arrived since extend reach the sampler now
                 for _ in range(int(budget)):
                     with timeit("sample"):
                         sample = rb.sample().to(cfg.device)
@@ -396,72 +358,47 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         target_updater.step()
                         updates += 1
                     with timeit("priorities"):
-                        if cfg.buffer.sampler == "per":
-                            rb.update_tensordict_priority(sample)
-                        elif cfg.buffer.td_boost:  # check_config: only with the MixtureSampler
-                            rb.sampler.update_td_error(sample["index"], sample["td_error"])
+                        # PER: TD errors become priorities; TD boosting: its |δ|; otherwise nothing.
+                        rb.update_tensordict_priority(sample)
                     losses.append(float(loss.detach()))
-                    if "from_priority" in sample.keys():
-                        prio_fracs.append(float(sample["from_priority"].float().mean()))
                 budget -= int(budget)
 
             collector.update_policy_weights_()  # a no-op in-process (shared policy); kept for remote collectors
-            elapsed = time.perf_counter() - t_start
-            sps = (collected - start_frames) / max(elapsed, 1e-9)
+            sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
             pbar.update(n)
 
-            if next_eval is not None and collected >= next_eval:
+            if eval_every.due(collected):
                 with timeit("eval"):
                     last_eval = evaluate()
-                next_eval += cfg.eval.interval
-            if collected >= next_log or collected >= total_frames:
-                metrics = dict(train_stats)
-                train_stats.clear()  # episode metrics are logged once, at the first log after the episodes ended
+            if log_every.due(collected) or collected >= total_frames:
+                metrics = episodes.pop()
                 metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
                 if losses:
                     metrics["train/loss"] = float(np.mean(losses))
-                if isinstance(rb.sampler, MixtureSampler):
-                    metrics["vlm/lambda"] = rb.sampler.lam
-                    metrics["vlm/num_positive"] = rb.sampler.num_positive
-                    if prio_fracs:
-                        metrics["vlm/priority_fraction"] = float(np.mean(prio_fracs))
-                if hook is not None:
-                    metrics.update({f"vlm/{k}": v for k, v in hook.stats.items()})
-                metrics.update({f"time/{k}": v for k, v in _timings().items()})
+                metrics.update({f"buffer/{k}": v for k, v in rb.stats().items()})
+                metrics.update(phase_seconds())
                 log_metrics(logger, metrics, collected)
                 losses.clear()
-                prio_fracs.clear()
-                next_log = collected + cfg.logger.log_interval
             pbar.set_postfix(
-                success=f"{shown_success:.2f}",
-                eval=f"{last_eval['success_greedy']:.2f}",
-                sps=f"{sps:.0f}",
+                success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success_greedy']:.2f}", sps=f"{sps:.0f}"
             )
-            if next_gallery is not None and collected >= next_gallery:
+            if gallery_every.due(collected):
                 gallery.save(out_dir / "gallery" / f"clips_{collected:09d}.png")
-                next_gallery += cfg.logger.gallery_interval
-            if next_ckpt is not None and collected >= next_ckpt:
+            if ckpt_every.due(collected):
                 checkpoint(out_dir / "checkpoint")
-                next_ckpt += cfg.checkpoint.interval
 
         loop_seconds = time.perf_counter() - t_start
         if not evals or evals[-1]["frames"] != collected:  # unless the last periodic one was at the very end
             with timeit("eval"):
                 last_eval = evaluate()
-        if hook is not None:
-            hook.poll()
         if gallery is not None:
+            rb.drain()
             gallery.save(out_dir / "gallery" / "clips_final.png")
         if cfg.checkpoint.at_end:
             checkpoint(out_dir / "checkpoint")
+        buffer_stats = rb.stats()
     finally:
-        pbar.close()
-        collector.shutdown()
-        eval_env.close()
-        if hook is not None:
-            hook.close()
-        if logger is not None and hasattr(logger, "experiment") and cfg.logger.backend == "wandb":
-            logger.experiment.finish()
+        close_all(pbar, collector, eval_env, rb, logger)
 
     return {
         "frames": collected,
@@ -471,21 +408,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "final_success_greedy": last_eval["success_greedy"],
         "final_success_eps": last_eval["success_eps"],
         "evals": evals,
-        "vlm_stats": hook.stats if hook is not None else {},
-        "lambda": rb.sampler.lam if isinstance(rb.sampler, MixtureSampler) else None,
-        "out_dir": out_dir,
-        "gallery": (out_dir / "gallery") if gallery is not None else None,
-        "checkpoint": (out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,
-        "replay_buffer": rb,
-        "loss_module": loss_module,
-        "optimizer": optimizer,
+        "buffer_stats": buffer_stats,
+        "lambda": buffer_stats.get("lambda"),
         "epsilon": float(explore.eps),
+        "out_dir": str(out_dir),
+        "gallery": str(out_dir / "gallery") if gallery is not None else None,
+        "checkpoint": str(out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,
     }
-
-
-def _timings() -> dict[str, float]:
-    """Seconds spent per phase so far (TorchRL's timeit registry)."""
-    return {key: float(value) for key, value in timeit.todict(percall=False).items()}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -495,8 +424,8 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"eps=0.05 {summary['final_success_eps']:.2f}")
     if summary["lambda"] is not None:
         print(f"lambda {summary['lambda']:.3f}")
-    stats = summary["vlm_stats"]
-    if stats:
+    stats = summary["buffer_stats"]
+    if "clips_submitted" in stats:
         print(
             "scorer: {submitted:.0f} clips submitted, {scored:.0f} scored, {pos:.0f} positive, "
             "{dropped:.0f} dropped, {lost:.0f} lost, {stale:.0f} stale slots rejected, coverage {cov:.2f}, "
@@ -506,7 +435,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                 cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
             )
         )
-    print(f"logs: {summary['out_dir'] / 'logs'} (offline wandb runs: `wandb sync <run folder>` uploads them)")
+    print(f"logs: {Path(summary['out_dir']) / 'logs'} (offline wandb runs: `wandb sync <run folder>` uploads them)")
     if summary["checkpoint"] is not None:
         print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")
     if summary["gallery"] is not None:

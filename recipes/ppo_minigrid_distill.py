@@ -35,28 +35,32 @@ from torchrl.collectors import Collector
 from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives.value import GAE
 
-from torchrl_vlm import episode_step_limit, make_minigrid_env
+from torchrl_vlm import LVLM2P_ENVS, MINIGRID_ACTIONS, episode_step_limit, make_minigrid_env
 from torchrl_vlm.teacher.loss import DistillA2CLoss, DistillClipPPOLoss
 from torchrl_vlm.training import (
+    EpisodeMetrics,
+    Every,
+    check_common_config,
+    check_resumable,
+    close_all,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
     log_metrics,
     make_logger,
-    restore_optimizer,
+    phase_seconds,
+    restore_training_state,
     save_checkpoint,
-    set_rng_state,
+    seed_everything,
+    timed_batches,
 )
 
 ALGOS = ("ppo", "a2c")
 TEACHERS = ("none", "planner", "noisy_planner", "vlm")
-#: The four MiniGrid tasks of LVLM2P.
-LVLM2P_ENVS = (
-    "MiniGrid-LavaGapS7-v0",
-    "MiniGrid-Dynamic-Obstacles-6x6-v0",
-    "MiniGrid-Fetch-6x6-N2-v0",
-    "MiniGrid-GoToDoor-6x6-v0",
-)
+
+#: Settings a resumed run must share with its checkpoint: they shape the networks and the
+#: losses being optimised. The budget, logging and evaluation may change.
+RESUME_MUST_MATCH = ("algo", "teacher", "env.name", "env.mission_features", "network", "loss")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -67,11 +71,18 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"teacher={cfg.teacher!r}; choose one of {TEACHERS}")
     if cfg.env.name not in LVLM2P_ENVS and not cfg.env.name.startswith("MiniGrid-DoorKey"):
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(LVLM2P_ENVS)} or a DoorKey")
-    if cfg.collector.frames_per_batch % cfg.env.num_envs:
+    check_common_config(cfg)
+    if cfg.algo == "ppo" and not 0 < cfg.optim.minibatch_size <= cfg.collector.frames_per_batch:
         raise ValueError(
-            f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "
-            f"env.num_envs ({cfg.env.num_envs})"
+            f"optim.minibatch_size must be in [1, collector.frames_per_batch={cfg.collector.frames_per_batch}], "
+            f"got {cfg.optim.minibatch_size}"
         )
+    if cfg.optim.epochs < 1:
+        raise ValueError(f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
+    if cfg.teacher == "noisy_planner" and not 0.0 <= cfg.teacher_planner.error_rate <= 1.0:
+        raise ValueError(f"teacher_planner.error_rate must be in [0, 1], got {cfg.teacher_planner.error_rate}")
+    if cfg.loss.distill_coeff < 0:
+        raise ValueError(f"loss.distill_coeff must be >= 0, got {cfg.loss.distill_coeff}")
 
 
 def make_teacher(cfg: DictConfig, num_actions: int):
@@ -90,7 +101,6 @@ def make_teacher(cfg: DictConfig, num_actions: int):
         return NoisyTeacher(planner, cfg.teacher_planner.error_rate, seed=cfg.env.seed)
     from torchrl_vlm.scoring.service import ScoringServiceError
     from torchrl_vlm.teacher import RemoteTeacher, VLMTeacher
-    from torchrl_vlm.teacher.vlm import MINIGRID_ACTIONS
 
     factory = functools.partial(
         VLMTeacher,
@@ -162,85 +172,100 @@ def make_loss(cfg: DictConfig, actor, critic):
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Runs one training run; returns a summary (and the live objects, for tests and benchmarks)."""
+    """Runs one training run; returns a summary of plain numbers (and paths as strings).
+
+    The checkpoint (``out_dir/checkpoint``, see :func:`~torchrl_vlm.training.load_checkpoint`)
+    and the logs are the way to the run's objects.
+    """
     check_config(cfg)
-    timeit.reset()  # the phase timings are per run, not per process
-    torch.manual_seed(cfg.env.seed)
-    np.random.seed(cfg.env.seed)
-    torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.env.seed, cfg.num_threads)
+    out_dir = Path(out_dir)
     total_frames = cfg.collector.total_frames
 
-    env = make_env(cfg, cfg.env.num_envs, cfg.env.seed, teacher=cfg.teacher)
-    teacher = make_teacher(cfg, env.full_action_spec_unbatched["action"].n)
-    eval_env = make_env(cfg, cfg.eval.episodes, cfg.env.seed + 10_000, teacher="none")
-    eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
-    actor, critic = make_actor_critic(cfg, env)
-    loss_module = make_loss(cfg, actor, critic)
-    advantage = GAE(gamma=cfg.loss.gamma, lmbda=cfg.loss.gae_lambda, value_network=critic, average_gae=False)
-    optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
-
-    collected = 0
-    if cfg.checkpoint.resume:
-        state = load_checkpoint(cfg.checkpoint.resume)
-        loss_module.load_state_dict(state["loss_module"])
-        restore_optimizer(optimizer, state["optimizer"], cfg.optim.lr)
-        set_rng_state(state["rng"])
-        collected = state["collected_frames"]
-        print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
-    start_frames = collected
-    if total_frames <= collected:
-        raise ValueError(f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}")
-    collector = Collector(
-        env,
-        actor,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=total_frames - collected,
-        device=cfg.device,
-        auto_register_policy_transforms=False,  # a feed-forward policy needs no recurrent-state tracking
-    )
-    logger = make_logger(
-        cfg.logger.backend,
-        algo=cfg.algo.upper(),
-        exp_name=f"{cfg.logger.exp_name}_{cfg.teacher}",
-        log_dir=out_dir / "logs",
-        config=OmegaConf.to_container(cfg, resolve=True),
-        project=cfg.logger.project,
-        mode=cfg.logger.mode,
-    )
-
-    epochs = cfg.optim.epochs if cfg.algo == "ppo" else 1
-    minibatch = cfg.optim.minibatch_size if cfg.algo == "ppo" else cfg.collector.frames_per_batch
-    evals: list[dict[str, float]] = []
-    solved_at = None
-
-    def evaluate() -> dict[str, float]:
-        nonlocal solved_at
-        result = evaluate_success(eval_env, actor, max_steps=eval_steps)
-        row = {"frames": collected, "success": result["success"], "return": result["return"]}
-        evals.append(row)
-        if solved_at is None and result["success"] >= cfg.eval.solved_success:
-            solved_at = collected
-        log_metrics(logger, {"eval/success": result["success"], "eval/return": result["return"]}, collected)
-        return row
-
-    next_eval = (collected // cfg.eval.interval + 1) * cfg.eval.interval if cfg.eval.interval else None
-    pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
-    t_start = time.perf_counter()
-    last_eval = {"success": float("nan")}
-    train_stats: dict[str, float] = {}
-    stopped = False
+    env = teacher = eval_env = collector = logger = pbar = None
     try:
-        for batch in collector:
+        collected = 0
+        state = None
+        if cfg.checkpoint.resume:
+            state = load_checkpoint(cfg.checkpoint.resume)
+            check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
+            collected = state["collected_frames"]
+            if total_frames <= collected:
+                raise ValueError(
+                    f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}"
+                )
+        env = make_env(cfg, cfg.env.num_envs, cfg.env.seed, teacher=cfg.teacher)
+        teacher = make_teacher(cfg, env.full_action_spec_unbatched["action"].n)
+        eval_env = make_env(cfg, cfg.eval.episodes, cfg.env.seed + 10_000, teacher="none")
+        eval_steps = episode_step_limit(cfg.env.name, cfg.env.max_steps) + 1
+        actor, critic = make_actor_critic(cfg, env)
+        loss_module = make_loss(cfg, actor, critic)
+        advantage = GAE(gamma=cfg.loss.gamma, lmbda=cfg.loss.gae_lambda, value_network=critic, average_gae=False)
+        optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
+        if state is not None:
+            restore_training_state(state, loss_module=loss_module, optimizer=optimizer, env=env, lr=cfg.optim.lr)
+            print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
+        start_frames = collected
+        collector = Collector(
+            env,
+            actor,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=total_frames - collected,
+            device=cfg.device,
+            auto_register_policy_transforms=False,  # a feed-forward policy needs no recurrent-state tracking
+        )
+        logger = make_logger(
+            cfg.logger.backend,
+            algo=cfg.algo.upper(),
+            exp_name=f"{cfg.logger.exp_name}_{cfg.teacher}",
+            log_dir=out_dir / "logs",
+            config=OmegaConf.to_container(cfg, resolve=True),
+            project=cfg.logger.project,
+            mode=cfg.logger.mode,
+        )
+
+        epochs = cfg.optim.epochs if cfg.algo == "ppo" else 1
+        minibatch = cfg.optim.minibatch_size if cfg.algo == "ppo" else cfg.collector.frames_per_batch
+        evals: list[dict[str, float]] = []
+        solved_at = state.get("solved_at") if state is not None else None
+
+        def evaluate() -> dict[str, float]:
+            nonlocal solved_at
+            result = evaluate_success(eval_env, actor, max_steps=eval_steps)
+            row = {"frames": collected, "success": result["success"], "return": result["return"]}
+            evals.append(row)
+            if solved_at is None and result["success"] >= cfg.eval.solved_success:
+                solved_at = collected
+            log_metrics(logger, {"eval/success": result["success"], "eval/return": result["return"]}, collected)
+            return row
+
+        def checkpoint(folder: Path) -> None:
+            save_checkpoint(
+                folder,
+                {
+                    "loss_module": loss_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "env": env.state_dict(),
+                    "rng": get_rng_state(),
+                    "collected_frames": collected,
+                    "solved_at": solved_at,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                },
+            )
+
+        eval_every = Every(cfg.eval.interval, collected)
+        log_every = Every(cfg.logger.log_interval, collected)
+        ckpt_every = Every(cfg.checkpoint.interval, collected)
+        episodes = EpisodeMetrics()
+        pbar = tqdm.tqdm(total=total_frames, initial=collected, disable=not cfg.logger.progress, unit="f")
+        t_start = time.perf_counter()
+        last_eval = {"success": float("nan")}
+        logs: dict[str, list[float]] = {}
+        stopped = False
+        for batch in timed_batches(collector):
             n = batch.numel()
             collected += n
-            done = batch["next", "done"].reshape(-1)
-            if bool(done.any()):
-                nxt = batch["next"].reshape(-1)
-                train_stats = {
-                    "train/episode_return": float(nxt["episode_reward"].reshape(-1)[done].mean()),
-                    "train/success": float(nxt["success"].reshape(-1)[done].float().mean()),
-                    "train/episode_length": float(nxt["step_count"].reshape(-1)[done].float().mean()),
-                }
+            episodes(batch)
             with timeit("teacher"):
                 if teacher is not None:
                     # One batched call per rollout: every epoch and minibatch reuses the answer.
@@ -248,7 +273,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             with timeit("advantage"), torch.no_grad():
                 advantage(batch)
             data = batch.reshape(-1).exclude("pixels", ("next", "pixels"), "state", ("next", "state"))
-            logs: dict[str, list[float]] = {}
             with timeit("update"):
                 for _ in range(epochs):
                     for index in torch.randperm(data.shape[0]).split(minibatch):
@@ -264,46 +288,33 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             loss_module.step_distillation(n)
             collector.update_policy_weights_()
             sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
-            if next_eval is not None and collected >= next_eval:
+            pbar.update(n)
+            if eval_every.due(collected):
                 with timeit("eval"):
                     last_eval = evaluate()
-                next_eval += cfg.eval.interval
                 if solved_at is not None and cfg.eval.stop_when_solved:
                     stopped = True
-                    break
-            metrics = dict(train_stats)
-            metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
-            metrics.update({"train/sps": sps, "train/distill_coeff": loss_module.distill_coeff})
-            metrics.update({f"time/{k}": float(v) for k, v in timeit.todict(percall=False).items()})
-            log_metrics(logger, metrics, collected)
-            pbar.update(n)
+            if log_every.due(collected) or collected >= total_frames or stopped:
+                metrics = episodes.pop()
+                metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
+                metrics.update({"train/sps": sps, "train/distill_coeff": loss_module.distill_coeff})
+                metrics.update(phase_seconds())
+                log_metrics(logger, metrics, collected)
+                logs.clear()
             pbar.set_postfix(
-                success=f"{train_stats.get('train/success', float('nan')):.2f}",
-                eval=f"{last_eval['success']:.2f}",
-                sps=f"{sps:.0f}",
+                success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success']:.2f}", sps=f"{sps:.0f}"
             )
+            if ckpt_every.due(collected):
+                checkpoint(out_dir / "checkpoint")
+            if stopped:
+                break
         loop_seconds = time.perf_counter() - t_start
         if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
             last_eval = evaluate()
         if cfg.checkpoint.at_end:
-            save_checkpoint(
-                out_dir / "checkpoint",
-                {
-                    "loss_module": loss_module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": get_rng_state(),
-                    "collected_frames": collected,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                },
-            )
+            checkpoint(out_dir / "checkpoint")
     finally:
-        pbar.close()
-        collector.shutdown()
-        eval_env.close()
-        if hasattr(teacher, "close"):
-            teacher.close()
-        if logger is not None and cfg.logger.backend == "wandb":
-            logger.experiment.finish()
+        close_all(pbar, collector, eval_env, teacher if hasattr(teacher, "close") else None, logger)
     return {
         "frames": collected,
         "start_frames": start_frames,
@@ -312,7 +323,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "solved_at": solved_at,
         "stopped_when_solved": stopped,
         "evals": evals,
-        "out_dir": out_dir,
+        "out_dir": str(out_dir),
+        "checkpoint": str(out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,
         "teacher_unsolved": getattr(teacher, "unsolved", None),
     }
 
@@ -327,7 +339,9 @@ def main(cfg: DictConfig) -> None:
     print(f"{cfg.algo} + teacher={cfg.teacher} on {cfg.env.name}: {summary['frames']} frames, SPS {summary['sps']:.0f}")
     solved = "never" if summary["solved_at"] is None else f"at {summary['solved_at']} frames"
     print(f"final eval success {summary['final_success']:.2f}; success >= {cfg.eval.solved_success} {solved}")
-    print(f"logs and checkpoint: {out_dir}")
+    print(f"logs: {out_dir / 'logs'}")
+    if summary["checkpoint"] is not None:
+        print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")
 
 
 if __name__ == "__main__":

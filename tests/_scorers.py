@@ -10,18 +10,14 @@ import torch
 from torchrl_vlm.scoring.base import validate_clips
 
 
-class ClipIdParityScorer:
-    """P(yes) = clip_id % 2: a verdict that names its clip, so a misplaced write shows."""
+class LengthScorer:
+    """P(yes) = the clip's real length / L: shows whether the mask matches the clip."""
 
     needs_frames = False
 
-    def __init__(self, latency_s: float = 0.0):
-        self.latency_s = latency_s
-
     def __call__(self, clips):
         validate_clips(clips, require_frames=False)
-        time.sleep(self.latency_s)
-        return (clips["clip_id"] % 2).float()
+        return clips["mask"].sum(-1).float() / clips["mask"].shape[-1]
 
 
 class BrokenAtStart:
@@ -74,3 +70,22 @@ def last_frame_fingerprint(frames):
     """A number in [0, 1) per frame ([B, H, W, 3] uint8), sensitive to where the agent is."""
     weights = torch.arange(1, frames[0].numel() + 1, dtype=torch.float64)
     return ((frames.reshape(frames.shape[0], -1).double() * weights).sum(-1) % 9973 / 9973).float()
+
+
+def clip_fingerprint(clip_id):
+    """A number in [0, 1) that differs from clip to clip (int64 clip ids in, float32 out)."""
+    return ((clip_id * 2654435761) % 1000003).double().div(1000003).float()
+
+
+class ClipFingerprintScorer:
+    """P(yes) = :func:`clip_fingerprint` of the clip's id: a verdict that names its clip, so a misplaced write shows."""
+
+    needs_frames = False
+
+    def __init__(self, latency_s: float = 0.0):
+        self.latency_s = latency_s
+
+    def __call__(self, clips):
+        validate_clips(clips, require_frames=False)
+        time.sleep(self.latency_s)
+        return clip_fingerprint(clips["clip_id"])

@@ -1,9 +1,13 @@
 """MiniGrid envs and RenderClips: specs, frames, events, and clip tags under partial resets."""
+import copy
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from minigrid.core.world_object import Key
+from torchrl.collectors import Collector
 from torchrl.envs import GymEnv, SerialEnv, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
@@ -205,3 +209,103 @@ def test_clip_counter_survives_a_checkpoint():
     fresh = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, seed=0, worker_id=3)
     fresh.load_state_dict(state)
     assert fresh.transform[0]._next_id == env.transform[0]._next_id > 0
+
+
+def _assert_clips_well_formed(td, clip_len):
+    """Checks the clips of a rollout ``[*batch, T]``, one env per row once the batch is flattened.
+
+    Every clip is one run of consecutive steps of one env (an id never comes
+    back after its run, nor shows up in another env), counts ``clip_step``
+    0, 1, ..., is at most ``clip_len`` long, and ends exactly where its episode
+    ends or where it is full (the rollout's last clips may be cut by the window).
+    """
+    horizon = td.shape[-1]
+    ids = td["clip_id"].reshape(-1, horizon).tolist()
+    steps = td["clip_step"].reshape(-1, horizon).tolist()
+    done = td["next", "done"].reshape(-1, horizon).tolist()
+    seen = set()
+    for row in range(len(ids)):
+        start = 0
+        while start < horizon:
+            end = start
+            while end < horizon and ids[row][end] == ids[row][start]:
+                end += 1
+            clip, length = ids[row][start], end - start
+            assert clip not in seen, f"clip {clip} comes back in env {row} at step {start}"
+            seen.add(clip)
+            assert steps[row][start:end] == list(range(length)), (row, start)
+            assert length <= clip_len, (row, start)
+            assert not any(done[row][start:end - 1]), f"clip {clip} goes on past an episode's end"
+            if end < horizon:
+                assert done[row][end - 1] or length == clip_len, f"clip {clip} ends early at step {end}"
+            start = end
+
+
+def test_vector_env_partial_resets_cut_clips_at_each_episode_end():
+    # Dynamic obstacles end episodes at random steps (a collision) as well as at
+    # the step limit, so the vector env's three envs reset at different steps.
+    clip_len = 4
+    env = make_minigrid_env(
+        "MiniGrid-Dynamic-Obstacles-6x6-v0", num_envs=3, render=False, max_steps=9, clip_len=clip_len, seed=0
+    )
+    td = env.rollout(60, break_when_any_done=False)
+    done = td["next", "done"].squeeze(-1)
+    per_step = done.sum(0)
+    assert ((per_step > 0) & (per_step < 3)).any(), "no partial reset happened"
+    assert td["next", "terminated"].any() and td["next", "truncated"].any()
+    _assert_clips_well_formed(td, clip_len)
+
+
+def test_clips_continue_across_collector_batches():
+    clip_len = 4
+    env = make_minigrid_env(
+        "MiniGrid-Dynamic-Obstacles-6x6-v0", num_envs=3, render=False, max_steps=9, clip_len=clip_len, seed=0
+    )
+    # 7 steps per env per batch: clips straddle every batch boundary.
+    collector = Collector(env, None, frames_per_batch=21, total_frames=21 * 6)
+    try:
+        td = torch.cat([batch.clone() for batch in collector], dim=-1)
+    finally:
+        collector.shutdown()
+    assert td.shape == (3, 42)
+    _assert_clips_well_formed(td, clip_len)
+
+
+def _rollout_ids(env, steps=40):
+    td = env.rollout(steps, break_when_any_done=False)
+    return set(td["clip_id"].flatten().tolist()) | set(td["next", "clip_id"].flatten().tolist())
+
+
+def test_clones_and_copies_draw_their_own_salt():
+    original = RenderClips(clip_len=4, frame_key=None)
+    copies = [original.clone(), original.clone(), copy.deepcopy(original), pickle.loads(pickle.dumps(original))]
+    envs = [
+        TransformedEnv(_single_env("MiniGrid-DoorKey-5x5-v0", 6, "cpu", render=False), t)
+        for t in [original, *copies]
+    ]
+    id_sets = [_rollout_ids(env) for env in envs]
+    for i in range(len(id_sets)):
+        for j in range(i):
+            assert not id_sets[i] & id_sets[j], (i, j)
+    # A salt the user chose is theirs: copies keep it (and their ids are reproducible).
+    chosen = RenderClips(worker_id=5)
+    assert chosen.salt == chosen.clone().salt == pickle.loads(pickle.dumps(chosen)).salt == 5
+
+
+def test_a_resumed_or_rewound_run_never_reuses_an_id():
+    def make(worker_id=None):
+        return make_minigrid_env("MiniGrid-DoorKey-5x5-v0", render=False, max_steps=6, clip_len=4, seed=0,
+                                 worker_id=worker_id)
+
+    for worker_id in (None, 7):
+        env = make(worker_id)
+        before = _rollout_ids(env)
+        state = copy.deepcopy(env.state_dict())
+        # A new run resuming from the checkpoint...
+        resumed = make(worker_id)
+        resumed.load_state_dict(state)
+        assert not before & _rollout_ids(resumed)
+        # ... and the same run rewound to it (ids handed out since are not taken back).
+        after = _rollout_ids(env)
+        env.load_state_dict(state)
+        assert not (before | after) & _rollout_ids(env), worker_id

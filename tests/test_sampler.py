@@ -1,10 +1,20 @@
 """MixtureSampler: the distribution it draws from, its schedule, its state, its errors."""
+import copy
 import math
+import pickle
 
 import pytest
 import torch
 from tensordict import TensorDict
-from torchrl.data import PrioritizedSampler, RandomSampler
+from torch import multiprocessing as mp
+from torchrl.data import (
+    LazyMemmapStorage,
+    LazyTensorStorage,
+    PrioritizedSampler,
+    RandomSampler,
+    TensorDictMaxValueWriter,
+    TensorDictReplayBuffer,
+)
 
 from torchrl_vlm import MixtureSampler, make_replay_buffer, mixture_lambda
 
@@ -102,7 +112,7 @@ def test_overwritten_slots_lose_their_priority():
     # The round-robin writer wraps around and overwrites slots 0..4.
     rb.extend(TensorDict({"obs": torch.zeros(5, 1), "vlm_priority": torch.zeros(5)}, [5]))
     assert sampler.num_positive == 5
-    assert rb.storage._storage["vlm_priority"][:10].tolist() == [0.0] * 5 + [1.0] * 5
+    assert sampler.priority(index[:10]).tolist() == [0.0] * 5 + [1.0] * 5
     torch.manual_seed(0)
     assert set(rb.sample(500)["index"].tolist()) == set(range(5, 10))
 
@@ -143,16 +153,6 @@ def test_td_boost_is_proportional_to_priority_times_td_error():
     expected = weight / weight.sum() * draws
     chi2 = float(((counts[:4] - expected) ** 2 / expected).sum())
     assert chi2 < _chi2_bound(3)
-
-
-def test_td_boost_new_positives_use_the_largest_td_error():
-    sampler = MixtureSampler(lam_max=None, td_boost=True, td_eps=1e-3)
-    rb, index = _filled_buffer(sampler, 10)
-    rb.update_priority(index[:2], 1.0)
-    sampler.update_td_error(index[:1], 3.0)
-    rb.update_priority(index[2:3], 1.0)  # no TD error yet
-    w = sampler._weights(index[:3], sampler._prio[index[:3]])
-    assert w.tolist() == pytest.approx([3.001, 3.001, 3.001])
 
 
 def test_non_binary_priorities_switch_to_the_sum_tree():
@@ -202,7 +202,9 @@ def test_state_round_trip_restores_lambda_and_priorities(tmp_path):
     restored.loads(tmp_path / "rb")
     assert restored.sampler.lam == pytest.approx(0.125)
     assert restored.sampler.num_positive == 50
-    assert torch.equal(restored.storage._storage["vlm_priority"], rb.storage._storage["vlm_priority"])
+    every_slot = torch.arange(1000)
+    assert torch.equal(restored.sampler.priority(every_slot), sampler.priority(every_slot))
+    _assert_same_state(restored.sampler.state_dict(), sampler.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -221,7 +223,7 @@ def test_bad_constructor_arguments(kwargs, error):
         MixtureSampler(**kwargs)
 
 
-def test_bad_priorities_and_missing_column():
+def test_bad_priorities():
     sampler = MixtureSampler()
     rb, index = _filled_buffer(sampler, 10)
     with pytest.raises(ValueError, match="finite"):
@@ -231,11 +233,6 @@ def test_bad_priorities_and_missing_column():
     with pytest.raises(ValueError, match="one value per index"):
         rb.update_priority(index[:3], torch.ones(2))
     assert sampler.num_positive == 0  # nothing was half-written
-
-    rb2 = make_replay_buffer(10, sampler=MixtureSampler(), batch_size=2)
-    idx = rb2.extend(TensorDict({"obs": torch.zeros(10, 1)}, [10]))
-    with pytest.raises(ValueError, match="no priority column 'vlm_priority'"):
-        rb2.update_priority(idx[:2], 1.0)
     with pytest.raises(RuntimeError, match="td_boost=True"):
         sampler.update_td_error(index[:1], 1.0)
 
@@ -268,4 +265,282 @@ def test_memmap_storage(tmp_path):
     index = rb.extend(TensorDict({"obs": torch.zeros(20, 1), "vlm_priority": torch.zeros(20)}, [20]))
     rb.update_priority(index[3:4], 1.0)
     assert rb.sample()["index"].tolist() == [3] * 8
-    assert float(rb.storage._storage["vlm_priority"][3]) == 1.0
+    assert float(sampler.priority(3)) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# TorchRL's sampler contract, one defect at a time. These use TorchRL's own
+# buffers (not make_replay_buffer) so that they test the sampler alone.
+# ---------------------------------------------------------------------------
+def _rows(n, **columns):
+    return TensorDict({"obs": torch.arange(n).float().unsqueeze(-1), **columns}, [n])
+
+
+def _td_rb(sampler, capacity=10, batch_size=None, **kwargs):
+    return TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity), sampler=sampler, batch_size=batch_size, **kwargs
+    )
+
+
+def _snapshot(sampler):
+    return copy.deepcopy(sampler.state_dict())
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            torch.testing.assert_close(a[key], b[key], equal_nan=True, rtol=0, atol=0, msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+# 1. One owner of the priority column: the sampler keeps its own state only.
+def test_sampler_never_touches_the_storage():
+    sampler = MixtureSampler(lam_max=None)
+    rb = _td_rb(sampler, 20, batch_size=200, priority_key="vlm_priority")
+    index = rb.extend(_rows(20, vlm_priority=torch.zeros(20)))
+    before = rb[:].clone()
+    sampler.update_priority(index[:3], 1.0, storage=rb.storage)  # storage is accepted and ignored
+    rb.update_priority(index[3:5], torch.ones(2))
+    assert torch.equal(rb[:]["vlm_priority"], before["vlm_priority"])  # the buffer owns the column
+    assert sampler.priority(index[:6]).tolist() == [1.0] * 5 + [0.0]
+    assert sampler.priority(int(index[0])).shape == ()
+    assert sampler.num_positive == 5 and sampler.priority_key == "vlm_priority"
+    torch.manual_seed(0)
+    assert set(rb.sample()["index"].tolist()) <= set(index[:5].tolist())
+
+    # A storage without the column is no concern of the sampler's.
+    rb2 = _td_rb(MixtureSampler(lam_max=None), 10, batch_size=50)
+    index2 = rb2.extend(_rows(10))
+    rb2.update_priority(index2[7:8], 1.0)
+    assert rb2.sample()["index"].tolist() == [int(index2[7])] * 50
+
+
+# 2. Rejected rows (TensorDictMaxValueWriter's index -1).
+def test_rejected_rows_leave_the_sampler_and_its_last_slot_alone():
+    # max_capacity == storage size: the sampler's slot -1 is the storage's slot 3.
+    sampler = MixtureSampler(lam_max=0.5, warmup=100, td_boost=True, max_capacity=4)
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(4),
+        sampler=sampler,
+        writer=TensorDictMaxValueWriter(rank_key="rank"),
+        priority_key="vlm_priority",
+    )
+    index = rb.extend(_rows(6, rank=torch.arange(6.0)))
+    accepted = index[index >= 0]
+    assert (index < 0).sum() == 2 and accepted.numel() == 4
+    assert sampler.transitions_written == 4 and sampler.lam == pytest.approx(0.5 * 4 / 100)
+    rb.update_priority(index, torch.ones(6))  # the buffer hands the -1s on as they are
+    sampler.update_td_error(index, torch.full((6,), 2.0))
+    assert sampler.num_positive == 4
+    assert sampler.state_dict()["td_error"].tolist() == [2.0] * 4
+
+    snapshot = _snapshot(sampler)
+    assert rb.extend(_rows(3, rank=torch.full((3,), -1.0))).tolist() == [-1, -1, -1]
+    assert rb.add(TensorDict({"obs": torch.zeros(1), "rank": torch.tensor(-1.0)}, [])) is None
+    _assert_same_state(sampler.state_dict(), snapshot)
+
+    # Rows that carry the priority column: TorchRL's extend updates them with the -1s in.
+    index = rb.extend(_rows(2, rank=torch.tensor([100.0, -1.0]), vlm_priority=torch.tensor([1.0, 1.0])))
+    assert int(index[1]) == -1 and int(index[0]) >= 0
+    assert sampler.transitions_written == 5
+    assert sampler.priority(torch.arange(4)).tolist() == [1.0] * 4
+    td = sampler.state_dict()["td_error"]
+    assert math.isnan(td[int(index[0])]) and int(torch.isnan(td).sum()) == 1
+
+
+# 3. Priorities laid out [N, 1], as TorchRL's td_error usually is.
+def test_priorities_and_td_errors_shaped_n_by_1():
+    index = torch.arange(6)
+    prio = torch.tensor([1.0, 0.0, 1.0, 2.0, 0.0, 1.0])
+    td = torch.linspace(-1.0, 2.0, 6)
+    flat, column = MixtureSampler(td_boost=True), MixtureSampler(td_boost=True)
+    for sampler, p, d in ((flat, prio, td), (column, prio[:, None], td[:, None])):
+        sampler.extend(index)
+        sampler.update_priority(index, p)
+        sampler.update_td_error(index, d)
+    _assert_same_state(flat.state_dict(), column.state_dict())
+
+    # Through TorchRL's extend, with a priority column of shape [N, 1].
+    sampler = MixtureSampler(lam_max=None)
+    rb = _td_rb(sampler, 6, priority_key="vlm_priority")
+    rb.extend(_rows(6, vlm_priority=prio[:, None]))
+    assert sampler.priority(index).tolist() == prio.tolist()
+
+    # Anything else with the right number of elements is still refused.
+    with pytest.raises(ValueError, match=r"priority must be a scalar or hold one value per index.*\[3, 2\]"):
+        flat.update_priority(index, torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"priority .*\[6, 2\]"):
+        flat.update_priority(index, torch.ones(6, 2))
+    with pytest.raises(ValueError, match=r"td_error must be a scalar or hold one value per index.*\[2, 3\]"):
+        flat.update_td_error(index, torch.ones(2, 3))
+    _assert_same_state(flat.state_dict(), column.state_dict())
+
+
+# 4. A refused update changes nothing, capacity included.
+@pytest.mark.parametrize("td_boost", [False, True])
+def test_a_refused_update_leaves_the_sampler_unchanged(td_boost):
+    sampler = MixtureSampler(lam_max=0.5, td_boost=td_boost, max_capacity=16)
+    sampler.extend(torch.arange(16))
+    sampler.update_priority(torch.arange(4), 1.0)
+    if td_boost:
+        sampler.update_td_error(torch.arange(2), torch.tensor([0.5, 3.0]))
+    snapshot = _snapshot(sampler)
+    far = torch.tensor([1, 5000])  # valid, but it would grow the state to 5000 slots
+    bad_updates = [
+        (ValueError, "finite", lambda: sampler.update_priority(far, torch.tensor([1.0, float("nan")]))),
+        (ValueError, "finite", lambda: sampler.update_priority(far, torch.tensor([1.0, 1e40], dtype=torch.float64))),
+        (ValueError, ">= 0", lambda: sampler.update_priority(far, torch.tensor([1.0, -1.0]))),
+        (ValueError, "one value per index", lambda: sampler.update_priority(far, torch.ones(3))),
+        (TypeError, "index must hold integers", lambda: sampler.update_priority(torch.tensor([1.0, 2.0]), 1.0)),
+        (ValueError, "index must be >= 0", lambda: sampler.update_priority(torch.tensor([-3, 5000]), 1.0)),
+        (ValueError, "1-D storages", lambda: sampler.update_priority(torch.tensor([[1, 2]]), 1.0)),
+    ]
+    if td_boost:
+        bad_updates += [
+            (ValueError, "td_error must be finite", lambda: sampler.update_td_error(far, torch.tensor([0, math.inf]))),
+            (ValueError, "td_error", lambda: sampler.update_td_error(far, torch.ones(3))),
+            (TypeError, "index must hold integers", lambda: sampler.update_td_error(torch.tensor([0.5]), 1.0)),
+        ]
+    else:
+        bad_updates.append((RuntimeError, "td_boost=True", lambda: sampler.update_td_error(far, 1.0)))
+    for error, match, update in bad_updates:
+        with pytest.raises(error, match=match):
+            update()
+        _assert_same_state(sampler.state_dict(), snapshot)
+    assert sampler.num_positive == 4
+
+
+# 5. Multi-dimensional storages are refused clearly.
+def test_multidimensional_storage_is_refused_at_extend_and_sample():
+    sampler = MixtureSampler()
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100, ndim=2), sampler=sampler, batch_size=4)
+    message = r"MixtureSampler supports 1-D storages only.*ndim=2"
+    with pytest.raises(ValueError, match=message):
+        rb.extend(TensorDict({"obs": torch.zeros(4, 5, 1)}, [4, 5]))
+    assert sampler.transitions_written == 0
+    with pytest.raises(ValueError, match=message):
+        rb.sample()
+
+
+# 6. Sending the sampler to another process is refused, as PrioritizedSampler does.
+def _child(obj):  # pragma: no cover - never runs: pickling fails first
+    pass
+
+
+def _start_in_spawned_process(obj):
+    proc = mp.get_context("spawn").Process(target=_child, args=(obj,))
+    try:
+        proc.start()
+    finally:
+        if proc.pid is not None:  # it did start (the defect): do not leave it behind
+            proc.join(60)
+
+
+def test_sending_the_sampler_to_another_process_is_refused():
+    sampler = MixtureSampler(td_boost=True)
+    sampler.extend(torch.arange(4))
+    with pytest.raises(RuntimeError, match="cannot be shared between processes"):
+        _start_in_spawned_process(sampler)
+    # ... also inside a buffer whose storage could be shared.
+    rb = TensorDictReplayBuffer(storage=LazyMemmapStorage(10), sampler=MixtureSampler(), batch_size=2)
+    rb.extend(_rows(4))
+    with pytest.raises(RuntimeError, match="MixtureSampler.*cannot be shared between processes"):
+        _start_in_spawned_process(rb)
+
+
+@pytest.mark.parametrize("td_boost", [False, True])
+def test_pickle_and_deepcopy_within_a_process_copy_the_state(td_boost):
+    sampler = MixtureSampler(lam_max=0.5, warmup=40, td_boost=td_boost)
+    rb = _td_rb(sampler, 20, batch_size=8, generator=torch.Generator().manual_seed(0))
+    index = rb.extend(_rows(20))
+    rb.update_priority(index[:5], torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]))
+    if td_boost:
+        sampler.update_td_error(index[:2], torch.tensor([0.5, 2.0]))
+    rb.sample()
+    for clone in (pickle.loads(pickle.dumps(sampler)), copy.deepcopy(sampler)):
+        assert clone._rng is None  # the buffer's generator stays with the buffer, as in TorchRL
+        _assert_same_state(clone.state_dict(), sampler.state_dict())
+        clone.update_priority(index[5:6], 1.0)  # independent copies
+        assert clone.num_positive == sampler.num_positive + 1
+        torch.manual_seed(3)
+        a = clone.sample(rb.storage, 64)[0]
+        torch.manual_seed(3)
+        b = copy.deepcopy(clone).sample(rb.storage, 64)[0]
+        assert torch.equal(a, b)
+
+
+# 7. TD boosting: a new positive slot keeps the largest |δ| of the moment it turned positive.
+def _shares(sampler, rb, draws):
+    counts = torch.zeros(len(rb))
+    for _ in range(draws // 1000):
+        counts += torch.bincount(sampler.sample(rb.storage, 1000)[0], minlength=len(rb)).float()
+    return counts
+
+
+def test_td_boost_follows_pers_rule_for_slots_without_td_error():
+    eps = 1e-3
+    sampler = MixtureSampler(lam_max=None, td_boost=True, td_eps=eps, importance_weights=True, beta=1.0)
+    rb = _td_rb(sampler, 10)
+    index = rb.extend(_rows(10))
+    rb.update_priority(index[[0, 1, 5]], 1.0)  # no |δ| seen yet: 1.0 each
+    sampler.update_td_error(index[[0]], 3.0)  # max |δ| = 3
+    rb.update_priority(index[[2]], 1.0)  # assigned 3
+    rb.update_priority(index[[5]], 0.0)
+    sampler.update_td_error(index[[3]], -5.0)  # a zero-priority slot: max |δ| = 5
+    rb.update_priority(index[[3]], 1.0)  # its own |δ| = 5
+    rb.update_priority(index[[4]], 2.0)  # p = 2, assigned 5
+    rb.update_priority(index[[5]], 1.0)  # positive again: assigned 5
+    rb.update_priority(index[[1]], 1.0)  # a rewrite: slot 1 was positive already and keeps 1
+    # The oracle, by hand: p(i) · (|δ_i| + ε) with the |δ| each slot holds.
+    weight = torch.zeros(10, dtype=torch.float64)
+    weight[:6] = torch.tensor([3.0, 1.0, 3.0, 5.0, 2 * 5.0, 5.0]) + torch.tensor([1, 1, 1, 1, 2, 1]) * eps
+    share = weight / weight.sum()
+
+    def check(s, draws, seed):
+        torch.manual_seed(seed)
+        counts = _shares(s, rb, draws).double()
+        assert counts[6:].sum() == 0
+        expected = share[:6] * draws
+        chi2 = float(((counts[:6] - expected) ** 2 / expected).sum())
+        assert chi2 < _chi2_bound(5), (chi2, (counts[:6] / draws).tolist(), share[:6].tolist())
+
+    check(sampler, 60_000, 0)
+    # Importance weights follow the same weights: (N · q(i))^-1, normalised by the batch maximum.
+    idx, info = sampler.sample(rb.storage, 200)
+    w = 1.0 / (10 * share[idx])
+    torch.testing.assert_close(info["priority_weight"].double(), w / w.max(), rtol=1e-5, atol=0)
+    # A checkpoint, or growing the state, keeps each slot's |δ|.
+    clone = MixtureSampler()
+    clone.load_state_dict(sampler.state_dict())
+    check(clone, 30_000, 1)
+    sampler.reserve(5000)
+    check(sampler, 30_000, 2)
+
+
+# 8. loads reads tensors only (torch.load(weights_only=True)).
+_UNPICKLED = []
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_UNPICKLED.append, ("code ran",))
+
+
+def test_loads_refuses_anything_but_tensors_and_numbers(tmp_path):
+    sampler = MixtureSampler(lam_max=0.5, warmup=10, td_boost=True)
+    sampler.extend(torch.arange(8))
+    sampler.update_priority(torch.arange(3), 1.0)
+    sampler.update_td_error(torch.arange(2), torch.tensor([0.25, 4.0]))
+    sampler.dumps(tmp_path / "ok")
+    assert torch.load(tmp_path / "ok" / "mixture_sampler.pt", weights_only=True).keys() == sampler.state_dict().keys()
+    clone = MixtureSampler()
+    clone.loads(tmp_path / "ok")
+    _assert_same_state(clone.state_dict(), sampler.state_dict())
+
+    (tmp_path / "bad").mkdir()
+    torch.save({**sampler.state_dict(), "extra": _Payload()}, tmp_path / "bad" / "mixture_sampler.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        MixtureSampler().loads(tmp_path / "bad")
+    assert _UNPICKLED == []

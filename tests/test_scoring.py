@@ -1,4 +1,4 @@
-"""The scoring pipeline: clip assembly, the separate-process service, the hook, and the oracles."""
+"""The scoring pipeline: clip assembly, the separate-process service, the oracles, a real model."""
 import functools
 import math
 import os
@@ -11,28 +11,19 @@ from tensordict import NonTensorStack, TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs.utils import RandomPolicy
 
-from _scorers import (
-    BrokenAtStart,
-    ClipIdParityScorer,
-    HangingScorer,
-    LastFrameScorer,
-    RaisingScorer,
-    SlowConstantScorer,
-    last_frame_fingerprint,
-)
+from _scorers import BrokenAtStart, HangingScorer, RaisingScorer, SlowConstantScorer
+from torchrl.data import LazyTensorStorage
 from torchrl_vlm import (
     EVENT_DEFINITIONS,
     EVENT_NAMES,
     ClipAssembler,
     DelayedScorer,
     MiniGridEventScorer,
-    MixtureSampler,
     NoisyScorer,
     ScoringService,
     ScoringServiceError,
-    VLMScoringHook,
+    VLMReplayBuffer,
     make_minigrid_env,
-    make_replay_buffer,
 )
 from torchrl_vlm.scoring.base import validate_clips
 
@@ -233,149 +224,24 @@ def test_scorer_exceptions_are_counted_then_fatal():
             _wait_until(lambda: False, service.poll)
 
 
-# ---------------------------------------------------------------------- hook
-def _run(hook, env, frames, frames_per_batch, seed=0):
-    torch.manual_seed(seed)
-    collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=frames_per_batch, total_frames=frames)
-    for batch in collector:
-        hook.extend(batch)
-    collector.shutdown()
-
-
-def test_end_to_end_priorities_sit_exactly_on_clips_with_events():
-    clip_len = 8
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=0, max_steps=40)
-    sampler = MixtureSampler(lam_max=0.5)
-    rb = make_replay_buffer(5000, sampler=sampler, batch_size=64)
-    with VLMScoringHook(rb, ScoringService(MiniGridEventScorer), clip_len=clip_len) as hook:
-        # 3 envs x 25 steps per batch: clips of 8 straddle the batches.
-        _run(hook, env, frames=3000, frames_per_batch=75)
-        assert hook.drain() == 0
-        stats = hook.stats
-
-    data = rb[: len(rb)]
-    assert "pixels" not in data.keys() and ("next", "pixels") not in data.keys(True)
-    clip_ids = data["clip_id"]
-    scored = ~torch.isnan(data["vlm_score"])
-    hit = data["next", "events"][:, [EVENT_NAMES.index(e) for e in EVENT_DEFINITIONS["any"]]].any(-1)
-    n_pos_clips = 0
-    for cid in torch.unique(clip_ids).tolist():
-        rows = clip_ids == cid
-        if not scored[rows].any():
-            continue  # the last, unfinished clip of an env
-        assert scored[rows].all()
-        positive = bool(hit[rows].any())
-        n_pos_clips += positive
-        assert torch.all(data["vlm_priority"][rows] == float(positive)), cid
-        assert torch.all(data["vlm_score"][rows] == float(positive))
-    assert n_pos_clips > 0
-    assert stats["positives"] == n_pos_clips
-    assert stats["stale_rejected"] == 0 and stats["clips_dropped"] == 0 and stats["clips_lost"] == 0
-    # At most the three envs' unfinished clips stay unscored.
-    assert int((~scored).sum()) < 3 * clip_len
-    # The sampler sees exactly the rows the column marks.
-    assert sampler.num_positive == int(data["vlm_priority"].sum())
-    assert set(sampler._pos_list[: sampler.num_positive].tolist()) == set(
-        torch.nonzero(data["vlm_priority"]).squeeze(-1).tolist()
-    )
-
-
-def test_a_resumed_hook_continues_its_counters():
-    clip_len = 4
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=4, render=False)
-    rb = make_replay_buffer(1000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
-    with VLMScoringHook(rb, ScoringService(functools.partial(ClipIdParityScorer, 0.05)), clip_len=clip_len) as hook:
-        _run(hook, env, frames=160, frames_per_batch=40)
-        assert hook.drain() == 0  # every complete clip answered and written back
-        before, state = hook.stats, hook.state_dict()
-    assert before["slots_scored"] > 0 and before["positives"] > 0
-    with VLMScoringHook(rb, ScoringService(ClipIdParityScorer), clip_len=clip_len) as resumed:
-        resumed.load_state_dict(state)
-        after = resumed.stats
-    for key in ("positives", "slots_written", "slots_scored", "coverage", "stale_rejected"):
-        assert after[key] == before[key], key
-
-
-def test_a_clip_ends_on_the_state_its_last_action_reached():
-    clip_len = 8
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=3, max_steps=20)
-    rb = make_replay_buffer(1000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
-    torch.manual_seed(0)
-    collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=30, total_frames=120)
-    batches = []
-    with VLMScoringHook(rb, ScoringService(LastFrameScorer), clip_len=clip_len) as hook:
-        for batch in collector:
-            batches.append(batch.reshape(-1).clone())
-            hook.extend(batch)
-        collector.shutdown()
-        assert hook.drain() == 0
-    steps = torch.cat(batches)
-    data = rb[:]
-    checked = 0
-    for cid in torch.unique(data["clip_id"]).tolist():
-        rows = torch.nonzero(steps["clip_id"] == cid).squeeze(-1)
-        score = data["vlm_score"][data["clip_id"] == cid]
-        if torch.isnan(score).all():
-            continue  # unfinished at the end of the run
-        last = rows[steps["clip_step"][rows].argmax()]
-        expected = last_frame_fingerprint(steps["next", "pixels"][last].unsqueeze(0))
-        assert torch.allclose(score, expected.expand_as(score)), cid
-        checked += 1
-    assert checked >= 10
-
-
-def test_heavy_overwrite_never_lands_a_late_score_on_a_reused_slot():
-    clip_len = 4
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=1, render=False)
-    rb = make_replay_buffer(48, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
-    service = ScoringService(functools.partial(ClipIdParityScorer, 0.2), batch_clips=4)
-    with VLMScoringHook(rb, service, clip_len=clip_len) as hook:
-        _run(hook, env, frames=1200, frames_per_batch=40)
-        assert hook.drain() == 0
-        stats = hook.stats
-    assert stats["stale_rejected"] > 0  # the buffer turned over many times while scores were late
-    data = rb[:]
-    scored = ~torch.isnan(data["vlm_score"])
-    # Every score on a slot belongs to the clip that slot now holds.
-    assert torch.equal(data["vlm_score"][scored], (data["clip_id"][scored] % 2).float())
-    assert torch.equal(data["vlm_priority"], torch.nan_to_num(data["vlm_score"], nan=0.0))
-
-
-def test_hook_survives_a_worker_kill_mid_run():
-    clip_len = 4
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=2, render=False)
-    rb = make_replay_buffer(4000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
-    service = ScoringService(functools.partial(ClipIdParityScorer, 0.05), batch_clips=4)
-    with VLMScoringHook(rb, service, clip_len=clip_len) as hook:
-        _run(hook, env, frames=400, frames_per_batch=40)
-        os.kill(service.worker_pid, signal.SIGKILL)
-        _run(hook, env, frames=400, frames_per_batch=40, seed=1)
-        assert hook.drain() == 0
-        stats = hook.stats
-    assert stats["worker_restarts"] == 1
-    assert stats["clips_scored"] > 0
-    assert stats["clips_scored"] + stats["clips_lost"] + stats["clips_dropped"] == stats["clips_submitted"]
-    data = rb[:]
-    unscored = torch.isnan(data["vlm_score"])
-    # Rows without a score (lost in the crash, or in clips still unfinished) are never positive ...
-    assert torch.all(data["vlm_priority"][unscored] == 0)
-    assert torch.equal(data["vlm_priority"][~unscored], (data["clip_id"][~unscored] % 2).float())
-    rb.sample()  # ... and training goes on
-
-
+# ------------------------------------------------------------- real model
 def test_tiny_vlm_scores_real_frames_in_the_scoring_process(tiny_vlm):
     from torchrl_vlm import TransformersScorer
 
     clip_len = 8
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=0, tile_size=8)
-    rb = make_replay_buffer(1000, sampler=MixtureSampler(lam_max=0.5), batch_size=8)
     factory = functools.partial(TransformersScorer, str(tiny_vlm), num_frames=4, batch_size=4, mission_in_prompt=True)
-    with VLMScoringHook(rb, ScoringService(factory), clip_len=clip_len, threshold=0.5) as hook:
-        _run(hook, env, frames=96, frames_per_batch=32)
-        assert hook.drain() == 0
-        stats = hook.stats
+    with VLMReplayBuffer(storage=LazyTensorStorage(1000), scorer=factory, clip_len=clip_len, threshold=0.5) as rb:
+        torch.manual_seed(0)
+        collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=32, total_frames=96,
+                              replay_buffer=rb)
+        for _ in collector:
+            pass
+        collector.shutdown()
+        assert rb.drain() == 0
+        stats = rb.stats()
+        data = rb[:]
     assert stats["clips_scored"] == stats["clips_submitted"] > 0
-    data = rb[:]
     scored = ~torch.isnan(data["vlm_score"])
     assert scored.any()
     score = data["vlm_score"][scored]
@@ -390,21 +256,26 @@ def test_a_missing_model_fails_at_start_naming_it():
         ScoringService(functools.partial(TransformersScorer, "acme/no-such-vlm"))
 
 
-def test_hook_refuses_batches_without_clip_tags_and_buffers_without_generations():
-    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-
-    with pytest.raises(ValueError, match="generations"):
-        VLMScoringHook(TensorDictReplayBuffer(storage=LazyTensorStorage(10)), service=None)
-    rb = make_replay_buffer(10)
-    hook = VLMScoringHook(rb, service=None)
-    with pytest.raises(KeyError, match="RenderClips"):
-        hook.extend(TensorDict({"observation": torch.zeros(4, 2)}, [4]))
-    with pytest.raises(ValueError, match="threshold"):
-        VLMScoringHook(rb, service=None, threshold=2.0)
-
-
 def test_missions_reach_the_scorer():
     asm = ClipAssembler(clip_len=2)
     out = asm.add(_steps([1, 1], [0, 1]), ["go to the red door", "go to the red door"])
     assert isinstance(out.get("mission"), NonTensorStack)
     assert out["mission"] == ["go to the red door"]
+
+
+# --------------------------------------------------------------------- gallery
+def test_the_gallery_shows_the_highest_and_lowest_scored_clips(tmp_path):
+    from torchrl_vlm import ClipGallery
+
+    gallery = ClipGallery(capacity=6, frames_per_clip=2)
+    frames = torch.zeros(1, 5, 4, 4, 3, dtype=torch.uint8)
+    frames[0, :, 0, 0, 0] = torch.arange(5, dtype=torch.uint8)  # frame t shows t
+    thumb = gallery.thumbnails(frames, torch.tensor([[True, True, True, True, False]]))
+    assert thumb[0, :, 0, 0, 0].tolist() == [0, 3]  # evenly spaced over the 4 real steps, first and last
+    for cid, score in enumerate([0.5, 0.9, 0.1, 0.7, 0.3, 0.95, 0.2, 0.8]):
+        gallery.add(thumb, torch.tensor([score]), torch.tensor([cid]))
+    # The capacity keeps the last six clips (ids 2..7); four rows: the two best, the two worst.
+    assert [cid for _, cid, _ in gallery.chosen(rows=4)] == [5, 7, 6, 2]
+    assert [cid for _, cid, _ in gallery.chosen(rows=20)] == [5, 7, 3, 4, 6, 2]  # each clip once
+    assert gallery.save(tmp_path / "g.png", rows=4).stat().st_size > 0
+    assert ClipGallery().save(tmp_path / "empty.png") is None

@@ -11,7 +11,8 @@ import torch
 from tensordict import NonTensorStack, TensorDict
 
 from torchrl_vlm.envs.minigrid import encode_mission, make_minigrid_env
-from torchrl_vlm.teacher.vlm import DEFAULT_TEACHER_PROMPT, MINIGRID_ACTIONS, VLMTeacher
+from torchrl_vlm.envs import MINIGRID_ACTIONS
+from torchrl_vlm.teacher.vlm import DEFAULT_TEACHER_PROMPT, VLMTeacher
 
 MISSIONS = ["go to the red door", "go to the grey door", "get to the green goal square", "pick up the blue key"]
 

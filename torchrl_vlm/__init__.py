@@ -1,73 +1,22 @@
 """torchrl_vlm: TorchRL-native components that let a frozen VLM guide reinforcement learning.
 
 The public names below are the contract that recipes, tests and users rely on.
-``TransformersScorer`` is imported on first use (it pulls in ``transformers``).
+Each is imported the first time it is read (``torchrl_vlm._lazy``): a scoring
+process then imports only what its scorer needs, and ``import torchrl_vlm`` is cheap.
 """
-from torchrl_vlm.envs import (
-    EVENT_NAMES,
-    MINIGRID_ENVS,
-    RenderClips,
-    decode_mission,
-    episode_step_limit,
-    make_minigrid_env,
-)
-from torchrl_vlm.replay import ClipAssembler, MixtureSampler, NStepReturns, make_replay_buffer, mixture_lambda
-from torchrl_vlm.scoring import (
-    ClipGallery,
-    EVENT_DEFINITIONS,
-    DelayedScorer,
-    MiniGridEventScorer,
-    NoisyScorer,
-    Scorer,
-    ScoringService,
-    ScoringServiceError,
-    VLMScoringHook,
-)
-from torchrl_vlm.teacher import (
-    DistillA2CLoss,
-    DistillClipPPOLoss,
-    NoisyTeacher,
-    PlannerTeacher,
-    VLMTeacher,
-    distillation_kl,
-)
+from torchrl_vlm import envs, replay, scoring, teacher
+from torchrl_vlm._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClipAssembler",
-    "ClipGallery",
-    "DelayedScorer",
-    "DistillA2CLoss",
-    "DistillClipPPOLoss",
-    "EVENT_DEFINITIONS",
-    "EVENT_NAMES",
-    "MINIGRID_ENVS",
-    "MiniGridEventScorer",
-    "MixtureSampler",
-    "NStepReturns",
-    "NoisyScorer",
-    "NoisyTeacher",
-    "PlannerTeacher",
-    "RenderClips",
-    "Scorer",
-    "ScoringService",
-    "ScoringServiceError",
-    "TransformersScorer",
-    "VLMScoringHook",
-    "VLMTeacher",
-    "decode_mission",
-    "distillation_kl",
-    "episode_step_limit",
-    "make_minigrid_env",
-    "make_replay_buffer",
-    "mixture_lambda",
-]
-
-
-def __getattr__(name):
-    if name == "TransformersScorer":
-        from torchrl_vlm import scoring
-
-        return scoring.TransformersScorer  # imported on first use there
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    **{name: envs._EXPORTS[name] for name in (
+        "EVENT_NAMES", "LVLM2P_ENVS", "MINIGRID_ACTIONS", "MINIGRID_ENVS", "RenderClips", "decode_mission",
+        "episode_step_limit", "make_minigrid_env",
+    )},
+    **replay._EXPORTS,
+    **{name: module for name, module in scoring._EXPORTS.items() if name not in ("check_scores", "validate_clips")},
+    **teacher._EXPORTS,
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,9 @@
-"""What the recipes share: logging, evaluation, checkpoints and random state.
+"""What the recipes share: seeding, config checks, episode metrics, the eval/log/checkpoint
+cadence, logging, evaluation, checkpoints, random state and teardown.
 
 Every recipe (``recipes/*.py``) imports these instead of carrying its own
 copy, so the conventions stay the same across algorithms: wandb offline
-unless asked, ``train/``, ``eval/``, ``vlm/`` and ``time/`` metric prefixes,
+unless asked, ``train/``, ``eval/``, ``buffer/`` and ``time/`` metric prefixes,
 and one ``checkpoint.pt`` plus a replay-buffer folder per checkpoint.
 """
 from __future__ import annotations
@@ -15,24 +16,202 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torchrl._utils import timeit
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.record.loggers import Logger, generate_exp_name, get_logger
 
 __all__ = [
+    "EpisodeMetrics",
+    "Every",
     "LOGGER_BACKENDS",
+    "WANDB_MODES",
+    "check_common_config",
+    "check_resumable",
+    "close_all",
     "evaluate_success",
     "get_rng_state",
     "load_checkpoint",
     "log_metrics",
     "make_logger",
+    "phase_seconds",
+    "restore_optimizer",
+    "restore_training_state",
     "save_checkpoint",
+    "seed_everything",
     "set_rng_state",
+    "timed_batches",
     "wandb_mode",
 ]
 
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "")
 WANDB_MODES = ("online", "offline", "disabled")
+
+
+# --------------------------------------------------------------------------- run set-up
+def seed_everything(seed: int, num_threads: int) -> None:
+    """Seeds Python, numpy and torch, sets the learner's threads, and restarts the phase timings."""
+    timeit.reset()  # phase timings are per run, not per process
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(num_threads)
+
+
+def check_common_config(cfg) -> None:
+    """The checks every recipe's config needs, naming the key, its value and what is allowed.
+
+    Reads ``env.num_envs``, ``collector.total_frames``/``frames_per_batch``, ``eval.interval``,
+    ``logger.backend``/``mode``/``log_interval`` and ``checkpoint.interval``.
+    """
+    if cfg.logger.backend not in LOGGER_BACKENDS:
+        raise ValueError(f"logger.backend={cfg.logger.backend!r}; choose one of {LOGGER_BACKENDS}")
+    if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose one of {WANDB_MODES} or null")
+    for key in ("total_frames", "frames_per_batch"):
+        if cfg.collector[key] <= 0:
+            raise ValueError(f"collector.{key} must be > 0, got {cfg.collector[key]}")
+    if cfg.env.num_envs < 1:
+        raise ValueError(f"env.num_envs must be >= 1, got {cfg.env.num_envs}")
+    if cfg.collector.frames_per_batch % cfg.env.num_envs:
+        raise ValueError(
+            f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "
+            f"env.num_envs ({cfg.env.num_envs})"
+        )
+    for key, value in (
+        ("eval.interval", cfg.eval.interval),
+        ("logger.log_interval", cfg.logger.log_interval),
+        ("checkpoint.interval", cfg.checkpoint.interval),
+    ):
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0 (0 turns it off), got {value}")
+
+
+def check_resumable(saved: Mapping[str, Any], cfg, keys: tuple[str, ...]) -> None:
+    """Refuses to resume a checkpoint whose settings under ``keys`` (dotted paths) differ from ``cfg``'s."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.create(dict(saved))
+    differ = [
+        f"{key}: checkpoint {OmegaConf.select(saved, key)!r}, now {OmegaConf.select(cfg, key)!r}"
+        for key in keys
+        if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)
+    ]
+    if differ:
+        raise ValueError("checkpoint.resume: the run's settings differ from the checkpoint's; " + "; ".join(differ))
+
+
+# --------------------------------------------------------------------------- the loop
+class EpisodeMetrics:
+    """Return, success and length of the episodes that end, from collector batches.
+
+    Call it on each batch, or hand it to a collector as ``post_collect_hook``
+    (``Collector(..., replay_buffer=rb, post_collect_hook=metrics)`` yields no
+    batches, so this is how episode metrics reach the logger there). :meth:`pop`
+    returns the means over the episodes ended since the last pop, as ``train/...``
+    metrics, and forgets them; :attr:`last_success` keeps the latest for a progress bar.
+    Reads ``("next", "done")``, ``episode_reward``, ``success`` and ``step_count``.
+    """
+
+    def __init__(self):
+        self._sums = {"episode_return": 0.0, "success": 0.0, "episode_length": 0.0}
+        self._episodes = 0
+        self.last_success = float("nan")
+
+    def __call__(self, batch: TensorDictBase) -> None:
+        done = batch["next", "done"].reshape(-1)
+        n = int(done.sum())
+        if not n:
+            return
+        nxt = batch["next"]
+        success = float(nxt["success"].reshape(-1)[done].float().sum())
+        self._sums["episode_return"] += float(nxt["episode_reward"].reshape(-1)[done].sum())
+        self._sums["success"] += success
+        self._sums["episode_length"] += float(nxt["step_count"].reshape(-1)[done].float().sum())
+        self._episodes += n
+        self.last_success = success / n
+
+    def pop(self) -> dict[str, float]:
+        if not self._episodes:
+            return {}
+        out = {f"train/{key}": value / self._episodes for key, value in self._sums.items()}
+        out["train/episodes"] = float(self._episodes)
+        self._sums = dict.fromkeys(self._sums, 0.0)
+        self._episodes = 0
+        return out
+
+
+class Every:
+    """A cadence in frames: :meth:`due` is true once each time ``frames`` reaches the next multiple.
+
+    ``interval=0`` never fires. A resumed run passes the frames it starts from, so
+    the cadence continues where the checkpoint left it.
+    """
+
+    def __init__(self, interval: int, start: int = 0):
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            raise ValueError(f"interval must be an int >= 0 (0 = never), got {interval!r}")
+        self.interval = interval
+        self.next = (start // interval + 1) * interval if interval else None
+
+    def due(self, frames: int) -> bool:
+        if self.next is None or frames < self.next:
+            return False
+        while self.next <= frames:
+            self.next += self.interval
+        return True
+
+
+def timed_batches(collector, phase: str = "collect"):
+    """The collector's batches, each wait for the next one timed as ``timeit(phase)``.
+
+    ``for batch in collector`` would hide collection inside the loop's own timing; this
+    keeps it in its own ``time/collect`` bucket.
+    """
+    with timeit(phase):
+        batches = iter(collector)
+    while True:
+        with timeit(phase):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def restore_training_state(state: Mapping[str, Any], *, loss_module, optimizer, env, lr: float) -> None:
+    """Loads what every recipe's checkpoint holds: the loss module, the optimiser (keeping
+    ``lr``), the env's state (clip-id counters) and the random state."""
+    loss_module.load_state_dict(state["loss_module"])
+    restore_optimizer(optimizer, state["optimizer"], lr)
+    env.load_state_dict(state["env"])
+    set_rng_state(state["rng"])
+
+
+def phase_seconds() -> dict[str, float]:
+    """Seconds spent per ``timeit`` phase so far, as ``time/<phase>`` metrics."""
+    return {f"time/{key}": float(value) for key, value in timeit.todict(percall=False).items()}
+
+
+def close_all(*things) -> None:
+    """Tears a run down: ``shutdown()`` for what has one (collectors, replay buffers, loggers:
+    a wandb run is finished), ``close()`` for the rest (envs, progress bars, teachers).
+
+    Each thing is closed even if an earlier one failed; ``None`` entries are skipped.
+    """
+    errors = []
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            if hasattr(thing, "shutdown") and not isinstance(thing, EnvBase):
+                thing.shutdown()
+            else:
+                thing.close()
+        except Exception as err:  # noqa: BLE001 - the others must still be closed
+            errors.append(err)
+    if errors:
+        raise errors[0]
 
 
 def wandb_mode(mode: str | None, project: str | None) -> str | None:

@@ -1,33 +1,33 @@
-"""Environments that tag their steps with clips for VLM scoring."""
-from torchrl_vlm.envs.clips import RenderClips, render_gym_frames
-from torchrl_vlm.envs.minigrid import (
-    MISSION_BYTES,
-    decode_mission,
-    encode_mission,
-    episode_step_limit,
-    full_state,
-    EVENT_NAMES,
-    MINIGRID_ENVS,
-    MISSION_WORDS,
-    MiniGridObservation,
-    make_minigrid_env,
-    mission_features,
-    register_doorkey_12x12,
-)
+"""Environments that tag their steps with clips for VLM scoring (imported on first use)."""
+from torchrl_vlm._lazy import lazy_exports
 
-__all__ = [
-    "EVENT_NAMES",
-    "MISSION_BYTES",
-    "decode_mission",
-    "encode_mission",
-    "episode_step_limit",
-    "full_state",
-    "MINIGRID_ENVS",
-    "MISSION_WORDS",
-    "MiniGridObservation",
-    "RenderClips",
-    "make_minigrid_env",
-    "mission_features",
-    "register_doorkey_12x12",
-    "render_gym_frames",
-]
+_EXPORTS = {
+    **dict.fromkeys(("RenderClips", "render_gym_frames"), "torchrl_vlm.envs.clips"),
+    **dict.fromkeys(
+        (
+            "MISSION_WORDS",
+            "MiniGridObservation",
+            "episode_step_limit",
+            "full_state",
+            "make_minigrid_env",
+            "mission_features",
+            "register_doorkey_12x12",
+            "render_full_grid",
+        ),
+        "torchrl_vlm.envs.minigrid",
+    ),
+    **dict.fromkeys(
+        (
+            "EVENT_NAMES",
+            "LVLM2P_ENVS",
+            "MINIGRID_ACTIONS",
+            "MINIGRID_ENVS",
+            "MISSION_BYTES",
+            "decode_mission",
+            "encode_mission",
+        ),
+        "torchrl_vlm.envs.minigrid_names",
+    ),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

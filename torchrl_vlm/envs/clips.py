@@ -8,6 +8,7 @@ clips after the collector has batched, flattened and shuffled envs together.
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -17,10 +18,43 @@ from torchrl.envs import EnvBase, Transform
 
 __all__ = ["RenderClips", "render_gym_frames"]
 
-# A clip id is (worker salt << _COUNTER_BITS) | counter: unique across the envs of
-# one transform (the counter), and across processes (the salt).
-_COUNTER_BITS = 40
-_SALT_BITS = 22
+# A clip id is (salt << _COUNTER_BITS) | counter: the counter keeps the ids of
+# one transform apart (its envs, its episodes), the salt keeps transforms apart.
+# 32 + 31 bits leave the sign bit clear.
+_COUNTER_BITS = 32
+_SALT_BITS = 31
+# Salts users choose (worker_id) take the lower half of the salt range and drawn
+# salts the upper half, so a drawn salt can never equal a chosen one.
+_WORKER_IDS = 2 ** (_SALT_BITS - 1)
+
+# Every salt drawn in (or loaded into) this process, so that no two transforms
+# of a process ever share one, even after the first is gone: its ids may still
+# sit in a replay buffer.
+_taken_salts: set[int] = set()
+_taken_salts_lock = threading.Lock()
+
+
+def _draw_salt() -> int:
+    # secrets reads the OS's entropy, so forked workers draw apart, which a
+    # seeded or fork-copied `random` state would not guarantee.
+    with _taken_salts_lock:
+        while True:
+            salt = _WORKER_IDS | secrets.randbits(_SALT_BITS - 1)
+            if salt not in _taken_salts:
+                _taken_salts.add(salt)
+                return salt
+
+
+def _take_salt(salt: int) -> None:
+    with _taken_salts_lock:
+        _taken_salts.add(salt)
+
+
+_OUTSIDE_ENV = (
+    "RenderClips must be used inside a TransformedEnv: it tags env steps with clip ids as the env "
+    "resets and steps, so it cannot tag data that is already collected ({how}). Build the env with "
+    "it instead, e.g. TransformedEnv(env, RenderClips(...)), or use make_minigrid_env."
+)
 
 
 def render_gym_frames(env: EnvBase) -> torch.Tensor:
@@ -54,9 +88,9 @@ class RenderClips(Transform):
 
     A clip is a run of at most ``clip_len`` consecutive steps of one env; it ends
     after ``clip_len`` steps or when the episode ends, whichever comes first.
-    ``clip_id`` (int64) is unique across the envs of a batch, across episodes
-    and across processes (each transform draws a random salt, or uses
-    ``worker_id``). ``clip_step`` is the step's position in its clip.
+    ``clip_id`` (int64) is unique across the envs of a batch, across episodes,
+    and across the transforms of batched-env workers and processes (see *Clip
+    ids* below). ``clip_step`` is the step's position in its clip.
 
     The tags are observations: the row a collector stores for the transition
     ``(s_t, a_t, s_t+1)`` carries the clip of ``s_t`` at its root, and its
@@ -71,13 +105,40 @@ class RenderClips(Transform):
     Partial resets in batched envs are honoured: only the envs named by the
     ``"_reset"`` mask start a new clip.
 
+    The transform only works inside a :class:`~torchrl.envs.TransformedEnv`:
+    called on data (as a module, in a bare :class:`~torchrl.envs.Compose`, or
+    as a replay-buffer transform) it raises a ``RuntimeError``. It has no
+    inverse.
+
+    Clip ids: ``clip_id = salt * 2**32 + n``, where ``n`` counts the clips the
+    transform has started. The salt tells transforms apart:
+
+    - By default (``worker_id=None``) the salt is drawn at random and belongs
+      to this one transform: every copy draws its own, whether made by
+      :meth:`clone` (which TorchRL uses to build parents and nested envs), by
+      a deep copy or pickling (a new process), or by loading a state (each env
+      an :class:`~torchrl.envs.EnvCreator` builds loads the same state). Drawn
+      salts never repeat within a process; across processes they are 30
+      random bits, so two processes share one with probability ``2**-30``.
+    - ``worker_id=k`` fixes the salt to ``k``, for reproducible ids. A chosen
+      salt travels with the transform (clones, copies, loaded states), so give
+      each worker of a batched env or collector its own ``worker_id``: two
+      transforms stepping with the same one hand out the same ids. Chosen and
+      drawn salts never meet.
+
+    :meth:`get_extra_state` (saved by ``env.state_dict()``) holds the salt and
+    the counter. Loading it into a transform with the same salt (a run resumed
+    with the same ``worker_id``, or rewound to an earlier checkpoint) moves the
+    counter past every id that either handed out; a transform with another
+    salt keeps its counter, since its ids cannot meet the checkpoint's.
+
     Args:
         clip_len: the clip length L (VLM-RB: 32).
         frame_key: where frames live, or ``None`` for no frames.
         render_fn: ``env -> uint8 [*batch, H, W, 3]``, used when the parent gives no frame.
         frame_shape: ``(H, W, 3)`` of rendered frames, required when rendering.
-        worker_id: a salt (``0 <= worker_id < 2**22``) that keeps ids unique across
-            processes; random when ``None``.
+        worker_id: a salt the user chooses (``0 <= worker_id < 2**30``), or
+            ``None`` to draw one per transform (see *Clip ids*).
 
     Examples:
         >>> from torchrl.envs import GymEnv, TransformedEnv
@@ -104,30 +165,46 @@ class RenderClips(Transform):
         if frame_key is not None and not isinstance(frame_key, str):
             raise TypeError(f"frame_key must be a str or None, got {type(frame_key).__name__}")
         if worker_id is None:
-            worker_id = secrets.randbits(_SALT_BITS)
-        elif not isinstance(worker_id, int) or not 0 <= worker_id < 2**_SALT_BITS:
-            raise ValueError(f"worker_id must be an int in [0, 2**{_SALT_BITS}), got {worker_id!r}")
+            salt = _draw_salt()
+        elif isinstance(worker_id, bool) or not isinstance(worker_id, int) or not 0 <= worker_id < _WORKER_IDS:
+            raise ValueError(
+                f"worker_id must be None or an int in [0, 2**{_SALT_BITS - 1}), got {worker_id!r}"
+            )
+        else:
+            salt = worker_id
         super().__init__(in_keys=[], out_keys=["clip_id", "clip_step"])
         self.clip_len = clip_len
         self.frame_key = frame_key
         self.render_fn = render_fn
         self.frame_shape = None if frame_shape is None else tuple(frame_shape)
         self.worker_id = worker_id
+        self._salt = salt
         self._next_id = 0
         self._renders = None  # decided once the parent is known
 
     # -- ids ---------------------------------------------------------------
+    @property
+    def salt(self) -> int:
+        """The salt of this transform's ids: ``worker_id`` if one was given, else drawn."""
+        return self._salt
+
+    def _new_stream(self) -> None:
+        # A copy of a transform with a drawn salt is a new stream of ids: it
+        # gets its own salt, and its counter starts over.
+        if self.worker_id is None:
+            self._salt = _draw_salt()
+            self._next_id = 0
+
     def _new_ids(self, n: int, device) -> torch.Tensor:
         start = self._next_id
         self._next_id += n
         if self._next_id >= 2**_COUNTER_BITS:
-            raise OverflowError("RenderClips ran out of clip ids for this worker")
-        return (self.worker_id << _COUNTER_BITS) + torch.arange(
+            raise OverflowError(
+                f"RenderClips ran out of clip ids: a transform hands out at most 2**{_COUNTER_BITS}"
+            )
+        return (self._salt << _COUNTER_BITS) + torch.arange(
             start, start + n, dtype=torch.int64, device=device
         )
-
-    def _batch_shape(self) -> torch.Size:
-        return self.parent.batch_size if self.parent is not None else torch.Size([])
 
     # -- frames ------------------------------------------------------------
     def _must_render(self) -> bool:
@@ -187,8 +264,28 @@ class RenderClips(Transform):
         self._render_into(next_tensordict)
         return next_tensordict
 
+    # Tagging happens in _reset and _step; the hooks below only meet data that
+    # is not being stepped when no env is above, and then say so.
+    def _outside_env(self, how: str) -> RuntimeError:
+        return RuntimeError(_OUTSIDE_ENV.format(how=how))
+
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
+        # Reached off-env by a replay buffer transform appended with invert=True.
+        if self.parent is None:
+            raise self._outside_env("called on a tensordict by a replay buffer's extend")
         return next_tensordict
+
+    # TransformedEnv never calls forward: only modules, a bare Compose and a
+    # replay buffer's sample do, on data whose steps are long gone.
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        raise self._outside_env("called on a tensordict, as a module or by a replay buffer's sample")
+
+    # An env passes the input of each step through here, unchanged (there is no
+    # inverse); a replay buffer passes what it writes, with no env above.
+    def _inv_call(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if self.parent is None:
+            raise self._outside_env("inverted on a tensordict, e.g. by a replay buffer's extend")
+        return tensordict
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
         shape = observation_spec.shape
@@ -207,13 +304,34 @@ class RenderClips(Transform):
             self._renders = True
         return observation_spec
 
-    # The id counter travels with checkpoints, so a resumed run never reuses an id.
+    # -- copies and checkpoints (see "Clip ids" in the class docstring) -----
+    def clone(self) -> RenderClips:
+        out = super().clone()
+        out._new_stream()
+        out._renders = None  # the clone's parent may differ
+        return out
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickling (a new process), deep and shallow copies come through here.
+        super().__setstate__(state)
+        self._new_stream()
+
+    def reset_parent(self) -> None:
+        super().reset_parent()
+        self._renders = None
+
     def get_extra_state(self) -> dict:
-        return {"next_id": self._next_id, "worker_id": self.worker_id}
+        return {"salt": self._salt, "next_id": self._next_id}
 
     def set_extra_state(self, state: dict) -> None:
-        self._next_id = int(state["next_id"])
-        self.worker_id = int(state["worker_id"])
+        # Checkpoints written before the salt had its own key called it worker_id.
+        salt = int(state["salt"] if "salt" in state else state["worker_id"])
+        next_id = int(state["next_id"])
+        # The checkpoint's salt may still be in use elsewhere: never draw it here.
+        _take_salt(salt)
+        if salt == self._salt:
+            # The same stream resumed or rewound: go on past every id either handed out.
+            self._next_id = max(self._next_id, next_id)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(clip_len={self.clip_len}, frame_key={self.frame_key!r})"

@@ -22,14 +22,10 @@ from torchrl.envs import Compose, GymWrapper, RewardSum, StepCounter, Transforme
 from torchrl.envs.libs.gym import register_gym_spec_conversion
 
 from torchrl_vlm.envs.clips import RenderClips
+from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS, MISSION_BYTES, decode_mission, encode_mission
 
 __all__ = [
-    "EVENT_NAMES",
-    "MINIGRID_ENVS",
     "MiniGridObservation",
-    "MISSION_BYTES",
-    "decode_mission",
-    "encode_mission",
     "episode_step_limit",
     "full_state",
     "make_minigrid_env",
@@ -37,33 +33,6 @@ __all__ = [
     "register_doorkey_12x12",
     "render_full_grid",
 ]
-
-#: Length of the byte encoding of a mission string (longer missions are refused).
-MISSION_BYTES = 96
-
-#: Names of the columns of the ``events`` flag vector, in order. ``first_*``
-#: flags fire only for the first such event of an episode (a key dropped and
-#: picked up again is not progress).
-EVENT_NAMES = (
-    "key_pickup",
-    "door_open",
-    "goal",
-    "first_key_pickup",
-    "first_door_open",
-)
-
-#: Environments the project's recipes and tests are known to work with.
-MINIGRID_ENVS = (
-    "MiniGrid-DoorKey-5x5-v0",
-    "MiniGrid-DoorKey-6x6-v0",
-    "MiniGrid-DoorKey-8x8-v0",
-    "MiniGrid-DoorKey-12x12-v0",
-    "MiniGrid-DoorKey-16x16-v0",
-    "MiniGrid-LavaGapS7-v0",
-    "MiniGrid-Dynamic-Obstacles-6x6-v0",
-    "MiniGrid-Fetch-6x6-N2-v0",
-    "MiniGrid-GoToDoor-6x6-v0",
-)
 
 #: Words of :func:`mission_features`: MiniGrid's colours, then the object kinds a
 #: mission can name.
@@ -84,20 +53,6 @@ def _convert_mission_space(spec, device=None, **kwargs):
     return NonTensor((), device=device, example_data="a mission string")
 
 
-def encode_mission(text: str) -> np.ndarray:
-    """A mission string as zero-padded UTF-8 bytes (uint8 ``[MISSION_BYTES]``).
-
-    Missions travel as fixed-size tensors rather than Python strings: they then
-    batch, stack and store like any other entry, at no cost per step.
-    """
-    raw = text.encode("utf-8")
-    if len(raw) > MISSION_BYTES:
-        raise ValueError(f"mission {text!r} is longer than MISSION_BYTES={MISSION_BYTES} bytes")
-    out = np.zeros(MISSION_BYTES, dtype=np.uint8)
-    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return out
-
-
 @functools.lru_cache(maxsize=256)
 def _mission_words(text: str) -> np.ndarray:
     words = set(re.findall(r"[a-z]+", text.lower()))
@@ -114,14 +69,6 @@ def mission_features(text: str) -> np.ndarray:
     """
     # Called every env step with the episode's one mission: parse it once.
     return _mission_words(text).copy()
-
-
-def decode_mission(mission) -> str | list:
-    """The string(s) behind an encoded ``mission`` entry (``[..., MISSION_BYTES]``), nested like its batch."""
-    array = np.asarray(torch.as_tensor(mission).cpu(), dtype=np.uint8)
-    if array.ndim == 1:
-        return array.tobytes().rstrip(b"\0").decode("utf-8")
-    return [decode_mission(row) for row in array]
 
 
 def full_state(env: gym.Env) -> dict[str, np.ndarray]:
@@ -386,7 +333,8 @@ def make_minigrid_env(
         device: device of the output tensors.
         parallel: step the batched envs in worker processes.
         max_steps: override the env's episode step limit.
-        worker_id: distinguishes clip ids across data-collection processes.
+        worker_id: a fixed salt for clip ids (see :class:`RenderClips`); leave it ``None``
+            unless each worker gets its own: every env, clone and worker then draws its own.
         state: also expose the full simulator ``state`` (grid encoding, agent
             position and direction, carried object; see :func:`full_state`), for
             planners and oracles. The agent should not learn from it.

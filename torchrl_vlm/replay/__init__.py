@@ -1,7 +1,11 @@
-"""Replay: the λ-annealed mixture sampler and buffer factory (VLM-RB step 5)."""
-from torchrl_vlm.replay.buffer import make_replay_buffer
-from torchrl_vlm.replay.clips import ClipAssembler
-from torchrl_vlm.replay.nstep import NStepReturns
-from torchrl_vlm.replay.sampler import MixtureSampler, mixture_lambda
+"""Replay: the λ-annealed mixture sampler, collector-batch buffers, clip assembly, n-step returns."""
+from torchrl_vlm._lazy import lazy_exports
 
-__all__ = ["ClipAssembler", "MixtureSampler", "NStepReturns", "make_replay_buffer", "mixture_lambda"]
+_EXPORTS = {
+    **dict.fromkeys(("CollectorReplayBuffer", "make_replay_buffer"), "torchrl_vlm.replay.buffer"),
+    "ClipAssembler": "torchrl_vlm.replay.clips",
+    "NStepReturns": "torchrl_vlm.replay.nstep",
+    **dict.fromkeys(("MixtureSampler", "mixture_lambda"), "torchrl_vlm.replay.sampler"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

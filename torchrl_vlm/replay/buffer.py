@@ -1,9 +1,25 @@
-"""Replay buffers for VLM-RB and its baselines, built from TorchRL parts."""
+"""Replay buffers that take collector batches as they come, for VLM-RB and its baselines.
+
+:class:`CollectorReplayBuffer` is a :class:`~torchrl.data.TensorDictReplayBuffer`
+whose ``extend`` takes what a TorchRL collector yields (``[n_envs, T]`` or flat):
+it drops the frames and missions (they never enter replay), applies an optional
+post-processing in the collector layout (n-step returns), flattens and writes.
+Uniform, PER and mixture buffers therefore share one ``rb.extend(batch)``, and one
+``rb.update_tensordict_priority(sample)`` after the loss: PER takes the TD errors
+as priorities, a TD-boosting :class:`MixtureSampler` takes them as its |δ|, and the
+other samplers ignore the call.
+
+:func:`make_replay_buffer` builds one. VLM-RB's buffer,
+:class:`~torchrl_vlm.VLMReplayBuffer`, subclasses it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
+from tensordict import LazyStackedTensorDict, TensorDictBase
+from tensordict.utils import NestedKey
 from torchrl.data import (
     LazyMemmapStorage,
     LazyTensorStorage,
@@ -13,13 +29,142 @@ from torchrl.data import (
     TensorDictRoundRobinWriter,
 )
 from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.storages import Storage
 
 from torchrl_vlm.replay.sampler import MixtureSampler
 
-__all__ = ["make_replay_buffer"]
+__all__ = ["CollectorReplayBuffer", "DEFAULT_EXCLUDE_KEYS", "make_replay_buffer"]
 
 SAMPLER_CHOICES = ("uniform", "per")
 STORAGE_CHOICES = ("tensor", "memmap")
+
+#: Entries a collector batch carries that replay never stores: the frames (for the
+#: VLM only) and the mission bytes (the same for every step of an episode).
+DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = ("pixels", ("next", "pixels"), "mission", ("next", "mission"))
+
+
+class CollectorReplayBuffer(TensorDictReplayBuffer):
+    """A ``TensorDictReplayBuffer`` whose ``extend`` takes collector batches.
+
+    ``rb.extend(batch)`` accepts a batch laid out ``[*envs, T]`` (time last, as a
+    collector yields it, dense or lazily stacked) or flat ``[N]``. It removes
+    ``exclude_keys``, applies ``postproc`` in that layout (n-step returns need
+    the time dimension), flattens to ``[N]`` and writes; it returns the storage
+    indices of the rows in the batch's flattened order. It also works as
+    ``Collector(..., replay_buffer=rb)``, where TorchRL calls ``rb.extend``.
+
+    With a :class:`MixtureSampler`, the buffer owns the priority column
+    ``sampler.priority_key`` (``"vlm_priority"``): rows arrive with 0 there unless
+    the batch brings its own values, and ``rb.update_priority(index, p)`` writes
+    the column and hands ``p`` to the sampler, so the two never disagree.
+    ``rb.update_tensordict_priority(sample)`` passes ``sample[td_error_key]`` to a
+    TD-boosting sampler (``MixtureSampler(td_boost=True)``) and does nothing for a
+    binary one, whose priorities come from the VLM; PER takes the TD errors as its
+    priorities, as in TorchRL.
+
+    Args:
+        storage: a 1-D TorchRL storage (e.g. ``LazyTensorStorage(capacity)``).
+        sampler: any TorchRL sampler (default: uniform).
+        batch_size: default batch size of ``rb.sample()``.
+        postproc: applied to each batch, frames removed, in its collector layout
+            before writing (e.g. :class:`~torchrl_vlm.NStepReturns`).
+        exclude_keys: entries never written.
+        td_error_key: where ``update_tensordict_priority`` reads TD errors
+            (TorchRL's losses write ``"td_error"``).
+        transform: TorchRL replay-buffer transforms (inverse at extend, forward at sample).
+        prefetch: batches to prefetch in background threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        sampler: Sampler | None = None,
+        batch_size: int | None = None,
+        postproc: Callable[[TensorDictBase], TensorDictBase] | None = None,
+        exclude_keys: tuple[NestedKey, ...] = DEFAULT_EXCLUDE_KEYS,
+        td_error_key: NestedKey = "td_error",
+        transform=None,
+        prefetch: int | None = None,
+    ):
+        sampler = RandomSampler() if sampler is None else sampler
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"sampler must be a torchrl Sampler, got {type(sampler).__name__}")
+        if not isinstance(storage, Storage):
+            raise TypeError(f"storage must be a torchrl Storage (e.g. LazyTensorStorage), got {type(storage).__name__}")
+        if getattr(storage, "ndim", 1) != 1:
+            raise ValueError(
+                f"{type(self).__name__} writes collector batches as flat rows, so its storage must be 1-D; "
+                f"got a storage with ndim={storage.ndim}"
+            )
+        if isinstance(sampler, MixtureSampler) and getattr(storage, "max_size", None):
+            sampler.reserve(storage.max_size)
+        priority_key = sampler.priority_key if isinstance(sampler, MixtureSampler) else td_error_key
+        super().__init__(
+            storage=storage,
+            sampler=sampler,
+            # Generations let a late write-back (a VLM verdict) skip slots reused meanwhile.
+            writer=TensorDictRoundRobinWriter(track_generations=True),
+            batch_size=batch_size,
+            priority_key=priority_key,
+            transform=transform,
+            prefetch=prefetch,
+        )
+        self.postproc = postproc
+        self.exclude_keys = tuple(exclude_keys)
+        self.td_error_key = td_error_key
+
+    # ---------------------------------------------------------------- writes
+    def rows(self, batch: TensorDictBase) -> TensorDictBase:
+        """What ``extend`` would write for ``batch``: excluded keys gone, ``postproc`` applied, flat ``[N]``."""
+        if not isinstance(batch, TensorDictBase):
+            raise TypeError(f"batch must be a TensorDict, got {type(batch).__name__}")
+        data = batch.exclude(*self.exclude_keys)
+        if isinstance(data, LazyStackedTensorDict):
+            # Collector(replay_buffer=rb) hands over a lazy stack over time; one dense copy, frames already gone.
+            data = data.contiguous()
+        if self.postproc is not None:
+            data = self.postproc(data)
+        return data.reshape(-1)
+
+    def extend(self, batch: TensorDictBase, *, update_priority: bool | None = None) -> torch.Tensor:
+        """Writes a collector batch (``[*envs, T]`` or flat); returns the rows' storage indices."""
+        data = self.rows(batch)
+        if isinstance(self._sampler, MixtureSampler) and self.priority_key not in data.keys():
+            # Every row holds the column; fresh slots start at the sampler's 0 already.
+            data.set(self.priority_key, torch.zeros(data.batch_size[0], device=data.device))
+            update_priority = False
+        return super().extend(data, update_priority=update_priority)
+
+    def stats(self) -> dict[str, float]:
+        """TorchRL's snapshot, plus a :class:`MixtureSampler`'s λ, last-batch prioritised share and positives."""
+        out = {key: float(value) for key, value in super().stats().items()}
+        if isinstance(self._sampler, MixtureSampler):
+            out.update({key: float(value) for key, value in self._sampler.stats().items()})
+        return out
+
+    # ------------------------------------------------------------ priorities
+    def update_priority(self, index, priority) -> None:
+        """Sets priorities; with a :class:`MixtureSampler`, also its storage column (one owner: this buffer)."""
+        if not isinstance(self._sampler, MixtureSampler):
+            return super().update_priority(index, priority)
+        index = torch.as_tensor(index)
+        priority = torch.as_tensor(priority)
+        # The sampler checks everything before it changes anything, so a refused
+        # update leaves both it and the column as they were.
+        super().update_priority(index, priority)
+        index = index.reshape(-1)
+        column = priority.reshape(-1).to(torch.float32).expand(index.shape)
+        kept = index >= 0  # a writer that rejects rows (TensorDictMaxValueWriter) marks them -1
+        if bool(kept.any()):
+            self.set_at_(self.priority_key, column[kept], index[kept])
+
+    def update_tensordict_priority(self, data: TensorDictBase) -> None:
+        """After the loss: TD errors to PER or to a TD-boosting :class:`MixtureSampler`; a no-op otherwise."""
+        if not isinstance(self._sampler, MixtureSampler):
+            return super().update_tensordict_priority(data)
+        if self._sampler.td_boost:
+            self._sampler.update_td_error(data.get("index"), data.get(self.td_error_key))
 
 
 def make_replay_buffer(
@@ -33,21 +178,22 @@ def make_replay_buffer(
     per_beta: float = 0.4,
     scratch_dir: str | Path | None = None,
     prefetch: int | None = None,
-) -> TensorDictReplayBuffer:
-    """Builds a :class:`~torchrl.data.TensorDictReplayBuffer` for VLM-RB or a baseline.
+    postproc: Callable[[TensorDictBase], TensorDictBase] | None = None,
+    exclude_keys: tuple[NestedKey, ...] = DEFAULT_EXCLUDE_KEYS,
+) -> CollectorReplayBuffer:
+    """Builds a :class:`CollectorReplayBuffer` for VLM-RB's baselines (or a mixture buffer fed by hand).
 
-    The writer is a round-robin writer that tracks slot generations, so that a
-    score computed long after a transition was written can be written back with
-    ``rb.update_if_present(index=..., generation=..., patch=...)`` and is
-    rejected if the slot has been reused meanwhile. ``rb.writer.generations_of(index)``
-    reads the generations right after ``extend``.
+    The writer tracks slot generations, so that a value computed long after a
+    transition was written can be written back with
+    ``rb.update_if_present(index=..., generation=..., patch=...)`` and is skipped
+    if the slot has been reused meanwhile.
 
     Args:
         capacity: number of transitions the buffer holds.
         sampler: ``"uniform"`` (TorchRL's ``RandomSampler``), ``"per"``
-            (TorchRL's ``PrioritizedSampler`` with ``per_alpha``/``per_beta``, priority
-            key ``"td_error"``), or a :class:`MixtureSampler` (priority key is its
-            ``priority_key``), or any other TorchRL ``Sampler``.
+            (TorchRL's ``PrioritizedSampler`` with ``per_alpha``/``per_beta``, fed
+            the ``"td_error"`` of each sample), a :class:`MixtureSampler`, or any
+            other TorchRL ``Sampler``.
         batch_size: default batch size of ``rb.sample()``.
         storage: ``"tensor"`` (``LazyTensorStorage``, in RAM or on ``device``) or
             ``"memmap"`` (``LazyMemmapStorage`` under ``scratch_dir``).
@@ -55,43 +201,52 @@ def make_replay_buffer(
         per_alpha, per_beta: PER's exponents, used with ``sampler="per"``.
         scratch_dir: memmap folder (a temporary one when ``None``).
         prefetch: batches to prefetch in a background thread.
+        postproc: applied to each collector batch before writing (n-step returns).
+        exclude_keys: entries of a collector batch never written (frames, missions).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_vlm import make_replay_buffer
+        >>> rb = make_replay_buffer(100, sampler="per", batch_size=8)
+        >>> batch = TensorDict({"observation": torch.zeros(4, 25, 3), "pixels": torch.zeros(4, 25, 8, 8, 3)}, [4, 25])
+        >>> rb.extend(batch).shape, "pixels" in rb[:].keys()
+        (torch.Size([100]), False)
     """
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
-    if storage == "tensor":
-        store = LazyTensorStorage(capacity, device=device)
-    elif storage == "memmap":
-        store = LazyMemmapStorage(capacity, device=device, scratch_dir=scratch_dir)
-    else:
-        raise ValueError(f"storage must be one of {STORAGE_CHOICES}, got {storage!r}")
-
-    priority_key = "td_error"
     if isinstance(sampler, str):
         if sampler == "uniform":
-            sampler_obj: Sampler = RandomSampler()
+            sampler = RandomSampler()
         elif sampler == "per":
-            sampler_obj = PrioritizedSampler(capacity, alpha=per_alpha, beta=per_beta)
+            sampler = PrioritizedSampler(capacity, alpha=per_alpha, beta=per_beta)
         else:
             raise ValueError(
                 f"sampler must be one of {SAMPLER_CHOICES} or a Sampler instance "
                 f"(e.g. MixtureSampler), got {sampler!r}"
             )
-    elif isinstance(sampler, Sampler):
-        sampler_obj = sampler
-        if isinstance(sampler, MixtureSampler):
-            sampler._ensure_capacity(capacity)
-            priority_key = sampler.priority_key
-    else:
+    elif not isinstance(sampler, Sampler):
         raise TypeError(
             f"sampler must be a str in {SAMPLER_CHOICES} or a torchrl Sampler, got {type(sampler).__name__}"
         )
-    return TensorDictReplayBuffer(
-        storage=store,
-        sampler=sampler_obj,
-        writer=TensorDictRoundRobinWriter(track_generations=True),
+    return CollectorReplayBuffer(
+        storage=make_storage(capacity, storage=storage, device=device, scratch_dir=scratch_dir),
+        sampler=sampler,
         batch_size=batch_size,
-        priority_key=priority_key,
         prefetch=prefetch,
+        postproc=postproc,
+        exclude_keys=exclude_keys,
     )
+
+
+def make_storage(
+    capacity: int, *, storage: str = "tensor", device: str | torch.device = "cpu", scratch_dir: str | Path | None = None
+) -> Storage:
+    """A 1-D TorchRL storage: ``"tensor"`` (``LazyTensorStorage``) or ``"memmap"`` (``LazyMemmapStorage``)."""
+    if storage == "tensor":
+        return LazyTensorStorage(capacity, device=device)
+    if storage == "memmap":
+        return LazyMemmapStorage(capacity, device=device, scratch_dir=scratch_dir)
+    raise ValueError(f"storage must be one of {STORAGE_CHOICES}, got {storage!r}")

@@ -121,7 +121,33 @@ class ClipAssembler:
             out.set("mission", NonTensorStack(*[missions[i] for i in order[starts].tolist()]))
         return out
 
+    def state_dict(self) -> dict:
+        """The unfinished clips' steps and the idle bookkeeping, as plain tensors and numbers."""
+        return {
+            "carry": None if self._carry is None else self._carry.to_dict(),
+            "carry_missions": self._carry_missions,
+            "last_seen": dict(self._last_seen),
+            "calls": self._calls,
+            "abandoned": self.abandoned,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        carry = state["carry"]
+        self._carry = None if carry is None else TensorDict(carry, batch_size=[next(iter(_leaves(carry))).shape[0]])
+        self._carry_missions = state["carry_missions"]
+        self._last_seen = {int(k): int(v) for k, v in state["last_seen"].items()}
+        self._calls = int(state["calls"])
+        self.abandoned = int(state["abandoned"])
+
     def reset(self) -> None:
         """Forgets unfinished clips (e.g. after the envs were reset by hand)."""
         self._carry, self._carry_missions = None, None
         self._last_seen.clear()
+
+
+def _leaves(tree: dict):
+    for value in tree.values():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield value

@@ -14,6 +14,7 @@ being binary: with TD boosting, or when a caller writes non-binary priorities.
 from __future__ import annotations
 
 import math
+from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ except ImportError:  # pragma: no cover - reported when a sum tree is first need
 
 __all__ = ["MixtureSampler", "mixture_lambda"]
 
+_NAN = float("nan")
+
 
 def mixture_lambda(written: int, lam_max: float | None, warmup: int) -> float:
     """λ_t of VLM-RB: linear from 0 to ``lam_max`` over ``warmup`` transitions written.
@@ -41,19 +44,6 @@ def mixture_lambda(written: int, lam_max: float | None, warmup: int) -> float:
     return float(lam_max) * min(1.0, written / warmup)
 
 
-def _check_priority(priority: torch.Tensor) -> tuple[float, float]:
-    """Returns (min, max) of the priorities; raises unless all are finite and >= 0.
-
-    One reduction does it: NaN propagates into min and max.
-    """
-    lo, hi = (float(x) for x in torch.aminmax(priority.float()))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("priority must be finite; got NaN or inf")
-    if lo < 0:
-        raise ValueError(f"priority must be >= 0; got a minimum of {lo}")
-    return lo, hi
-
-
 class MixtureSampler(Sampler):
     """Samples from λ_t · q_P + (1 − λ_t) · q_U (VLM-RB eq. 2).
 
@@ -61,17 +51,25 @@ class MixtureSampler(Sampler):
 
     * **Semantic (VLM) priorities** take TorchRL's standard path,
       ``rb.update_priority(index, priority)``, which reaches
-      :meth:`update_priority`. The sampler keeps its own copy and also writes
-      the value into the storage column ``priority_key`` (``"vlm_priority"``),
-      which therefore always mirrors what the sampler uses. Extending the
-      buffer with data that holds ``priority_key`` updates it too.
+      :meth:`update_priority`. The sampler keeps the priorities it draws from,
+      one per storage slot, and never reads or writes the storage: the buffer
+      that holds it (:class:`~torchrl_vlm.VLMReplayBuffer`, or the buffer of
+      :func:`~torchrl_vlm.make_replay_buffer`) writes the storage column
+      ``priority_key`` (``"vlm_priority"``) itself through TorchRL's public
+      paths, then calls the sampler. :meth:`priority` reads what the sampler uses.
     * **TD errors** (for ``td_boost``) go through :meth:`update_td_error`;
-      then q_P(i) ∝ p(i) · (|δ_i| + ε). A positive slot with no TD error yet
-      uses the largest |δ| seen so far, as PER does for new data.
+      then q_P(i) ∝ p(i) · (|δ_i| + ε). A slot without a TD error of its own
+      follows PER's rule for new data: when it becomes positive (its priority
+      goes from 0 to > 0), it is assigned the largest |δ| seen so far, and at
+      least 1.0, and it keeps that value until its own TD error arrives. A
+      later, larger |δ| elsewhere or a rewrite of its priority does not change
+      it. Draws, importance weights and checkpoints all use that value.
 
     A slot that is overwritten loses its priority and TD error: new data
     starts at priority 0 ("not known to be meaningful") and is still drawn by
-    the uniform part.
+    the uniform part. Index -1, with which TorchRL's
+    ``TensorDictMaxValueWriter`` marks the rows it rejected, is skipped
+    everywhere, and λ's progress counts only the rows actually written.
 
     The number of draws from q_P in a batch of B is ⌊λ_t·B⌋ or ⌈λ_t·B⌉, with
     the rounding remainder carried from batch to batch, so that exactly a λ_t
@@ -83,12 +81,18 @@ class MixtureSampler(Sampler):
     ``mixture_lambda`` (a scalar), and ``priority_weight`` with
     ``importance_weights=True``. :meth:`stats` returns the same numbers for logging.
 
+    Only 1-D storages are supported (refused at the first ``extend`` and at
+    ``sample`` otherwise). Like TorchRL's ``PrioritizedSampler``, the sampler
+    cannot be sent to another process (its state would silently diverge);
+    ``pickle`` and ``copy.deepcopy`` within a process copy it.
+
     Args:
         lam_max: the final mixture weight λ_max in [0, 1] (paper: 0.5), or
             ``None`` for pure prioritised sampling.
         warmup: number of transitions written over which λ rises from 0 to
             ``lam_max`` (paper: half of training).
-        priority_key: the storage column that mirrors the priorities.
+        priority_key: the storage column that holds the VLM priorities; the
+            buffer reads it to know which column to write.
         td_boost: weight q_P by |δ| + ``td_eps`` (VLM-RB's continuous-control variant).
         td_eps: ε of the TD boost.
         importance_weights: return ``priority_weight`` = (N · q_t(i))^−β,
@@ -147,8 +151,8 @@ class MixtureSampler(Sampler):
         self._lam = mixture_lambda(0, self.lam_max, self.warmup)
         self._carry = 0.0
         self._last_priority_fraction = 0.0
+        self._td_max = 0.0  # the largest |δ| seen since the sampler was made (or emptied)
         self._capacity = 0
-        self._column = None  # (storage data, its priority column), looked up once
         self._alloc(max_capacity or 0)
         self._lam_t: torch.Tensor | None = None
         self._lam_t_value = 0.0
@@ -160,28 +164,33 @@ class MixtureSampler(Sampler):
         """(Re)allocates the per-slot state for ``capacity`` slots, keeping what is there."""
         old = self._capacity
         prio = torch.zeros(capacity, dtype=torch.float32)
-        td = torch.full((capacity,), float("nan"), dtype=torch.float32)
+        td = torch.full((capacity,), _NAN, dtype=torch.float32)
+        td_fill = torch.full((capacity,), _NAN, dtype=torch.float32)
         if old:
             prio[:old] = self._prio
             td[:old] = self._td
+            td_fill[:old] = self._td_fill
         self._prio = prio
-        self._td = td
+        self._td = td  # a slot's own |δ|, NaN until its first TD error
+        self._td_fill = td_fill  # the |δ| PER's rule assigned it when it turned positive
         self._capacity = capacity
         self._rebuild_index()
+
+    def reserve(self, capacity: int) -> None:
+        """Pre-allocates the per-slot state for ``capacity`` slots (a buffer calls it with its storage's size)."""
+        self._ensure_capacity(int(capacity))
 
     def _ensure_capacity(self, size: int) -> None:
         if size > self._capacity:
             self._alloc(max(size, 2 * self._capacity, 1024))
 
     def _rebuild_index(self) -> None:
-        """Rebuilds the positive set (binary mode) or the sum tree from ``_prio``/``_td``."""
+        """Rebuilds the positive set (binary mode) or the sum tree from the per-slot state."""
         cap = self._capacity
         self._pos_slot = torch.full((cap,), -1, dtype=torch.int64)
         self._pos_list = torch.empty(cap, dtype=torch.int64)
         self._tree = None
-        self._td_max = float(torch.nan_to_num(self._td.abs(), nan=0.0).max()) if cap else 0.0
-        binary = bool(((self._prio == 0) | (self._prio == 1)).all()) if cap else True
-        if self.td_boost or not binary:
+        if self.td_boost or not _is_binary(self._prio):
             self._build_tree()
         else:
             pos = torch.nonzero(self._prio > 0).squeeze(-1)
@@ -190,12 +199,7 @@ class MixtureSampler(Sampler):
             self._pos_slot[pos] = torch.arange(self._n_pos)
 
     def _build_tree(self) -> None:
-        if SumSegmentTreeFp64 is None:
-            raise ImportError(
-                "MixtureSampler needs TorchRL's C++ sum tree for TD boosting or non-binary "
-                "priorities, and torchrl._torchrl failed to load (torch must be the build "
-                "torchrl was compiled for: torch==2.14.1 for torchrl 0.14.1)"
-            )
+        _require_sum_tree()
         self._tree = SumSegmentTreeFp64(max(self._capacity, 1))
         self._n_pos = int((self._prio > 0).sum())
         if self._capacity:
@@ -203,12 +207,21 @@ class MixtureSampler(Sampler):
             self._tree[index] = self._weights(index, self._prio).double()
 
     def _weights(self, index: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
-        """q_P's unnormalised weight: p(i), or p(i)·(|δ_i| + ε) with TD boosting."""
+        """q_P's unnormalised weight: p(i), or p(i)·(|δ_i| + ε) with TD boosting.
+
+        |δ_i| is the slot's own TD error, or else what PER's rule assigned it
+        when it turned positive; slots at priority 0 weigh 0 whatever they hold.
+        """
         if not self.td_boost:
             return prio
-        td = self._td[index].abs()
-        td = torch.where(torch.isnan(td), torch.full_like(td, max(self._td_max, 1.0)), td)
-        return prio * (td + self.td_eps)
+        td = self._td[index]
+        td = torch.where(torch.isnan(td), self._td_fill[index], td)
+        return torch.where(prio > 0, prio * (td + self.td_eps), torch.zeros_like(prio))
+
+    @property
+    def _td_default(self) -> float:
+        # PER gives new data the largest priority seen so far, starting from 1.
+        return max(self._td_max, 1.0)
 
     # ------------------------------------------------------------- properties
     @property
@@ -223,7 +236,22 @@ class MixtureSampler(Sampler):
 
     @property
     def transitions_written(self) -> int:
+        """Rows written to the storage so far (rows a writer rejected do not count)."""
         return self._written
+
+    def priority(self, index: int | torch.Tensor) -> torch.Tensor:
+        """The priority p(i) the sampler draws with, for each slot in ``index`` (a copy).
+
+        Slots never written read 0. The result has the shape of ``index``.
+        """
+        shape = torch.as_tensor(index).shape
+        flat, lo, _ = _flat_index(index)
+        if lo < 0:
+            raise ValueError(f"index must be >= 0, got {lo}")
+        out = torch.zeros(flat.numel(), dtype=torch.float32)
+        inside = flat < self._capacity
+        out[inside] = self._prio[flat[inside]]
+        return out.reshape(shape)
 
     def stats(self) -> dict[str, float]:
         """What a trainer logs: λ, the last batch's share drawn from q_P, and the positive slots."""
@@ -240,19 +268,26 @@ class MixtureSampler(Sampler):
         return 0.0
 
     # ---------------------------------------------------------------- writes
-    def add(self, index: int) -> None:
-        self.extend(torch.as_tensor([index]))
+    def add(self, index: int | torch.Tensor | None) -> None:
+        if index is None:  # TensorDictMaxValueWriter.add did not write the row
+            return
+        if isinstance(index, tuple) or torch.as_tensor(index).numel() > 1:
+            raise _multidim_error(index)  # one row of a multi-dimensional storage
+        self.extend(torch.as_tensor(index).reshape(1))
 
     def extend(self, index: torch.Tensor) -> None:
-        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        index, lo, hi = _flat_index(index)
+        if lo < 0:  # rows the writer rejected (-1): nothing was written there
+            index = index[index >= 0]
         if index.numel() == 0:
             return
         self._written += index.numel()
         self._lam = mixture_lambda(self._written, self.lam_max, self.warmup)
-        self._ensure_capacity(int(index.max()) + 1)
+        self._ensure_capacity(hi + 1)
         # The slots now hold new data: their old priority and TD error are void.
         index = index.unique()
-        self._td[index] = float("nan")
+        self._td[index] = _NAN
+        self._td_fill[index] = _NAN
         self._set(index, torch.zeros(index.numel()), 0.0, 0.0)
 
     @torch.no_grad()
@@ -263,65 +298,54 @@ class MixtureSampler(Sampler):
         *,
         storage: Storage | None = None,
     ) -> None:
-        """Sets the semantic priority p(i) of ``index`` and mirrors it into the storage.
+        """Sets the semantic priority p(i) of the slots in ``index``.
 
-        ``priority`` is a scalar or one value per index, finite and >= 0; VLM
-        priorities are 0 or 1. When an index appears several times, the last
-        value wins.
+        ``priority`` is a scalar or one value per index (shaped ``[N]`` or
+        ``[N, 1]``), finite and >= 0; VLM priorities are 0 or 1. When an index
+        appears several times, the last value wins; index -1 (a row the writer
+        rejected) is skipped. ``storage`` is there for TorchRL's signature and
+        is ignored: the buffer writes the storage column, the sampler keeps its
+        own state. Every input is checked before anything changes.
         """
-        index, priority = self._as_index_and_values(index, priority, "priority")
+        index, lo, hi = _flat_index(index)
+        checked = _per_index(priority, index.numel(), "priority")
+        p_lo, p_hi = _check_values(checked, "priority", nonnegative=True)
+        index, priority = _last_wins(*_drop_rejected(index, checked, lo))
         if index.numel() == 0:
             return
-        lo, hi = _check_priority(priority)
-        index, priority = _last_wins(index, priority)
-        self._set(index, priority.to(torch.float32), lo, hi)
-        if storage is not None:
-            self._mirror(storage, index, priority)
+        if priority is not checked:  # rows were dropped: the fast paths need the exact range
+            p_lo, p_hi = (float(x) for x in torch.aminmax(priority))
+        if self._tree is None and SumSegmentTreeFp64 is None and not _is_binary(priority):
+            _require_sum_tree()  # fail now rather than half-way through the write
+        self._ensure_capacity(hi + 1)
+        self._set(index, priority, p_lo, p_hi)
 
     @torch.no_grad()
     def update_td_error(self, index: int | torch.Tensor, td_error: float | torch.Tensor) -> None:
         """Records TD errors δ for TD boosting: q_P(i) ∝ p(i)·(|δ_i| + ε).
 
         Call it with the sampled indices after computing the loss, e.g.
-        ``rb.sampler.update_td_error(batch["index"], batch["td_error"])``.
+        ``rb.sampler.update_td_error(batch["index"], batch["td_error"])``;
+        ``td_error`` is a scalar or one finite value per index (``[N]`` or
+        ``[N, 1]``). The sign of δ does not matter; index -1 is skipped, and
+        every input is checked before anything changes.
         """
         if not self.td_boost:
             raise RuntimeError("update_td_error needs MixtureSampler(td_boost=True)")
-        index, td_error = self._as_index_and_values(index, td_error, "td_error")
-        if not bool(torch.isfinite(td_error).all()):
-            raise ValueError("td_error must be finite; got NaN or inf")
+        index, lo, hi = _flat_index(index)
+        td_error = _per_index(td_error, index.numel(), "td_error")
+        _check_values(td_error, "td_error", nonnegative=False)
+        index, td_error = _last_wins(*_drop_rejected(index, td_error.abs(), lo))
         if index.numel() == 0:
             return
-        index, td_error = _last_wins(index, td_error.float().abs())
+        self._ensure_capacity(hi + 1)
         self._td[index] = td_error
+        self._td_fill[index] = _NAN  # its own TD error replaces what PER's rule assigned
         self._td_max = max(self._td_max, float(td_error.max()))
         self._tree[index] = self._weights(index, self._prio[index]).double()
 
     def mark_update(self, index, *, storage=None) -> None:
         return
-
-    def _as_index_and_values(self, index, values, name) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checks and flattens an index and its values; grows the per-slot state to fit."""
-        if isinstance(index, tuple):
-            raise ValueError("MixtureSampler supports 1-D storages only; got a tuple index")
-        index = torch.as_tensor(index).reshape(-1)
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise TypeError(f"index must hold integers, got dtype {index.dtype}")
-        index = index.to("cpu", torch.int64)
-        values = torch.as_tensor(values).detach().reshape(-1).cpu()
-        if values.numel() == 1:
-            values = values.expand(index.numel())
-        elif values.numel() != index.numel():
-            raise ValueError(
-                f"{name} must be a scalar or hold one value per index: got {values.numel()} "
-                f"values for {index.numel()} indices"
-            )
-        if index.numel():
-            lo, hi = (int(x) for x in torch.aminmax(index))
-            if lo < 0:
-                raise ValueError(f"index must be >= 0, got {lo}")
-            self._ensure_capacity(hi + 1)
-        return index, values
 
     def _set(self, index: torch.Tensor, prio: torch.Tensor, lo: float, hi: float) -> None:
         """Writes p(index) (unique indices, values in [lo, hi]) and syncs the positive set or tree."""
@@ -342,6 +366,12 @@ class MixtureSampler(Sampler):
                 return
             self._build_tree()  # priorities stopped being binary: switch to the sum tree
             return
+        if self.td_boost and hi > 0:
+            # PER's rule, applied once, at the moment a slot turns positive.
+            turned_on = index[(old == 0) & (prio > 0)]
+            if turned_on.numel():
+                has_own = ~torch.isnan(self._td[turned_on])
+                self._td_fill[turned_on] = torch.where(has_own, _NAN, self._td_default)
         self._n_pos += int((prio > 0).sum()) - int((old > 0).sum())
         self._tree[index] = self._weights(index, prio).double()
 
@@ -368,17 +398,6 @@ class MixtureSampler(Sampler):
         self._pos_slot[movers] = holes
         self._n_pos = n - k
 
-    def _mirror(self, storage: Storage, index: torch.Tensor, priority: torch.Tensor) -> None:
-        column = self._column
-        if column is None or column[0] is not getattr(storage, "_storage", None):
-            # Look the column up once per storage object: a TensorDict lookup costs
-            # more than the write itself.
-            column = self._column = (storage._storage, _storage_column(storage, self.priority_key))
-        column = column[1]
-        if column.device != index.device:
-            index = index.to(column.device)
-        column.index_copy_(0, index, priority.to(column.device, column.dtype))
-
     # ----------------------------------------------------------------- sample
     def _from_priority_masks(self, batch_size: int) -> list[torch.Tensor]:
         # masks[k] marks "the first k items". They are views of one fixed
@@ -392,6 +411,12 @@ class MixtureSampler(Sampler):
         return self._masks
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
+        ndim = getattr(storage, "ndim", 1)
+        if ndim != 1:
+            raise ValueError(
+                f"MixtureSampler supports 1-D storages only; got a {type(storage).__name__} with "
+                f"ndim={ndim}. Use a 1-D storage (e.g. LazyTensorStorage(capacity), ndim=1)."
+            )
         n = len(storage)
         if n == 0:
             raise RuntimeError("Cannot sample from an empty storage.")
@@ -442,6 +467,7 @@ class MixtureSampler(Sampler):
 
     # --------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
+        # Tensors, floats, ints, bools and None only: loads() reads it with weights_only=True.
         return {
             "lam_max": self.lam_max,
             "warmup": self.warmup,
@@ -451,8 +477,10 @@ class MixtureSampler(Sampler):
             "beta": self.beta,
             "written": self._written,
             "carry": self._carry,
+            "td_max": self._td_max,
             "priority": self._prio.clone(),
             "td_error": self._td.clone(),
+            "td_fill": self._td_fill.clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -468,6 +496,16 @@ class MixtureSampler(Sampler):
         self._prio = state_dict["priority"].clone().float()
         self._td = state_dict["td_error"].clone().float()
         self._capacity = self._prio.numel()
+        if "td_max" in state_dict:
+            self._td_max = float(state_dict["td_max"])
+        else:  # a checkpoint from before td_max was saved: the largest |δ| still held
+            self._td_max = float(torch.nan_to_num(self._td.abs(), nan=0.0).max()) if self._capacity else 0.0
+        fill = state_dict.get("td_fill")
+        self._td_fill = torch.full_like(self._td, _NAN) if fill is None else fill.clone().float()
+        if self.td_boost:
+            # A positive slot must hold a |δ|; older checkpoints did not save PER's assignment.
+            missing = (self._prio > 0) & torch.isnan(self._td) & torch.isnan(self._td_fill)
+            self._td_fill[missing] = self._td_default
         self._rebuild_index()
 
     def dumps(self, path) -> None:
@@ -476,26 +514,117 @@ class MixtureSampler(Sampler):
         torch.save(self.state_dict(), path / "mixture_sampler.pt")
 
     def loads(self, path) -> None:
-        self.load_state_dict(torch.load(Path(path) / "mixture_sampler.pt", weights_only=False))
+        self.load_state_dict(torch.load(Path(path) / "mixture_sampler.pt", weights_only=True))
 
     def _empty(self) -> None:
         self._written = 0
         self._lam = mixture_lambda(0, self.lam_max, self.warmup)
         self._carry = 0.0
+        self._td_max = 0.0
         self._prio.zero_()
-        self._td.fill_(float("nan"))
+        self._td.fill_(_NAN)
+        self._td_fill.fill_(_NAN)
         self._rebuild_index()
 
     def __getstate__(self):
-        state = super().__getstate__()
-        state["_column"] = None  # a view into the storage, not the sampler's to carry
-        return state
+        # As TorchRL's PrioritizedSampler: a copy in another process would silently
+        # keep its own priorities and λ while the learner's diverge.
+        if get_spawning_popen() is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} cannot be shared between processes: its priorities, "
+                "TD errors and λ schedule live in this process, and a copy in another process "
+                "would silently diverge from them. Keep the sampler (and the buffer that holds "
+                "it) in the learner process, and send workers data, not the sampler."
+            )
+        return super().__getstate__()
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(lam_max={self.lam_max}, warmup={self.warmup}, "
             f"lambda={self.lam:.3f}, positive={self._n_pos}, td_boost={self.td_boost})"
         )
+
+
+def _require_sum_tree() -> None:
+    if SumSegmentTreeFp64 is None:
+        raise ImportError(
+            "MixtureSampler needs TorchRL's C++ sum tree for TD boosting or non-binary "
+            "priorities, and torchrl._torchrl failed to load (torch must be the build "
+            "torchrl was compiled for: torch==2.14.1 for torchrl 0.14.1)"
+        )
+
+
+def _is_binary(prio: torch.Tensor) -> bool:
+    return bool(((prio == 0) | (prio == 1)).all()) if prio.numel() else True
+
+
+def _multidim_error(index) -> ValueError:
+    if isinstance(index, tuple):
+        ndim, what = len(index), f"a tuple of {len(index)} index tensors"
+    else:
+        index = torch.as_tensor(index)
+        ndim, what = index.shape[-1], f"an index of shape {list(index.shape)}"
+    return ValueError(
+        f"MixtureSampler supports 1-D storages only; got {what}, as a storage with ndim={ndim} "
+        "writes. Use a 1-D storage (e.g. LazyTensorStorage(capacity), ndim=1) and flatten the "
+        "data before writing it."
+    )
+
+
+def _flat_index(index) -> tuple[torch.Tensor, int, int]:
+    """A scalar or 1-D integer index as a flat int64 CPU tensor, with its min and max (0, -1 if empty)."""
+    if isinstance(index, tuple):
+        raise _multidim_error(index)
+    index = torch.as_tensor(index)
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"index must hold integers, got dtype {index.dtype}")
+    if index.dim() > 1:
+        if index.dim() == 2 and index.shape[-1] > 1:
+            raise _multidim_error(index)
+        raise ValueError(f"index must be a scalar or 1-D, got shape {list(index.shape)}")
+    index = index.reshape(-1).to("cpu", torch.int64)
+    if index.numel() == 0:
+        return index, 0, -1
+    lo, hi = (int(x) for x in torch.aminmax(index))
+    return index, lo, hi
+
+
+def _per_index(values, n: int, name: str) -> torch.Tensor:
+    """``values`` as n float32 values: a scalar is broadcast; ``[n]`` and ``[n, 1]`` are accepted."""
+    values = torch.as_tensor(values).detach()
+    if values.numel() == 1:
+        values = values.reshape(1).expand(n)
+    elif tuple(values.shape) not in ((n,), (n, 1)):
+        raise ValueError(
+            f"{name} must be a scalar or hold one value per index, shaped [N] or [N, 1]: "
+            f"got shape {list(values.shape)} for N={n} indices"
+        )
+    return values.reshape(n).to("cpu", torch.float32)
+
+
+def _check_values(values: torch.Tensor, name: str, *, nonnegative: bool) -> tuple[float, float]:
+    """Returns (min, max); raises unless all values are finite (and >= 0).
+
+    One reduction does it: NaN propagates into min and max.
+    """
+    if values.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = (float(x) for x in torch.aminmax(values))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite (in float32); got NaN or inf")
+    if nonnegative and lo < 0:
+        raise ValueError(f"{name} must be >= 0; got a minimum of {lo}")
+    return lo, hi
+
+
+def _drop_rejected(index: torch.Tensor, values: torch.Tensor, lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drops the rows a writer rejected (index -1, from ``TensorDictMaxValueWriter``)."""
+    if lo >= 0:
+        return index, values
+    if lo < -1:
+        raise ValueError(f"index must be >= 0 (or -1 for a row the writer rejected), got {lo}")
+    keep = index >= 0
+    return index[keep], values[keep]
 
 
 def _last_wins(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -511,17 +640,3 @@ def _last_wins(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor,
         0, inverse, torch.arange(n), reduce="amax"
     )
     return unique, values[last]
-
-
-def _storage_column(storage: Storage, key: str) -> torch.Tensor:
-    """The tensor behind one column of a TensorDict storage (in place, memmap included)."""
-    data = getattr(storage, "_storage", None)
-    column = None
-    if data is not None and hasattr(data, "get"):
-        column = data.get(key, None)
-    if column is None:
-        raise ValueError(
-            f"the replay storage has no priority column {key!r}: write {key!r} "
-            "(0 for unscored) in every extend, as VLMScoringHook does"
-        )
-    return column

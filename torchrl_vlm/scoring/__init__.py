@@ -1,34 +1,19 @@
-"""Scoring: scorers, the separate-process service, and the collector hook (VLM-RB steps 2 and 4).
+"""Scoring: scorers, the separate-process service, and the VLM-RB replay buffer (VLM-RB steps 2–4).
 
-``TransformersScorer`` is imported on first use, so that ``import torchrl_vlm``
-does not pay for importing ``transformers``.
+Names are imported on first use, so that a scoring process imports only what its
+scorer needs (``TransformersScorer`` pulls in ``transformers``).
 """
-from torchrl_vlm.scoring.base import Scorer, check_scores, validate_clips
-from torchrl_vlm.scoring.gallery import ClipGallery
-from torchrl_vlm.scoring.hook import VLMScoringHook
-from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS, DelayedScorer, MiniGridEventScorer, NoisyScorer
-from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
+from torchrl_vlm._lazy import lazy_exports
 
-__all__ = [
-    "ClipGallery",
-    "DelayedScorer",
-    "EVENT_DEFINITIONS",
-    "MiniGridEventScorer",
-    "NoisyScorer",
-    "ScoredBatch",
-    "Scorer",
-    "ScoringService",
-    "ScoringServiceError",
-    "TransformersScorer",
-    "VLMScoringHook",
-    "check_scores",
-    "validate_clips",
-]
-
-
-def __getattr__(name):
-    if name == "TransformersScorer":
-        from torchrl_vlm.scoring.transformers import TransformersScorer
-
-        return TransformersScorer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    **dict.fromkeys(("Scorer", "check_scores", "validate_clips"), "torchrl_vlm.scoring.base"),
+    "VLMReplayBuffer": "torchrl_vlm.scoring.buffer",
+    "ClipGallery": "torchrl_vlm.scoring.gallery",
+    **dict.fromkeys(
+        ("EVENT_DEFINITIONS", "DelayedScorer", "MiniGridEventScorer", "NoisyScorer"), "torchrl_vlm.scoring.oracle"
+    ),
+    **dict.fromkeys(("ScoredBatch", "ScoringService", "ScoringServiceError"), "torchrl_vlm.scoring.service"),
+    "TransformersScorer": "torchrl_vlm.scoring.transformers",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ A batch of clips is a :class:`~tensordict.TensorDict` with ``batch_size=[B]``:
   ``t`` holds the events that the transition's own action caused (the
   collector's ``("next", "events")``).
 
-A scorer returns a float tensor ``[B]`` of P(yes) in [0, 1]; the collector hook
+A scorer returns a float tensor ``[B]`` of P(yes) in [0, 1]; the replay buffer
 thresholds it into a binary priority.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A clip gallery: what the scorer liked, as a picture.
 
-The hook keeps a few evenly spaced frames of recently scored clips together
+:class:`~torchrl_vlm.VLMReplayBuffer` keeps a few evenly spaced frames of recently scored clips together
 with their P(yes); :meth:`ClipGallery.save` draws the highest- and
 lowest-scored ones as rows of a PNG, so a researcher sees at a glance whether
 the VLM's verdicts make sense.
@@ -43,8 +43,20 @@ class ClipGallery:
         for thumb, score, cid in zip(thumbnails, scores.tolist(), clip_ids.tolist()):
             self._items.append((float(score), int(cid), thumb))
 
+    def chosen(self, rows: int = 8) -> list[tuple[float, int, torch.Tensor]]:
+        """The clips a gallery of ``rows`` rows shows: the ``rows // 2`` highest-scored, then the lowest.
+
+        Each is ``(P(yes), clip_id, thumbnails)``, highest first; no clip appears twice
+        (fewer than ``rows`` clips: each once). Ties keep the order the clips arrived in.
+        """
+        half = max(1, rows // 2)
+        ranked = sorted(range(len(self._items)), key=lambda i: -self._items[i][0])
+        top = ranked[:half]
+        bottom = [i for i in ranked[-half:] if i not in top]
+        return [self._items[i] for i in top + bottom]
+
     def save(self, path: str | Path, rows: int = 8, title: str = "") -> Path | None:
-        """Draws the ``rows // 2`` highest- and lowest-scored clips; returns the PNG path (None if empty)."""
+        """Draws :meth:`chosen` as a PNG, a row per clip; returns its path (None if no clip was scored)."""
         if not self._items:
             return None
         import matplotlib
@@ -52,10 +64,7 @@ class ClipGallery:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ranked = sorted(self._items, key=lambda item: -item[0])
-        top = ranked[: max(1, rows // 2)]
-        bottom = [item for item in ranked[-max(1, rows // 2):] if item not in top]
-        chosen = top + bottom
+        chosen = self.chosen(rows)
         cols = self.frames_per_clip
         fig, axes = plt.subplots(len(chosen), cols, figsize=(1.6 * cols + 1.5, 1.6 * len(chosen)), squeeze=False)
         for r, (score, cid, thumb) in enumerate(chosen):

@@ -17,7 +17,7 @@ import time
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.envs.minigrid import EVENT_NAMES
+from torchrl_vlm.envs.minigrid_names import EVENT_NAMES
 from torchrl_vlm.scoring.base import validate_clips
 
 __all__ = ["DelayedScorer", "EVENT_DEFINITIONS", "MiniGridEventScorer", "NoisyScorer"]
@@ -48,7 +48,7 @@ class MiniGridEventScorer:
     """An idealised VLM: P(yes) = 1 if a chosen ground-truth event happens in the clip, else 0.
 
     It reads the clips' ``events`` entry (bool ``[B, L, E]``, columns named by
-    :data:`~torchrl_vlm.envs.minigrid.EVENT_NAMES`), only on real steps (``mask``).
+    :data:`~torchrl_vlm.envs.minigrid_names.EVENT_NAMES`), only on real steps (``mask``).
 
     Args:
         definition: which events make a clip meaningful: a name from

@@ -60,12 +60,14 @@ class ScoredBatch:
     """Scores of one submission, as :meth:`ScoringService.poll` returns them."""
 
     meta: Any
-    """Whatever was passed to :meth:`ScoringService.submit` with the clips (the hook
+    """Whatever was passed to :meth:`ScoringService.submit` with the clips (the replay buffer
     passes the clips' buffer indices and generations)."""
     scores: torch.Tensor
     """P(yes) per clip, float32 [B]."""
     latency_s: float
     """Seconds from submission to the result's arrival in the parent."""
+    ticket: int = -1
+    """What :meth:`ScoringService.submit` returned for these clips."""
 
 
 def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores) -> None:
@@ -439,7 +441,9 @@ class ScoringService:
     def _poll_queue(self) -> list[ScoredBatch]:
         self._check_open()
         out: list[ScoredBatch] = []
-        while True:
+        # empty() is one poll of the pipe; get_nowait() also takes the queue's lock, ten times
+        # the cost, and the replay buffer polls before every sample.
+        while not self._q_out.empty():
             try:
                 message = self._q_out.get_nowait()
             except queue.Empty:
@@ -463,7 +467,7 @@ class ScoringService:
                     meta, n, t0 = entry
                     self._counters["clips_scored"] += n
                     self._latencies.append(now - t0)
-                    out.append(ScoredBatch(meta=meta, scores=scores.clone(), latency_s=now - t0))
+                    out.append(ScoredBatch(meta=meta, scores=scores.clone(), latency_s=now - t0, ticket=ticket))
             elif kind == "error":
                 self._busy = None
                 self._on_scorer_error(message[1], message[2])
@@ -497,6 +501,10 @@ class ScoringService:
             self._restart(f"died (exit code {self._process.exitcode})")
         elif self._busy is not None and time.monotonic() - self._busy[1] > self.hang_timeout_s:
             self._restart(f"hung for more than {self.hang_timeout_s:.0f}s on one batch")
+
+    def is_pending(self, ticket: int) -> bool:
+        """Whether the clips of ``ticket`` may still be answered (not yet answered, dropped or lost)."""
+        return ticket in self._pending
 
     @property
     def queue_depth(self) -> int:

@@ -49,15 +49,6 @@ MISSION_TEMPLATE = "The agent's mission: {mission}. "
 DEFAULT_YES_TOKENS = ("Yes", " Yes", "yes", " yes", "YES")
 DEFAULT_NO_TOKENS = ("No", " No", "no", " no", "NO")
 
-# Re-exported from the shared module for backward compatibility.
-_CHECKED_MODEL_TYPES = CHECKED_MODEL_TYPES
-_FAMILY_PROCESSOR_DEFAULTS = FAMILY_PROCESSOR_DEFAULTS
-_DTYPES = DTYPES
-_resolve_device = resolve_device
-_resolve_dtype = resolve_dtype
-_resolve_image_size = resolve_image_size
-_positive_int = positive_int
-
 
 def frame_indices(mask: torch.Tensor, num_frames: int) -> torch.Tensor:
     """Indices of at most ``num_frames`` real steps of one clip, evenly spaced, first and last included.

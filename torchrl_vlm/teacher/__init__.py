@@ -1,18 +1,11 @@
 """LVLM2P: teachers (distributions over actions) and the losses that distil a student towards them."""
-from torchrl_vlm.teacher.loss import DistillA2CLoss
-from torchrl_vlm.teacher.loss import DistillClipPPOLoss
-from torchrl_vlm.teacher.loss import distillation_kl
-from torchrl_vlm.teacher.planner import NoisyTeacher
-from torchrl_vlm.teacher.planner import PlannerTeacher
-from torchrl_vlm.teacher.remote import RemoteTeacher
-from torchrl_vlm.teacher.vlm import VLMTeacher
+from torchrl_vlm._lazy import lazy_exports
 
-__all__ = [
-    "DistillA2CLoss",
-    "DistillClipPPOLoss",
-    "NoisyTeacher",
-    "PlannerTeacher",
-    "RemoteTeacher",
-    "VLMTeacher",
-    "distillation_kl",
-]
+_EXPORTS = {
+    **dict.fromkeys(("DistillA2CLoss", "DistillClipPPOLoss", "distillation_kl"), "torchrl_vlm.teacher.loss"),
+    **dict.fromkeys(("NoisyTeacher", "PlannerTeacher"), "torchrl_vlm.teacher.planner"),
+    "RemoteTeacher": "torchrl_vlm.teacher.remote",
+    "VLMTeacher": "torchrl_vlm.teacher.vlm",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

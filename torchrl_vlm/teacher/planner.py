@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
+from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS
+
 __all__ = ["NoisyTeacher", "PlannerTeacher", "TASKS"]
 
-#: MiniGrid's actions, in the env's order.
-LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(7)
-_NUM_MINIGRID_ACTIONS = 7
+#: MiniGrid's actions, in the env's order (named in :data:`~torchrl_vlm.envs.MINIGRID_ACTIONS`).
+LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(len(MINIGRID_ACTIONS))
 
 #: Tasks the planner solves; ``task=None`` detects them from the mission and grid.
 #: ``"goal"``: reach the goal square (DoorKey, LavaGap, Empty, ...: keys, doors
@@ -399,7 +400,7 @@ class PlannerTeacher:
         *,
         epsilon: float = 0.0,
         temperature: float | None = None,
-        num_actions: int = _NUM_MINIGRID_ACTIONS,
+        num_actions: int = len(MINIGRID_ACTIONS),
         task: str | None = None,
         cache_size: int = 1024,
     ):
@@ -415,9 +416,9 @@ class PlannerTeacher:
         if (
             isinstance(num_actions, bool)
             or not isinstance(num_actions, int)
-            or not 1 <= num_actions <= _NUM_MINIGRID_ACTIONS
+            or not 1 <= num_actions <= len(MINIGRID_ACTIONS)
         ):
-            raise ValueError(f"num_actions must be an int in [1, {_NUM_MINIGRID_ACTIONS}], got {num_actions!r}")
+            raise ValueError(f"num_actions must be an int in [1, {len(MINIGRID_ACTIONS)}], got {num_actions!r}")
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be None (auto-detect) or one of {TASKS}, got {task!r}")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:

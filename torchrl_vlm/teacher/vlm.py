@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.envs.minigrid import decode_mission
+from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS, decode_mission
 from torchrl_vlm.hf_vlm import (
     HFVisionLanguageModel,
     VLMBacked,
@@ -38,12 +38,8 @@ from torchrl_vlm.hf_vlm import (
 __all__ = [
     "DEFAULT_ANALYSIS_PROMPT",
     "DEFAULT_TEACHER_PROMPT",
-    "MINIGRID_ACTIONS",
     "VLMTeacher",
 ]
-
-#: MiniGrid's 7 actions, in the order of their indices (``minigrid.core.actions.Actions``).
-MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
 
 _SCENE = "This is a top-down view of a grid world. The agent is the red triangle; it points the way it faces.\n"
 
@@ -93,7 +89,7 @@ class VLMTeacher(VLMBacked):
     - ``td["pixels"]``: uint8 ``[*batch, H, W, 3]``, the rendered frame of each state;
     - ``td["mission"]``: the mission as UTF-8 bytes, uint8 ``[*batch, K]``
       (``make_minigrid_env``'s encoding, decoded with
-      :func:`~torchrl_vlm.envs.minigrid.decode_mission`), or a non-tensor string
+      :func:`~torchrl_vlm.envs.minigrid_names.decode_mission`), or a non-tensor string
       entry (one string for all states, or one per state);
     - ``probs``: float32 ``[*batch, n_actions]``, on ``td["pixels"]``'s device,
       each row a distribution over ``action_names`` in action-index order.

@@ -1,0 +1,437 @@
+"""VLMReplayBuffer: the one place that ties replay to the scoring service (VLM-RB steps 2–4).
+
+Per ``rb.extend(batch)``:
+
+1. the frames are taken out of the batch (they never enter replay) and the rows are
+   written with ``vlm_priority = 0`` (not known to be meaningful) and
+   ``vlm_score = NaN`` (not scored);
+2. the steps are regrouped into clips by ``clip_id`` with their storage indices and
+   slot generations, unfinished clips carried over to the next extend;
+3. the complete clips go to the :class:`ScoringService`, without waiting;
+4. verdicts that have come back are written: each slot's generation is checked
+   first (``rb.update_if_present``), so a verdict that arrives after its slot was
+   reused is counted as stale and never lands on new data.
+
+``rb.sample()`` writes the verdicts that have arrived before it draws. When a verdict
+lands is the wall clock's business by default (the paper's asynchronous worker), or
+exactly ``score_lag`` extends after its clip completed, which makes a run reproducible
+whatever the machine's load.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from tensordict import NonTensorStack, TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
+from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.storages import Storage
+
+from torchrl_vlm.envs.minigrid_names import decode_mission
+from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffer
+from torchrl_vlm.replay.clips import ClipAssembler
+from torchrl_vlm.replay.sampler import MixtureSampler
+from torchrl_vlm.scoring.gallery import ClipGallery
+from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
+
+__all__ = ["VLMReplayBuffer"]
+
+_COUNTERS = ("positives", "stale_rejected", "slots_written", "slots_scored", "extends")
+
+
+class VLMReplayBuffer(CollectorReplayBuffer):
+    """VLM-RB's replay buffer: collector batches in, VLM verdicts written back as priorities.
+
+    Args:
+        storage: a 1-D TorchRL storage, e.g. ``LazyTensorStorage(200_000)``.
+        scorer: a picklable zero-argument scorer factory (a class, a
+            ``functools.partial``), started in its own :class:`ScoringService`
+            with ``service_options`` and closed with the buffer; or a
+            ``ScoringService`` the caller started, owns and closes (one buffer uses it at a time).
+        sampler: default :class:`~torchrl_vlm.MixtureSampler` ``()``. Verdicts reach a
+            ``MixtureSampler`` through ``rb.update_priority``; with any other
+            sampler only the ``vlm_score``/priority columns are written.
+        batch_size: default batch size of ``rb.sample()``.
+        clip_len: the clip length L the env tags with (paper: 32).
+        frame_key: the frame entry of a collector batch. A clip's frames are its
+            rows' own, except the last, which is ``("next", frame_key)``: the state
+            its last action reached (the goal, the opened door), so the outcome is
+            in view. A batch without frames is fine for scorers that do not look
+            at them (``MiniGridEventScorer``).
+        threshold: P(yes) at or above which a clip is meaningful (paper: 0.5).
+        score_lag: ``None`` (default): fully asynchronous, a verdict lands when it
+            arrives. An int ``k >= 0``: the verdict of a clip completed during extend
+            ``t`` lands at the end of extend ``t + k``, after that extend's rows are
+            written; a late verdict is waited for (``stats()["score_wait_s"]``), an
+            early one held back. With a deterministic scorer and fixed seeds, runs
+            then give identical priorities, samples and losses. The scoring queue must
+            hold ``k + 1`` extends of clips (``max_pending``), or clips are dropped.
+        transform: TorchRL replay-buffer transforms.
+        postproc: applied to each batch, frames removed, in its collector layout
+            before writing (e.g. :class:`~torchrl_vlm.NStepReturns`). Clip tags,
+            episode ends and events are read before it, since n-step returns shift
+            every ``"next"`` entry.
+        events_key: per-step ground-truth flags passed to the scorer. A row's events
+            are ``("next", "events")``: those its own action caused.
+        mission_key: the env's mission (UTF-8 bytes or strings), passed to the scorer.
+        done_key: where a batch says an episode ended (a clip ends there).
+        exclude_keys: further entries kept out of replay (frames and missions always are).
+        max_idle_extends: an unfinished clip that gets no step for this many extends
+            is abandoned (its env went away).
+        gallery: a :class:`ClipGallery` that keeps thumbnails of scored clips.
+        **service_options: passed to :class:`ScoringService` when ``scorer`` is a factory.
+
+    ``rb.stats()`` adds to TorchRL's snapshot what a researcher watches: the service's
+    counters (clips submitted, scored, dropped, lost; latency), positives, stale
+    writes, coverage (share of written slots that got a verdict), the wait of
+    ``score_lag``, and λ and the prioritised share of the last batch.
+
+    Examples:
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.data import LazyTensorStorage
+        >>> from torchrl_vlm import MiniGridEventScorer, VLMReplayBuffer, make_minigrid_env
+        >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, render=False)  # doctest: +SKIP
+        >>> with VLMReplayBuffer(storage=LazyTensorStorage(10_000), scorer=MiniGridEventScorer,
+        ...                      batch_size=32) as rb:  # doctest: +SKIP
+        ...     collector = Collector(env, None, frames_per_batch=64, total_frames=640, replay_buffer=rb)
+        ...     for _ in collector:
+        ...         sample = rb.sample()
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        scorer: Callable[[], Any] | ScoringService,
+        sampler: Sampler | None = None,
+        batch_size: int | None = None,
+        clip_len: int = 32,
+        frame_key: NestedKey = "pixels",
+        threshold: float = 0.5,
+        score_lag: int | None = None,
+        transform=None,
+        postproc: Callable[[TensorDictBase], TensorDictBase] | None = None,
+        events_key: NestedKey = ("next", "events"),
+        mission_key: NestedKey = "mission",
+        done_key: NestedKey = ("next", "done"),
+        exclude_keys: tuple[NestedKey, ...] = (),
+        max_idle_extends: int = 8,
+        gallery: ClipGallery | None = None,
+        **service_options,
+    ):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a float in [0, 1], got {threshold!r}")
+        if score_lag is not None and (isinstance(score_lag, bool) or not isinstance(score_lag, int) or score_lag < 0):
+            raise ValueError(f"score_lag must be None (asynchronous) or an int >= 0, got {score_lag!r}")
+        if isinstance(scorer, ScoringService):
+            if service_options:
+                raise TypeError(
+                    f"service options {sorted(service_options)} apply only when scorer is a factory; "
+                    "the ScoringService passed in was configured by its caller"
+                )
+            service, self._owns_service = scorer, False
+        elif callable(scorer):
+            service, self._owns_service = None, True  # started below, once the arguments are known to be good
+        else:
+            raise TypeError(
+                "scorer must be a picklable zero-argument scorer factory or a ScoringService, "
+                f"got {type(scorer).__name__}"
+            )
+        # The assembler checks clip_len and max_idle_extends before any process starts.
+        self.assembler = ClipAssembler(clip_len, max_idle=max_idle_extends)
+        super().__init__(
+            storage=storage,
+            sampler=MixtureSampler() if sampler is None else sampler,
+            batch_size=batch_size,
+            postproc=postproc,
+            exclude_keys=(*DEFAULT_EXCLUDE_KEYS, frame_key, ("next", frame_key), mission_key, ("next", mission_key),
+                          *exclude_keys),
+            transform=transform,
+        )
+        self.clip_len = clip_len
+        self.frame_key = frame_key
+        self.threshold = float(threshold)
+        self.score_lag = score_lag
+        self.events_key = events_key
+        self.mission_key = mission_key
+        self.done_key = done_key
+        self.gallery = gallery
+        # The column the verdicts go to: the mixture sampler's, or VLM-RB's name for it.
+        self.vlm_priority_key = self.priority_key if isinstance(self._sampler, MixtureSampler) else "vlm_priority"
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._wait_s = 0.0
+        self._due: dict[int, int] = {}  # ticket -> the extend at whose end its verdict lands (score_lag)
+        self._held: dict[int, ScoredBatch] = {}  # verdicts that arrived before their extend
+        self.service = service if service is not None else ScoringService(scorer, **service_options)
+
+    # ---------------------------------------------------------------- extend
+    def extend(self, batch: TensorDictBase, *, update_priority: bool | None = None) -> torch.Tensor:
+        """Writes a collector batch (``[*envs, T]`` or flat), submits complete clips, applies verdicts.
+
+        Returns the storage indices of the rows, in the batch's flattened order.
+        """
+        if not isinstance(batch, TensorDictBase):
+            raise TypeError(f"batch must be a TensorDict, got {type(batch).__name__}")
+        for key in ("clip_id", "clip_step"):
+            if key not in batch.keys():
+                raise KeyError(
+                    f"batch has no {key!r} entry: collect from an env with the RenderClips "
+                    "transform (make_minigrid_env adds it)"
+                )
+        if self.score_lag is None:
+            # Verdicts that are ready land before this extend can overwrite their slots.
+            self.apply_verdicts()
+        n = batch.numel()
+        steps, missions = self._clip_steps(batch, n)  # read before postproc rewrites "next" entries
+
+        rows = self.rows(batch)
+        rows.set(self.vlm_priority_key, torch.zeros(n, device=rows.device))
+        rows.set("vlm_score", torch.full((n,), float("nan"), device=rows.device))
+        # Fresh slots already hold priority 0 in the sampler: no need for TorchRL to send it again.
+        index = super(CollectorReplayBuffer, self).extend(rows, update_priority=False)
+        steps.set("index", index.reshape(n))
+        steps.set("generation", self._writer.generations_of(index).reshape(n))
+        self._counts["slots_written"] += n
+
+        clips = self.assembler.add(steps, missions)
+        if clips is not None:
+            self._submit(clips)
+        if self.score_lag is not None:
+            self._apply_due(self._counts["extends"])
+        self._counts["extends"] += 1
+        return index
+
+    def _clip_steps(self, batch: TensorDictBase, n: int) -> tuple[TensorDict, list[str] | None]:
+        """The per-step entries a clip needs, flat ``[n]``: tags, episode end, events, frames; the missions.
+
+        Byte-encoded missions (MiniGrid's) ride along as a tensor and are decoded once
+        per clip; string missions come back as a list.
+        """
+
+        def column(key, default=None):
+            value = batch.get(key, None)
+            return default if value is None else value.reshape(n, *value.shape[batch.ndim:])
+
+        end = column(self.done_key, torch.zeros(n, 1, dtype=torch.bool)).reshape(n)
+        steps = TensorDict(
+            {"clip_id": column("clip_id").reshape(n), "clip_step": column("clip_step").reshape(n), "end": end.clone()},
+            batch_size=[n],
+        )
+        events = column(self.events_key)
+        if events is not None:
+            steps.set("events", events.clone())
+        missions = None
+        mission = batch.get(self.mission_key, None)
+        if isinstance(mission, torch.Tensor):
+            steps.set("mission_bytes", mission.reshape(n, -1))
+        elif mission is not None:
+            missions = _strings(mission)
+        frames = column(self.frame_key)
+        if frames is not None:
+            next_frames = column(("next", self.frame_key))
+            if next_frames is not None:
+                # A clip's last row shows where its action led: the episode ended, or the next row
+                # starts another clip.
+                last = end.clone()
+                next_clip = column(("next", "clip_id"))
+                if next_clip is not None:
+                    last |= next_clip.reshape(n) != steps["clip_id"]
+                frames = torch.where(last.reshape(n, *([1] * (frames.ndim - 1))), next_frames, frames)
+            steps.set("frames", frames)
+        return steps, missions
+
+    def _submit(self, clips: TensorDictBase) -> None:
+        if "mission_bytes" in clips.keys():
+            # The mission is fixed within an episode: the first step's tells.
+            clips.set("mission", NonTensorStack(*decode_mission(clips.pop("mission_bytes")[:, 0])))
+        meta = {"index": clips.pop("index"), "generation": clips.pop("generation"), "mask": clips["mask"]}
+        if self.gallery is not None and "frames" in clips.keys():
+            meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
+            meta["clip_id"] = clips["clip_id"]
+        ticket = self.service.submit(clips, meta)
+        if ticket is not None and self.score_lag is not None:
+            self._due[ticket] = self._counts["extends"] + self.score_lag
+
+    # -------------------------------------------------------------- verdicts
+    def apply_verdicts(self) -> int:
+        """Writes every verdict that has arrived (asynchronous mode); returns the clips written.
+
+        ``extend`` and ``sample`` call it; a loop never needs to. With ``score_lag``,
+        arrivals are held until their extend instead.
+        """
+        results = self.service.poll()
+        if self.score_lag is not None:
+            self._hold(results)
+            return 0
+        return self._write_verdicts(results)
+
+    def _hold(self, results: list[ScoredBatch]) -> None:
+        for result in results:
+            self._held[result.ticket] = result
+
+    def _apply_due(self, extend: int) -> None:
+        """Writes the verdicts due by ``extend``, waiting for the late ones (``score_lag``)."""
+        due = sorted(t for t, at in self._due.items() if at <= extend)
+        if not due:
+            return
+        t0 = time.perf_counter()
+        self._hold(self.service.poll())
+        while any(t not in self._held and self.service.is_pending(t) for t in due):
+            time.sleep(0.0005)
+            self._hold(self.service.poll())
+        self._wait_s += time.perf_counter() - t0
+        # Ticket order is submission order: the write order never depends on arrival times.
+        self._write_verdicts([self._held.pop(t) for t in due if t in self._held])
+        for t in due:
+            del self._due[t]
+
+    def _write_verdicts(self, results: list[ScoredBatch]) -> int:
+        """Generation-checked write of verdicts: ``vlm_score`` = P(yes), priority = [P(yes) >= threshold]."""
+        if not results:
+            return 0
+        index, generation, score = [], [], []
+        for result in results:
+            mask = result.meta["mask"]
+            index.append(result.meta["index"][mask])
+            generation.append(result.meta["generation"][mask])
+            score.append(result.scores.unsqueeze(-1).expand(mask.shape)[mask])
+            self._counts["positives"] += int((result.scores >= self.threshold).sum())
+            if self.gallery is not None and "thumbnails" in result.meta:
+                self.gallery.add(result.meta["thumbnails"], result.scores, result.meta["clip_id"])
+        index, generation, score = torch.cat(index), torch.cat(generation), torch.cat(score)
+        priority = (score >= self.threshold).float()
+        mixture = isinstance(self._sampler, MixtureSampler)
+        patch = {"vlm_score": score} if mixture else {"vlm_score": score, self.vlm_priority_key: priority}
+        live = self.update_if_present(index=index, generation=generation, patch=patch).updated
+        n_live = int(live.sum())
+        self._counts["stale_rejected"] += index.numel() - n_live
+        self._counts["slots_scored"] += n_live
+        if mixture and n_live:
+            self.update_priority(index[live], priority[live])  # the sampler and its column, together
+        return len(results)
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        """Waits until every submitted clip is answered (or ``timeout_s``), writing or holding the verdicts.
+
+        For synchronisation points such as a checkpoint, never the training loop: it
+        blocks the learner. Clips still being assembled are not submitted. With
+        ``score_lag``, verdicts not yet due stay held (they are part of the state).
+        Returns the clips still unanswered at the timeout.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.apply_verdicts()
+        while self.service.queue_depth and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.002)
+            self.apply_verdicts()
+        return self.service.queue_depth
+
+    # ---------------------------------------------------------------- sample
+    def sample(self, batch_size: int | None = None, return_info: bool = False, include_info: bool | None = None):
+        """Writes the verdicts that have arrived, then samples as TorchRL does."""
+        if self.score_lag is None:
+            self.apply_verdicts()
+        return super().sample(batch_size, return_info=return_info, include_info=include_info)
+
+    # ----------------------------------------------------------------- stats
+    def stats(self) -> dict[str, float]:
+        """TorchRL's snapshot, plus the scorer's counters, positives, stale writes, coverage, λ."""
+        out = super().stats()
+        out.update(self.service.stats)
+        out.update({key: float(value) for key, value in self._counts.items()})
+        written = self._counts["slots_written"]
+        out["coverage"] = self._counts["slots_scored"] / written if written else 0.0
+        out["clips_open"] = float(self.assembler.open_clips)
+        out["clips_abandoned"] = float(self.assembler.abandoned)
+        out["score_wait_s"] = self._wait_s
+        return out
+
+    # --------------------------------------------------------- checkpointing
+    def _vlm_state(self) -> dict[str, Any]:
+        """Partial clips, counters and held verdicts: what TorchRL's own state leaves out."""
+        self.drain()
+        return {
+            "counts": dict(self._counts),
+            "wait_s": self._wait_s,
+            "assembler": self.assembler.state_dict(),
+            # Held verdicts are replayed into the next service under new tickets, in their order.
+            "held": [
+                {"due": self._due[t], "scores": r.scores, "meta": {k: v for k, v in r.meta.items()}}
+                for t, r in sorted(self._held.items())
+            ],
+        }
+
+    def _load_vlm_state(self, state: dict[str, Any]) -> None:
+        self._counts.update(state["counts"])
+        self._wait_s = float(state["wait_s"])
+        self.assembler.load_state_dict(state["assembler"])
+        self._held.clear()
+        self._due.clear()
+        for i, item in enumerate(state["held"]):
+            ticket = -1 - i  # never a service ticket
+            self._held[ticket] = ScoredBatch(meta=item["meta"], scores=item["scores"], latency_s=0.0, ticket=ticket)
+            self._due[ticket] = int(item["due"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """TorchRL's buffer state plus :meth:`_vlm_state`; waits for the clips in flight first."""
+        state = super().state_dict()
+        state["_vlm"] = self._vlm_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        vlm = state_dict.pop("_vlm")
+        super().load_state_dict(state_dict)
+        self._load_vlm_state(vlm)
+
+    def dumps(self, path) -> None:
+        """TorchRL's ``dumps`` plus ``vlm_state.pt`` (tensors and numbers only: loads with ``weights_only``)."""
+        from pathlib import Path
+
+        vlm = self._vlm_state()
+        super().dumps(path)
+        torch.save(vlm, Path(path) / "vlm_state.pt")
+
+    def loads(self, path) -> None:
+        from pathlib import Path
+
+        super().loads(path)
+        self._load_vlm_state(torch.load(Path(path) / "vlm_state.pt", weights_only=True))
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Shuts down the scoring service the buffer started (idempotent); a caller's service stays up."""
+        if self._owns_service:
+            self.service.close()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """TorchRL's shutdown, which also closes the scoring service."""
+        self.close()
+        super().shutdown(timeout)
+
+    def __enter__(self) -> "VLMReplayBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={len(self)}, sampler={self._sampler!r}, clip_len={self.clip_len}, "
+                f"score_lag={self.score_lag})")
+
+
+def _strings(value) -> list[str]:
+    """A flat list of strings from a non-tensor mission entry."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    out: list[str] = []
+
+    def walk(v):
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        else:
+            out.append(str(v))
+
+    walk(value)
+    return out
