@@ -57,6 +57,8 @@ from torchrl_vlm import (
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
+    Range,
+    StopRequest,
     check_common_config,
     check_resumable,
     close_all,
@@ -77,11 +79,53 @@ SCORERS = ("events", "noisy_events", "transformers")
 
 
 # --------------------------------------------------------------------------- building blocks
+#: What each numeric key of dqn_minigrid.yaml allows (with training.COMMON_RANGES); tests
+#: check that every numeric key of the YAML is listed here.
+RANGES = {
+    "env.parallel": Range("bool"),
+    "collector.init_random_frames": Range("int", 0),
+    "collector.eps_start": Range("float", 0, 1),
+    "collector.eps_end": Range("float", 0, 1),
+    "collector.eps_fraction": Range("float", 0, 1),
+    "buffer.capacity": Range("int", 1),
+    "buffer.batch_size": Range("int", 1),
+    "buffer.lam_max": Range("float", 0, 1, nullable=True),
+    "buffer.warmup_fraction": Range("float", 0, 1),
+    "buffer.td_boost": Range("bool"),
+    "buffer.importance_weights": Range("bool"),
+    "buffer.per_alpha": Range("float", 0),
+    "buffer.per_beta": Range("float", 0, 1),
+    "vlm.false_positive_rate": Range("float", 0, 1),
+    "vlm.false_negative_rate": Range("float", 0, 1),
+    "vlm.mission_in_prompt": Range("bool"),
+    "vlm.num_frames": Range("int", 1),
+    "vlm.image_size": Range("int", 1, nullable=True),
+    "vlm.batch_size": Range("int", 1),
+    "vlm.clip_len": Range("int", 1),
+    "vlm.threshold": Range("float", 0, 1),
+    "vlm.max_pending": Range("int", 1),
+    "vlm.batch_clips": Range("int", 1),
+    "vlm.num_threads": Range("int", 1),
+    "vlm.start_timeout_s": Range("float", 0, open_low=True),
+    "vlm.hang_timeout_s": Range("float", 0, open_low=True),
+    "vlm.max_restarts": Range("int", 0),
+    "vlm.max_consecutive_errors": Range("int", 1),
+    "vlm.latency_s": Range("float", 0),
+    "vlm.score_lag": Range("int", 0, nullable=True),
+    "optim.frames_per_update": Range("int", 1),
+    "loss.n_steps": Range("int", 1),
+    "loss.double_dqn": Range("bool"),
+    "loss.target_update_frames": Range("int", 1),
+    "eval.eps": Range("float", 0, 1),
+    "logger.gallery_interval": Range("int", 0),
+}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
     if cfg.env.name not in MINIGRID_ENVS:
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(MINIGRID_ENVS)}")
-    check_common_config(cfg)
+    check_common_config(cfg, RANGES)
     if cfg.buffer.sampler not in SAMPLERS:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.buffer.sampler == "vlm" and cfg.vlm.scorer not in SCORERS:
@@ -90,12 +134,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"buffer.td_boost=true needs buffer.sampler=vlm, got {cfg.buffer.sampler!r}")
     if cfg.vlm.definition not in EVENT_DEFINITIONS:
         raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {tuple(EVENT_DEFINITIONS)}")
-    for key in ("false_positive_rate", "false_negative_rate", "threshold"):
-        if not 0.0 <= cfg.vlm[key] <= 1.0:
-            raise ValueError(f"vlm.{key} must be in [0, 1], got {cfg.vlm[key]}")
-    lag = cfg.vlm.score_lag
-    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
-        raise ValueError(f"vlm.score_lag must be null (asynchronous) or an int >= 0, got {lag!r}")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
 
@@ -209,6 +247,9 @@ def make_buffer(cfg: DictConfig, gallery: ClipGallery | None = None):
             batch_clips=cfg.vlm.batch_clips,
             num_threads=cfg.vlm.num_threads,
             start_timeout_s=cfg.vlm.start_timeout_s,
+            hang_timeout_s=cfg.vlm.hang_timeout_s,
+            max_restarts=cfg.vlm.max_restarts,
+            max_consecutive_errors=cfg.vlm.max_consecutive_errors,
         )
     except ScoringServiceError as err:
         if cfg.vlm.scorer != "transformers":
@@ -271,7 +312,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 )
         rb = make_buffer(cfg, gallery)
         if state is not None:
-            load_checkpoint(cfg.checkpoint.resume, rb)
+            rb.loads(Path(state["folder"]) / "replay_buffer")  # the folder checked (or its fallback)
             restore_training_state(state, loss_module=loss_module, optimizer=optimizer, env=env, lr=cfg.optim.lr)
             explore.load_state_dict(state["explore"])
             target_updater.counter = state["target_update_counter"]
@@ -334,58 +375,61 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
         budget = 0.0  # fractional gradient steps carried between batches
 
-        for batch in timed_batches(collector):
-            n = batch.numel()
-            collected += n
-            explore.step(n)
-            episodes(batch)
-            with timeit("extend"):
-                rb.extend(batch)  # frames out, n-step returns, rows in; VLM-RB: clips to the scorer
+        with StopRequest() as stop:
+            for batch in timed_batches(collector):
+                n = batch.numel()
+                collected += n
+                explore.step(n)
+                episodes(batch)
+                with timeit("extend"):
+                    rb.extend(batch)  # frames out, n-step returns, rows in; VLM-RB: clips to the scorer
 
-            if collected >= cfg.collector.init_random_frames:
-                budget += n / frames_per_update
-                for _ in range(int(budget)):
-                    with timeit("sample"):
-                        sample = rb.sample().to(cfg.device)
-                    with timeit("update"):
-                        # DQNLoss weights each sample by "priority_weight" when the
-                        # sampler returns it (PER; MixtureSampler with importance_weights).
-                        loss = loss_module(sample)["loss"]
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
-                        optimizer.step()
-                        target_updater.step()
-                        updates += 1
-                    with timeit("priorities"):
-                        # PER: TD errors become priorities; TD boosting: its |δ|; otherwise nothing.
-                        rb.update_tensordict_priority(sample)
-                    losses.append(float(loss.detach()))
-                budget -= int(budget)
+                if collected >= cfg.collector.init_random_frames:
+                    budget += n / frames_per_update
+                    for _ in range(int(budget)):
+                        with timeit("sample"):
+                            sample = rb.sample().to(cfg.device)
+                        with timeit("update"):
+                            # DQNLoss weights each sample by "priority_weight" when the
+                            # sampler returns it (PER; MixtureSampler with importance_weights).
+                            loss = loss_module(sample)["loss"]
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
+                            optimizer.step()
+                            target_updater.step()
+                            updates += 1
+                        with timeit("priorities"):
+                            # PER: TD errors become priorities; TD boosting: its |δ|; otherwise nothing.
+                            rb.update_tensordict_priority(sample)
+                        losses.append(float(loss.detach()))
+                    budget -= int(budget)
 
-            collector.update_policy_weights_()  # a no-op in-process (shared policy); kept for remote collectors
-            sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
-            pbar.update(n)
+                collector.update_policy_weights_()  # a no-op in-process (shared policy); kept for remote collectors
+                sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
+                pbar.update(n)
 
-            if eval_every.due(collected):
-                with timeit("eval"):
-                    last_eval = evaluate()
-            if log_every.due(collected) or collected >= total_frames:
-                metrics = episodes.pop()
-                metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
-                if losses:
-                    metrics["train/loss"] = float(np.mean(losses))
-                metrics.update({f"buffer/{k}": v for k, v in rb.stats().items()})
-                metrics.update(phase_seconds())
-                log_metrics(logger, metrics, collected)
-                losses.clear()
-            pbar.set_postfix(
-                success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success_greedy']:.2f}", sps=f"{sps:.0f}"
-            )
-            if gallery_every.due(collected):
-                gallery.save(out_dir / "gallery" / f"clips_{collected:09d}.png")
-            if ckpt_every.due(collected):
-                checkpoint(out_dir / "checkpoint")
+                if eval_every.due(collected):
+                    with timeit("eval"):
+                        last_eval = evaluate()
+                if log_every.due(collected) or collected >= total_frames or stop.requested:
+                    metrics = episodes.pop()
+                    metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
+                    if losses:
+                        metrics["train/loss"] = float(np.mean(losses))
+                    metrics.update({f"buffer/{k}": v for k, v in rb.stats().items()})
+                    metrics.update(phase_seconds())
+                    log_metrics(logger, metrics, collected)
+                    losses.clear()
+                pbar.set_postfix(
+                    success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success_greedy']:.2f}", sps=f"{sps:.0f}"
+                )
+                if gallery_every.due(collected):
+                    gallery.save(out_dir / "gallery" / f"clips_{collected:09d}.png")
+                if ckpt_every.due(collected):
+                    checkpoint(out_dir / "checkpoint")
+                if stop.requested:  # Ctrl-C or SIGTERM: end as a finished run does
+                    break
 
         loop_seconds = time.perf_counter() - t_start
         if not evals or evals[-1]["frames"] != collected:  # unless the last periodic one was at the very end
@@ -411,6 +455,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "buffer_stats": buffer_stats,
         "lambda": buffer_stats.get("lambda"),
         "epsilon": float(explore.eps),
+        "interrupted": stop.requested,  # "SIGINT" or "SIGTERM" if a signal ended the run early
         "out_dir": str(out_dir),
         "gallery": str(out_dir / "gallery") if gallery is not None else None,
         "checkpoint": str(out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,

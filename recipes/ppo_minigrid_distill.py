@@ -40,6 +40,8 @@ from torchrl_vlm.teacher.loss import DistillA2CLoss, DistillClipPPOLoss
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
+    Range,
+    StopRequest,
     check_common_config,
     check_resumable,
     close_all,
@@ -63,6 +65,34 @@ TEACHERS = ("none", "planner", "noisy_planner", "vlm")
 RESUME_MUST_MATCH = ("algo", "teacher", "env.name", "env.mission_features", "network", "loss")
 
 
+#: What each numeric key of ppo_minigrid_distill.yaml allows (with training.COMMON_RANGES);
+#: tests check that every numeric key of the YAML is listed here.
+RANGES = {
+    "env.mission_features": Range("bool"),
+    "optim.epochs": Range("int", 1),
+    "optim.minibatch_size": Range("int", 1),
+    "loss.gae_lambda": Range("float", 0, 1),
+    "loss.clip_epsilon": Range("float", 0, open_low=True),
+    "loss.entropy_coeff": Range("float", 0),
+    "loss.critic_coeff": Range("float", 0),
+    "loss.distill_coeff": Range("float", 0),
+    "loss.distill_decay_fraction": Range("float", 0, 1, open_low=True, nullable=True),
+    "loss.hard_targets": Range("bool"),
+    "teacher_planner.epsilon": Range("float", 0, 1),
+    "teacher_planner.error_rate": Range("float", 0, 1),
+    "teacher_vlm.temperature": Range("float", 0, open_low=True),
+    "teacher_vlm.two_stage": Range("bool"),
+    "teacher_vlm.batch_size": Range("int", 1),
+    "teacher_vlm.remote": Range("bool"),
+    "teacher_vlm.start_timeout_s": Range("float", 0, open_low=True),
+    "teacher_vlm.hang_timeout_s": Range("float", 0, open_low=True),
+    "teacher_vlm.max_restarts": Range("int", 0),
+    "teacher_vlm.max_consecutive_errors": Range("int", 1),
+    "eval.solved_success": Range("float", 0, 1),
+    "eval.stop_when_solved": Range("bool"),
+}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
     if cfg.algo not in ALGOS:
@@ -71,18 +101,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"teacher={cfg.teacher!r}; choose one of {TEACHERS}")
     if cfg.env.name not in LVLM2P_ENVS and not cfg.env.name.startswith("MiniGrid-DoorKey"):
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(LVLM2P_ENVS)} or a DoorKey")
-    check_common_config(cfg)
-    if cfg.algo == "ppo" and not 0 < cfg.optim.minibatch_size <= cfg.collector.frames_per_batch:
+    check_common_config(cfg, RANGES)
+    if cfg.algo == "ppo" and cfg.optim.minibatch_size > cfg.collector.frames_per_batch:
         raise ValueError(
             f"optim.minibatch_size must be in [1, collector.frames_per_batch={cfg.collector.frames_per_batch}], "
             f"got {cfg.optim.minibatch_size}"
         )
-    if cfg.optim.epochs < 1:
-        raise ValueError(f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
-    if cfg.teacher == "noisy_planner" and not 0.0 <= cfg.teacher_planner.error_rate <= 1.0:
-        raise ValueError(f"teacher_planner.error_rate must be in [0, 1], got {cfg.teacher_planner.error_rate}")
-    if cfg.loss.distill_coeff < 0:
-        raise ValueError(f"loss.distill_coeff must be >= 0, got {cfg.loss.distill_coeff}")
 
 
 def make_teacher(cfg: DictConfig, num_actions: int):
@@ -112,7 +136,17 @@ def make_teacher(cfg: DictConfig, num_actions: int):
         batch_size=cfg.teacher_vlm.batch_size,
     )
     try:
-        return RemoteTeacher(factory) if cfg.teacher_vlm.remote else factory()
+        if not cfg.teacher_vlm.remote:
+            return factory()
+        t = cfg.teacher_vlm
+        return RemoteTeacher(
+            factory,
+            timeout_s=t.hang_timeout_s,
+            start_timeout_s=t.start_timeout_s,
+            hang_timeout_s=t.hang_timeout_s,
+            max_restarts=t.max_restarts,
+            max_consecutive_errors=t.max_consecutive_errors,
+        )
     except (OSError, ScoringServiceError) as err:
         raise OSError(
             f"teacher_vlm.model={cfg.teacher_vlm.model!r} could not be loaded. Without hub access, point it at a "
@@ -262,52 +296,56 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         last_eval = {"success": float("nan")}
         logs: dict[str, list[float]] = {}
         stopped = False
-        for batch in timed_batches(collector):
-            n = batch.numel()
-            collected += n
-            episodes(batch)
-            with timeit("teacher"):
-                if teacher is not None:
-                    # One batched call per rollout: every epoch and minibatch reuses the answer.
-                    batch.set("teacher_probs", teacher(batch).to(batch.device))
-            with timeit("advantage"), torch.no_grad():
-                advantage(batch)
-            data = batch.reshape(-1).exclude("pixels", ("next", "pixels"), "state", ("next", "state"))
-            with timeit("update"):
-                for _ in range(epochs):
-                    for index in torch.randperm(data.shape[0]).split(minibatch):
-                        out = loss_module(data[index])
-                        loss = sum(value for key, value in out.items() if key.startswith("loss_"))
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
-                        optimizer.step()
-                        for key in ("loss_objective", "loss_critic", "loss_entropy", "loss_distill", "distill_kl"):
-                            if key in out.keys():
-                                logs.setdefault(key, []).append(float(out[key].detach()))
-            loss_module.step_distillation(n)
-            collector.update_policy_weights_()
-            sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
-            pbar.update(n)
-            if eval_every.due(collected):
-                with timeit("eval"):
-                    last_eval = evaluate()
-                if solved_at is not None and cfg.eval.stop_when_solved:
-                    stopped = True
-            if log_every.due(collected) or collected >= total_frames or stopped:
-                metrics = episodes.pop()
-                metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
-                metrics.update({"train/sps": sps, "train/distill_coeff": loss_module.distill_coeff})
-                metrics.update(phase_seconds())
-                log_metrics(logger, metrics, collected)
-                logs.clear()
-            pbar.set_postfix(
-                success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success']:.2f}", sps=f"{sps:.0f}"
-            )
-            if ckpt_every.due(collected):
-                checkpoint(out_dir / "checkpoint")
-            if stopped:
-                break
+        with StopRequest() as stop:
+            for batch in timed_batches(collector):
+                n = batch.numel()
+                collected += n
+                episodes(batch)
+                with timeit("teacher"):
+                    if teacher is not None:
+                        # One batched call per rollout: every epoch and minibatch reuses the answer.
+                        batch.set("teacher_probs", teacher(batch).to(batch.device))
+                with timeit("advantage"), torch.no_grad():
+                    advantage(batch)
+                data = batch.reshape(-1).exclude("pixels", ("next", "pixels"), "state", ("next", "state"))
+                with timeit("update"):
+                    for _ in range(epochs):
+                        for index in torch.randperm(data.shape[0]).split(minibatch):
+                            out = loss_module(data[index])
+                            loss = sum(value for key, value in out.items() if key.startswith("loss_"))
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
+                            optimizer.step()
+                            for key in ("loss_objective", "loss_critic", "loss_entropy", "loss_distill", "distill_kl"):
+                                if key in out.keys():
+                                    logs.setdefault(key, []).append(float(out[key].detach()))
+                loss_module.step_distillation(n)
+                collector.update_policy_weights_()
+                sps = (collected - start_frames) / max(time.perf_counter() - t_start, 1e-9)
+                pbar.update(n)
+                if eval_every.due(collected):
+                    with timeit("eval"):
+                        last_eval = evaluate()
+                    if solved_at is not None and cfg.eval.stop_when_solved:
+                        stopped = True
+                if log_every.due(collected) or collected >= total_frames or stopped or stop.requested:
+                    metrics = episodes.pop()
+                    metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
+                    metrics.update({"train/sps": sps, "train/distill_coeff": loss_module.distill_coeff})
+                    metrics.update(phase_seconds())
+                    log_metrics(logger, metrics, collected)
+                    logs.clear()
+                pbar.set_postfix(
+                    success=f"{episodes.last_success:.2f}", eval=f"{last_eval['success']:.2f}", sps=f"{sps:.0f}"
+                )
+                if ckpt_every.due(collected):
+                    checkpoint(out_dir / "checkpoint")
+                if stopped:
+                    break
+                if stop.requested:  # Ctrl-C or SIGTERM: end as a finished run does
+                    break
+
         loop_seconds = time.perf_counter() - t_start
         if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
             last_eval = evaluate()
@@ -322,6 +360,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "final_success": last_eval["success"],
         "solved_at": solved_at,
         "stopped_when_solved": stopped,
+        "interrupted": stop.requested,  # "SIGINT" or "SIGTERM" if a signal ended the run early
         "evals": evals,
         "out_dir": str(out_dir),
         "checkpoint": str(out_dir / "checkpoint") if (out_dir / "checkpoint").exists() else None,

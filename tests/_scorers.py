@@ -89,3 +89,18 @@ class ClipFingerprintScorer:
         validate_clips(clips, require_frames=False)
         time.sleep(self.latency_s)
         return clip_fingerprint(clips["clip_id"])
+
+
+class BuildHangsWhenFlagged:
+    """Builds at once, unless the file ``flag`` exists: then building hangs (a restart that never loads)."""
+
+    needs_frames = False
+
+    def __init__(self, flag: str):
+        import os
+
+        while os.path.exists(flag):
+            time.sleep(0.1)
+
+    def __call__(self, clips):
+        return torch.zeros(clips.batch_size[0])

@@ -124,6 +124,12 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert resumed["updates"] > first["updates"]
     assert resumed["buffer_stats"]["transitions_written"] == 384
     assert resumed["buffer_stats"]["slots_written"] == 384
+    # The scoring process is new, but its totals run on from the checkpoint's: they describe
+    # the same clips as the positives (restored with the buffer).
+    stats = resumed["buffer_stats"]
+    assert stats["clips_submitted"] > first["buffer_stats"]["clips_submitted"]
+    assert stats["clips_scored"] + stats["clips_dropped"] + stats["clips_lost"] == stats["clips_submitted"]
+    assert stats["positives"] <= stats["clips_scored"]
     after = dqn_minigrid.load_checkpoint(resumed["checkpoint"])
     for key, value in state["loss_module"].items():
         if key.startswith("value_network_params"):
@@ -155,7 +161,7 @@ def test_resume_refuses_a_different_replay_setup(tmp_path):
         (["logger.mode=sometimes"], "logger.mode"),
         (["buffer.sampler=uniform", "buffer.td_boost=true"], "buffer.td_boost"),
         (["vlm.definition=keys"], "first_progress"),
-        (["vlm.false_positive_rate=1.5"], r"vlm.false_positive_rate must be in \[0, 1\]"),
+        (["vlm.false_positive_rate=1.5"], r"vlm.false_positive_rate=1.5 is not allowed; it must be a number >= 0 and <= 1"),
     ],
 )
 def test_config_errors_are_clear(overrides, match, tmp_path):
@@ -250,9 +256,11 @@ def test_a_checkpoint_swap_interrupted_midway_leaves_the_previous_one_loadable(t
     save_checkpoint(folder, {"collected_frames": 1})
     save_checkpoint(folder, {"collected_frames": 2})
     assert load_checkpoint(folder)["collected_frames"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no staging or old folder left
+    # The previous checkpoint stays as a fallback; no staging folder is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint.prev"]
     # A crash between the two renames: the old folder is aside, the new one not yet in place.
-    folder.rename(tmp_path / "checkpoint.old")
-    assert load_checkpoint(folder)["collected_frames"] == 2
+    folder.rename(tmp_path / "checkpoint.writing")
+    with pytest.warns(UserWarning, match="previous checkpoint"):
+        assert load_checkpoint(folder)["collected_frames"] == 1
     with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
         load_checkpoint(tmp_path / "elsewhere")

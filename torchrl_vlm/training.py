@@ -8,10 +8,16 @@ and one ``checkpoint.pt`` plus a replay-buffer folder per checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
+import signal
+import threading
+import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,11 +29,16 @@ from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.record.loggers import Logger, generate_exp_name, get_logger
 
 __all__ = [
+    "CheckpointError",
     "EpisodeMetrics",
     "Every",
     "LOGGER_BACKENDS",
+    "StopRequest",
     "WANDB_MODES",
+    "COMMON_RANGES",
+    "Range",
     "check_common_config",
+    "check_ranges",
     "check_resumable",
     "close_all",
     "evaluate_success",
@@ -42,6 +53,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "timed_batches",
+    "verify_checkpoint",
     "wandb_mode",
 ]
 
@@ -59,33 +71,108 @@ def seed_everything(seed: int, num_threads: int) -> None:
     torch.set_num_threads(num_threads)
 
 
-def check_common_config(cfg) -> None:
+class Range:
+    """What a numeric config key allows: its kind and bounds (``low`` inclusive unless ``open_low``).
+
+    ``kind`` is ``"int"``, ``"float"``, ``"bool"`` or ``"ints"`` (a list of ints);
+    ``nullable`` allows ``null``.
+    """
+
+    def __init__(self, kind: str, low: float | None = None, high: float | None = None, *,
+                 open_low: bool = False, nullable: bool = False):
+        if kind not in ("int", "float", "bool", "ints"):
+            raise ValueError(f"kind must be int, float, bool or ints, got {kind!r}")
+        self.kind, self.low, self.high, self.open_low, self.nullable = kind, low, high, open_low, nullable
+
+    def describe(self) -> str:
+        if self.kind == "bool":
+            text = "true or false"
+        else:
+            what = {"int": "an int", "float": "a number", "ints": "a list of ints, each"}[self.kind]
+            bounds = []
+            if self.low is not None:
+                bounds.append(f"{'>' if self.open_low else '>='} {self.low}")
+            if self.high is not None:
+                bounds.append(f"<= {self.high}")
+            text = f"{what} {' and '.join(bounds)}".rstrip()
+        return text + (", or null" if self.nullable else "")
+
+    def allows(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "ints":
+            return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+                    and all(self._number_ok(v, int) for v in value))
+        return self._number_ok(value, int if self.kind == "int" else (int, float))
+
+    def _number_ok(self, value, types) -> bool:
+        if isinstance(value, bool) or not isinstance(value, types) or value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def check_ranges(cfg, ranges: Mapping[str, Range]) -> None:
+    """Refuses any key of ``ranges`` (dotted paths) whose value is not allowed, naming key, value and range."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in ranges.items():
+        value = OmegaConf.select(cfg, key, default="<missing>")
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if not allowed.allows(value):
+            error = TypeError if value is not None and not isinstance(value, (int, float, list, tuple)) else ValueError
+            raise error(f"{key}={value!r} is not allowed; it must be {allowed.describe()}")
+
+
+#: The keys every recipe shares, and what they allow.
+COMMON_RANGES = {
+    "env.num_envs": Range("int", 1),
+    "env.tile_size": Range("int", 1),
+    "env.max_steps": Range("int", 1, nullable=True),
+    "env.seed": Range("int", 0),
+    "collector.total_frames": Range("int", 1),
+    "collector.frames_per_batch": Range("int", 1),
+    "optim.lr": Range("float", 0, open_low=True),
+    "optim.max_grad_norm": Range("float", 0, open_low=True),
+    "loss.gamma": Range("float", 0, 1, open_low=True),
+    "network.hidden": Range("ints", 1),
+    "eval.interval": Range("int", 0),
+    "eval.episodes": Range("int", 1),
+    "logger.log_interval": Range("int", 0),
+    "logger.progress": Range("bool"),
+    "checkpoint.interval": Range("int", 0),
+    "checkpoint.at_end": Range("bool"),
+    "num_threads": Range("int", 1),
+}
+
+
+def check_common_config(cfg, ranges: Mapping[str, Range] = ()) -> None:
     """The checks every recipe's config needs, naming the key, its value and what is allowed.
 
-    Reads ``env.num_envs``, ``collector.total_frames``/``frames_per_batch``, ``eval.interval``,
-    ``logger.backend``/``mode``/``log_interval`` and ``checkpoint.interval``.
+    Every key of :data:`COMMON_RANGES` and of the recipe's own ``ranges`` is checked
+    against its range, then the logger's choices, the experiment name (a name, not a path)
+    and ``collector.frames_per_batch`` against ``env.num_envs``.
     """
+    check_ranges(cfg, {**COMMON_RANGES, **dict(ranges)})
     if cfg.logger.backend not in LOGGER_BACKENDS:
         raise ValueError(f"logger.backend={cfg.logger.backend!r}; choose one of {LOGGER_BACKENDS}")
     if cfg.logger.mode is not None and cfg.logger.mode not in WANDB_MODES:
         raise ValueError(f"logger.mode={cfg.logger.mode!r}; choose one of {WANDB_MODES} or null")
-    for key in ("total_frames", "frames_per_batch"):
-        if cfg.collector[key] <= 0:
-            raise ValueError(f"collector.{key} must be > 0, got {cfg.collector[key]}")
-    if cfg.env.num_envs < 1:
-        raise ValueError(f"env.num_envs must be >= 1, got {cfg.env.num_envs}")
+    name = cfg.logger.exp_name
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or ".." in name:
+        raise ValueError(
+            f"logger.exp_name={name!r} must be a plain name (letters, digits, '_', '-', '.'): it names "
+            "a folder inside the run's log folder, never a path out of it"
+        )
     if cfg.collector.frames_per_batch % cfg.env.num_envs:
         raise ValueError(
             f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "
             f"env.num_envs ({cfg.env.num_envs})"
         )
-    for key, value in (
-        ("eval.interval", cfg.eval.interval),
-        ("logger.log_interval", cfg.logger.log_interval),
-        ("checkpoint.interval", cfg.checkpoint.interval),
-    ):
-        if value < 0:
-            raise ValueError(f"{key} must be >= 0 (0 turns it off), got {value}")
 
 
 def check_resumable(saved: Mapping[str, Any], cfg, keys: tuple[str, ...]) -> None:
@@ -140,6 +227,38 @@ class EpisodeMetrics:
         self._sums = dict.fromkeys(self._sums, 0.0)
         self._episodes = 0
         return out
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after the current batch.
+
+    Used as a context manager around the loop; the loop checks :attr:`requested` once per
+    batch and leaves it, so the run ends the way a finished run does (final evaluation, and
+    the final checkpoint when ``checkpoint.at_end`` allows one), with every structure whole.
+    A second signal raises ``KeyboardInterrupt`` at once, for a run that must die now.
+    Outside the main thread (where Python cannot take signals) it does nothing.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None  # the signal's name, once one came
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after this batch (again to stop at once)", flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 class Every:
@@ -312,8 +431,15 @@ def evaluate_success(
 
 
 def get_rng_state() -> dict[str, Any]:
-    """Python, numpy and torch random states, for a checkpoint."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch random states, for a checkpoint: tensors, ints and tuples only,
+    so that :func:`load_checkpoint` reads them with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -321,7 +447,9 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -338,41 +466,138 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
         group["lr"] = lr
 
 
-def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], replay_buffer=None) -> Path:
-    """Writes ``state`` (modules' and optimisers' state dicts, counters) and the replay buffer.
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted: a file missing, truncated or altered since it was saved."""
 
-    ``state`` goes to ``folder/checkpoint.pt``; the buffer, with its storage,
-    writer generations and sampler state (λ progress, priorities), goes to
-    ``folder/replay_buffer`` through TorchRL's ``dumps``. Both are written to a
-    staging folder that then takes the old one's place, so a crash mid-write never
-    leaves a buffer and a checkpoint from different moments: :func:`load_checkpoint`
-    finds the previous one (``<folder>.old``) if the swap itself was interrupted.
-    ``folder`` belongs to the checkpoint: it is replaced as a whole.
+
+_MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(folder: Path) -> None:
+    """Sizes and SHA-256 of every file of ``folder``, each file fsynced on the way."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != _MANIFEST):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    with open(folder / _MANIFEST, "w") as f:
+        json.dump({"format": 1, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for path in sorted({p.parent for p in folder.rglob("*")} | {folder}):
+        _fsync(path)  # the directory entries too: a crash must not lose a file's name
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> None:
+    """Checks every file against the manifest written at save time; raises :class:`CheckpointError`
+    naming the first file that is missing, has another size or other bytes."""
+    folder = Path(folder)
+    manifest = folder / _MANIFEST
+    if not manifest.exists():
+        raise CheckpointError(f"{manifest} is missing: not a checkpoint of this version, or an incomplete one")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest} is unreadable ({type(err).__name__}: {err})") from None
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing from the checkpoint")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise CheckpointError(f"{path} has {size} bytes; the checkpoint saved {expected['size']}")
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path} was altered since it was saved (SHA-256 mismatch)")
+
+
+def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], replay_buffer=None) -> Path:
+    """Writes a run's state and its replay buffer as a checkpoint folder; returns it.
+
+    - ``state`` (state dicts, counters, random state: tensors, numbers, strings and
+      containers of them) goes to ``checkpoint.pt``, which :func:`load_checkpoint` reads
+      with ``weights_only=True``: no code is ever unpickled. ``state["config"]`` (a plain
+      dict) goes to ``config.json``.
+    - The replay buffer goes to ``replay_buffer/`` through its ``dumps`` (memory maps and
+      JSON; the sampler and the VLM buffer's own state as ``weights_only`` files).
+    - ``manifest.json`` lists every file's size and SHA-256, checked at load.
+
+    Durable and atomic: everything is written to ``<folder>.writing`` and fsynced, files
+    and directories, then the previous checkpoint becomes ``<folder>.prev`` and the new one
+    takes its place. A crash at any moment leaves a loadable checkpoint behind, and a
+    corrupt one falls back to the previous (:func:`load_checkpoint`). ``folder`` belongs to
+    the checkpoint: it is replaced as a whole.
     """
     folder = Path(folder)
-    staging, old = folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".old")
+    staging, previous = folder.with_name(folder.name + ".writing"), folder.with_name(folder.name + ".prev")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    state = dict(state)
+    config = state.pop("config", None)
     if replay_buffer is not None:
         replay_buffer.dumps(staging / "replay_buffer")
-    torch.save(dict(state), staging / "checkpoint.pt")
+    torch.save(state, staging / "checkpoint.pt")
+    if config is not None:
+        (staging / "config.json").write_text(json.dumps(config, indent=1))
+    _write_manifest(staging)
     if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
     staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    _fsync(folder.parent)
     return folder
 
 
 def load_checkpoint(folder: str | os.PathLike, replay_buffer=None) -> dict[str, Any]:
-    """Reads what :func:`save_checkpoint` wrote; fills ``replay_buffer`` in place if given."""
-    folder = Path(folder)
-    if not folder.exists() and folder.with_name(folder.name + ".old").exists():
-        folder = folder.with_name(folder.name + ".old")  # a save was interrupted between its two renames
-    path = folder / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (checkpoint.resume must name a checkpoint folder)")
-    if replay_buffer is not None:
-        replay_buffer.loads(folder / "replay_buffer")
-    return torch.load(path, weights_only=False)
+    """Reads what :func:`save_checkpoint` wrote, after checking it against its manifest.
 
+    A checkpoint that fails the check (a file missing, truncated or altered) is replaced
+    by the previous one, ``<folder>.prev``, with a warning, when that one passes;
+    otherwise :class:`CheckpointError` names the file and what is wrong. Fills
+    ``replay_buffer`` in place if given (or later: ``rb.loads(Path(state["folder"]) / "replay_buffer")``,
+    ``state["folder"]`` naming the folder actually read). Nothing read runs code: tensors load with
+    ``weights_only=True``, the config is JSON.
+    """
+    folder = Path(folder)
+    previous = folder.with_name(folder.name + ".prev")
+    if not folder.exists() and not previous.exists():
+        raise FileNotFoundError(f"no checkpoint at {folder} (checkpoint.resume must name a checkpoint folder)")
+    try:
+        if not folder.exists():
+            raise CheckpointError(f"{folder} is missing (a save was interrupted between its two renames)")
+        verify_checkpoint(folder)
+    except CheckpointError as err:
+        if not previous.exists():
+            raise
+        verify_checkpoint(previous)
+        warnings.warn(f"{err}; loading the previous checkpoint, {previous}", stacklevel=2)
+        folder = previous
+    try:
+        state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - name the file whatever torch raised
+        raise CheckpointError(f"{folder / 'checkpoint.pt'} could not be read: {type(err).__name__}: {err}") from None
+    if (folder / "config.json").exists():
+        state["config"] = json.loads((folder / "config.json").read_text())
+    state["folder"] = str(folder)  # the one read: ``folder``, or the previous one it fell back to
+    if replay_buffer is not None:
+        try:
+            replay_buffer.loads(folder / "replay_buffer")
+        except Exception as err:  # noqa: BLE001 - name the folder whatever the buffer raised
+            raise CheckpointError(
+                f"{folder / 'replay_buffer'} could not be loaded: {type(err).__name__}: {err}"
+            ) from None
+    return state

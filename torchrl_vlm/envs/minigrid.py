@@ -359,6 +359,8 @@ def make_minigrid_env(
         raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be None (the env's own limit) or an int >= 1, got {max_steps!r}")
 
     wrapper_kwargs = dict(tile_size=tile_size, render=render, state=state, mission_features=mission_features)
     if num_envs == 1:

@@ -143,6 +143,16 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
             out.update({key: float(value) for key, value in self._sampler.stats().items()})
         return out
 
+    # --------------------------------------------------------- checkpointing
+    # TorchRL pickles batches sampled ahead (prefetch) into dumps() and unpickles them in
+    # loads(): a planted file would run code. They are only cached samples, so they are
+    # neither saved nor read: a loaded buffer samples them afresh.
+    def _dump_prefetch_state(self, path, prefetch_state) -> None:
+        return None
+
+    def _load_prefetch_state(self, path):
+        return None
+
     # ------------------------------------------------------------ priorities
     def update_priority(self, index, priority) -> None:
         """Sets priorities; with a :class:`MixtureSampler`, also its storage column (one owner: this buffer)."""

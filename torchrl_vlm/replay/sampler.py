@@ -136,6 +136,12 @@ class MixtureSampler(Sampler):
             raise ValueError(f"warmup must be >= 0 transitions, got {warmup}")
         if not isinstance(priority_key, str):
             raise TypeError(f"priority_key must be a str, got {priority_key!r}")
+        for name, value in (("td_boost", td_boost), ("importance_weights", importance_weights)):
+            if not isinstance(value, bool):  # bool("false") is True: refuse strings rather than guess
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+        for name, value in (("td_eps", td_eps), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
         if not td_eps > 0:
             raise ValueError(f"td_eps must be > 0, got {td_eps}")
         if not beta >= 0:
@@ -303,11 +309,18 @@ class MixtureSampler(Sampler):
         ``priority`` is a scalar or one value per index (shaped ``[N]`` or
         ``[N, 1]``), finite and >= 0; VLM priorities are 0 or 1. When an index
         appears several times, the last value wins; index -1 (a row the writer
-        rejected) is skipped. ``storage`` is there for TorchRL's signature and
-        is ignored: the buffer writes the storage column, the sampler keeps its
-        own state. Every input is checked before anything changes.
+        rejected) is skipped. ``storage``, which TorchRL's buffers pass, is only
+        read to refuse slots it does not hold yet (a positive slot beyond the
+        data would be drawn and fail every later sample); the buffer writes the
+        storage column, the sampler keeps its own state. Every input is checked
+        before anything changes.
         """
         index, lo, hi = _flat_index(index)
+        if storage is not None and hi >= len(storage):
+            raise ValueError(
+                f"index {hi} has not been written yet: the storage holds {len(storage)} rows "
+                f"(valid indices: 0 to {len(storage) - 1}, or -1 for a row the writer rejected)"
+            )
         checked = _per_index(priority, index.numel(), "priority")
         p_lo, p_hi = _check_values(checked, "priority", nonnegative=True)
         index, priority = _last_wins(*_drop_rejected(index, checked, lo))

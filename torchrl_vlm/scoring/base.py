@@ -70,7 +70,14 @@ def validate_clips(clips: TensorDictBase, *, require_frames: bool = True) -> Non
 
 def check_scores(scores: torch.Tensor, n: int, who: str) -> torch.Tensor:
     """Checks that a scorer returned ``n`` finite probabilities; returns them as float32 on CPU."""
-    scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
+    if not isinstance(scores, (torch.Tensor, list, tuple)) and not hasattr(scores, "__array__"):
+        raise TypeError(
+            f"{who} returned {type(scores).__name__} ({scores!r:.80}); a scorer returns a float tensor [B] of P(yes)"
+        )
+    try:
+        scores = torch.as_tensor(scores).detach().float().cpu().reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{who} returned {scores!r:.80}, not numbers: {err}") from None
     if scores.numel() != n:
         raise ValueError(f"{who} returned {scores.numel()} scores for {n} clips")
     if not bool(torch.isfinite(scores).all()) or bool((scores < 0).any() | (scores > 1).any()):

@@ -228,6 +228,12 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         elif mission is not None:
             missions = _strings(mission)
         frames = column(self.frame_key)
+        if frames is not None and (frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3):
+            # Refused here, at the first batch, rather than by the scorer after max_consecutive_errors.
+            raise TypeError(
+                f"batch[{self.frame_key!r}] must hold uint8 RGB frames [*batch, H, W, 3], got "
+                f"{frames.dtype} {list(frames.shape[1:])} per step"
+            )
         if frames is not None:
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
@@ -348,10 +354,12 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
     # --------------------------------------------------------- checkpointing
     def _vlm_state(self) -> dict[str, Any]:
-        """Partial clips, counters and held verdicts: what TorchRL's own state leaves out."""
+        """Partial clips, counters (the buffer's and its service's) and held verdicts: what
+        TorchRL's own state leaves out."""
         self.drain()
         return {
             "counts": dict(self._counts),
+            "service": self.service.counters(),
             "wait_s": self._wait_s,
             "assembler": self.assembler.state_dict(),
             # Held verdicts are replayed into the next service under new tickets, in their order.
@@ -363,6 +371,9 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
     def _load_vlm_state(self, state: dict[str, Any]) -> None:
         self._counts.update(state["counts"])
+        # The scoring process is a new one; its totals continue the saved ones, so that
+        # "submitted", "scored" and "positive" keep describing the same clips.
+        self.service.continue_counters(state["service"])
         self._wait_s = float(state["wait_s"])
         self.assembler.load_state_dict(state["assembler"])
         self._held.clear()

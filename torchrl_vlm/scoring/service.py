@@ -13,11 +13,13 @@ Failure policy (every case is counted in :attr:`ScoringService.stats`):
 - more than ``max_pending`` clips wait → the *oldest* waiting submissions are
   dropped (fresh clips are worth more: old slots are the first to be
   overwritten in the buffer);
-- the worker dies (e.g. SIGKILL) → it is restarted, at most ``max_restarts``
-  times; the clips it held are counted as lost, the waiting ones go to the
-  new worker;
-- the worker hangs → after ``hang_timeout_s`` on one batch it is killed and
-  restarted the same way;
+- the worker dies (e.g. SIGKILL), at any moment, even while its answer is being
+  received → it is restarted, at most ``max_restarts`` times; the clips it held are
+  counted as lost, the waiting ones go to the new worker;
+- the worker hangs → after ``hang_timeout_s`` on one batch, or ``start_timeout_s``
+  building its scorer after a restart, it is killed and restarted the same way;
+- the trainer dies (SIGKILL, OOM) → the worker notices and exits: the kernel kills it
+  on Linux (``PR_SET_PDEATHSIG``), and it watches its parent's pid everywhere;
 - the scorer raises on a batch → the batch's clips are lost and counted, and
   after ``max_consecutive_errors`` such batches the service raises.
 
@@ -32,6 +34,8 @@ import itertools
 import logging
 import os
 import queue
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -70,8 +74,39 @@ class ScoredBatch:
     """What :meth:`ScoringService.submit` returned for these clips."""
 
 
-def _worker_main(factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Makes this process exit when ``parent_pid`` (the trainer) dies, however it dies.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere, a daemon thread also watches the parent pid, which covers other systems and
+    the race where the parent died before the ``prctl``.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the watcher below does it
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:  # re-parented: the trainer is gone
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="torchrl_vlm-parent-watch").start()
+
+
+def _worker_main(
+    factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores, parent_pid: int | None = None
+) -> None:
     """The child: build the scorer, report, then score submissions until told to stop."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the trainer decides what it means (a final
+    # checkpoint, which still needs this worker to answer the clips in flight).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(num_threads)
     try:
         scorer = factory()
@@ -197,6 +232,9 @@ class ScoringService:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name, value in (("start_timeout_s", start_timeout_s), ("hang_timeout_s", hang_timeout_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds, got {value!r}")
         if not start_timeout_s > 0 or not hang_timeout_s > 0:
             raise ValueError("start_timeout_s and hang_timeout_s must be > 0")
         self.scorer_factory = scorer_factory
@@ -227,6 +265,7 @@ class ScoringService:
         )
         self._closed = False
         self._process = None
+        self._starting_since: float | None = None  # a restarted worker that has not said "ready" yet
         self._start_worker()
 
     # ------------------------------------------------------------ lifecycle
@@ -245,7 +284,8 @@ class ScoringService:
             self._process = self._ctx.Process(
                 target=_worker_main,
                 args=(
-                    self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips, self.output_check
+                    self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips,
+                    self.output_check, os.getpid(),
                 ),
                 daemon=True,
                 name="torchrl_vlm-scorer",
@@ -259,6 +299,8 @@ class ScoringService:
                     os.environ[k] = v
         if wait:
             self._wait_ready()
+        else:
+            self._starting_since = time.monotonic()
 
     def _close_queues(self) -> None:
         for name in ("_q_in", "_q_out"):
@@ -319,6 +361,7 @@ class ScoringService:
         self._in_flight.clear()
         self._counters["clips_lost"] += lost
         self._busy = None
+        self._starting_since = None
         self._kill()
         if self._counters["worker_restarts"] >= self.max_restarts:
             self._process = None
@@ -448,8 +491,15 @@ class ScoringService:
                 message = self._q_out.get_nowait()
             except queue.Empty:
                 break
+            except (ConnectionError, EOFError, OSError) as err:
+                # A result's tensors live in the worker's shared memory and are fetched from it
+                # (torch's rebuild_storage_fd): a worker killed after sending, before they were
+                # fetched, fails the fetch. The worker is dead; its batch is lost like any other.
+                self._restart(f"died while its answer was being received ({type(err).__name__})")
+                break
             kind = message[0]
             if kind == "ready":  # a restarted worker finished loading
+                self._starting_since = None
                 continue
             if kind == "failed":
                 self._on_failed(message[1])
@@ -497,10 +547,23 @@ class ScoringService:
         """Restarts a dead worker, or one stuck on a batch for longer than hang_timeout_s."""
         if self._process is None:
             return
+        now = time.monotonic()
         if not self._process.is_alive():
             self._restart(f"died (exit code {self._process.exitcode})")
-        elif self._busy is not None and time.monotonic() - self._busy[1] > self.hang_timeout_s:
+        elif self._starting_since is not None and now - self._starting_since > self.start_timeout_s:
+            self._restart(f"did not finish building its scorer within {self.start_timeout_s:.0f}s (start_timeout_s)")
+        elif self._busy is not None and now - self._busy[1] > self.hang_timeout_s:
             self._restart(f"hung for more than {self.hang_timeout_s:.0f}s on one batch")
+
+    def counters(self) -> dict[str, int]:
+        """The cumulative counters (clips submitted, scored, dropped, lost; restarts, scorer errors)."""
+        return dict(self._counters)
+
+    def continue_counters(self, earlier: dict[str, int]) -> None:
+        """Adds an earlier service's counters to this one's, so a resumed run's totals run on."""
+        for key, value in earlier.items():
+            if key in self._counters:
+                self._counters[key] += int(value)
 
     def is_pending(self, ticket: int) -> bool:
         """Whether the clips of ``ticket`` may still be answered (not yet answered, dropped or lost)."""

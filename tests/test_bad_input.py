@@ -1,0 +1,66 @@
+"""Bad input to the library gets a clear error at the call, naming the argument, never a failure later."""
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage
+
+from torchrl_vlm import MixtureSampler, ScoringService, VLMReplayBuffer, make_minigrid_env, make_replay_buffer
+from torchrl_vlm.scoring.base import check_scores
+
+
+def test_a_priority_for_a_slot_not_yet_written_is_refused_and_sampling_goes_on():
+    rb = make_replay_buffer(100, sampler=MixtureSampler(lam_max=1.0), batch_size=8)
+    rb.extend(TensorDict({"obs": torch.zeros(50, 1)}, [50]))
+    with pytest.raises(ValueError, match="index 80 has not been written yet: the storage holds 50 rows"):
+        rb.update_priority(torch.tensor([3, 80]), torch.ones(2))
+    with pytest.raises(ValueError, match="index"):
+        rb.update_priority(torch.tensor([200]), torch.ones(1))  # beyond the capacity
+    assert rb.sampler.num_positive == 0
+    assert rb.sample()["index"].max() < 50  # the sampler was left as it was
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"td_boost": "false"}, TypeError, "td_boost must be a bool"),
+        ({"importance_weights": 1}, TypeError, "importance_weights must be a bool"),
+        ({"td_eps": "0.1"}, TypeError, "td_eps must be a number"),
+        ({"beta": "0.4"}, TypeError, "beta must be a number"),
+        ({"lam_max": 1.5}, ValueError, "lam_max"),
+        ({"warmup": -1}, ValueError, "warmup"),
+    ],
+)
+def test_bad_sampler_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MixtureSampler(**kwargs)
+
+
+@pytest.mark.parametrize("max_steps", [0, -5, 2.5, True])
+def test_a_step_limit_must_be_a_positive_int(max_steps):
+    with pytest.raises(ValueError, match="max_steps must be None"):
+        make_minigrid_env("MiniGrid-DoorKey-5x5-v0", max_steps=max_steps)
+
+
+def test_a_service_timeout_must_be_a_number():
+    with pytest.raises(TypeError, match="hang_timeout_s must be a number of seconds"):
+        ScoringService(lambda: None, hang_timeout_s="600")
+
+
+@pytest.mark.parametrize("output", ["yes", None, {"p": 1}, [0.5, "x"]])
+def test_a_scorer_answer_that_is_not_numbers_is_named(output):
+    with pytest.raises(TypeError, match="MyVLM returned"):
+        check_scores(output, 2, "MyVLM")
+
+
+def test_float_frames_are_refused_at_the_first_extend():
+    from torchrl_vlm import MiniGridEventScorer
+
+    with VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=MiniGridEventScorer, clip_len=4) as rb:
+        batch = TensorDict(
+            {"clip_id": torch.zeros(4, dtype=torch.int64), "clip_step": torch.arange(4),
+             "pixels": torch.zeros(4, 8, 8, 3), "next": {"pixels": torch.zeros(4, 8, 8, 3)}},
+            [4],
+        )
+        with pytest.raises(TypeError, match=r"batch\['pixels'\] must hold uint8 RGB frames"):
+            rb.extend(batch)
+        assert len(rb) == 0
