@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests
 
 # The main job: VLM-RB (DQN + MixtureSampler + the scoring process) on DoorKey-5x5, with the
 # ideal event scorer standing in for a VLM (no weights can be downloaded here). A few minutes on 2 cores.

@@ -140,7 +140,9 @@ def check_config(cfg: DictConfig) -> None:
 
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
 #: network or the returns already stored. The budget, logging and evaluation may change.
-RESUME_MUST_MATCH = ("env.name", "env.num_envs", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len")
+RESUME_MUST_MATCH = (
+    "env.name", "env.num_envs", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
+)
 
 
 def scorer_factory(cfg: DictConfig):
@@ -431,18 +433,18 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if stop.requested:  # Ctrl-C or SIGTERM: end as a finished run does
                     break
 
-        loop_seconds = time.perf_counter() - t_start
-        if not evals or evals[-1]["frames"] != collected:  # unless the last periodic one was at the very end
-            with timeit("eval"):
-                last_eval = evaluate()
-        if gallery is not None:
-            rb.drain()
-            gallery.save(out_dir / "gallery" / "clips_final.png")
-        if cfg.checkpoint.at_end:
-            checkpoint(out_dir / "checkpoint")
-        buffer_stats = rb.stats()
+            loop_seconds = time.perf_counter() - t_start
+            if not evals or evals[-1]["frames"] != collected:  # unless the last periodic one was at the very end
+                with timeit("eval"):
+                    last_eval = evaluate()
+            if gallery is not None:
+                rb.drain()
+                gallery.save(out_dir / "gallery" / "clips_final.png")
+            if cfg.checkpoint.at_end:
+                checkpoint(out_dir / "checkpoint")
+            buffer_stats = rb.stats()
     finally:
-        close_all(pbar, collector, eval_env, rb, logger)
+        close_all(pbar, collector, env, eval_env, rb, logger)
 
     return {
         "frames": collected,

@@ -346,13 +346,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if stop.requested:  # Ctrl-C or SIGTERM: end as a finished run does
                     break
 
-        loop_seconds = time.perf_counter() - t_start
-        if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
-            last_eval = evaluate()
-        if cfg.checkpoint.at_end:
-            checkpoint(out_dir / "checkpoint")
+            loop_seconds = time.perf_counter() - t_start
+            if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
+                last_eval = evaluate()
+            if cfg.checkpoint.at_end:
+                checkpoint(out_dir / "checkpoint")
     finally:
-        close_all(pbar, collector, eval_env, teacher if hasattr(teacher, "close") else None, logger)
+        close_all(pbar, collector, env, eval_env, teacher if hasattr(teacher, "close") else None, logger)
     return {
         "frames": collected,
         "start_frames": start_frames,

@@ -104,3 +104,18 @@ class BuildHangsWhenFlagged:
 
     def __call__(self, clips):
         return torch.zeros(clips.batch_size[0])
+
+
+class BuildFailsWhenFlagged:
+    """Builds, unless the file ``flag`` exists: then building raises (a restart that cannot load its model)."""
+
+    needs_frames = False
+
+    def __init__(self, flag: str):
+        import os
+
+        if os.path.exists(flag):
+            raise RuntimeError("CUDA error: out of memory (injected, while rebuilding)")
+
+    def __call__(self, clips):
+        return torch.zeros(clips.batch_size[0])

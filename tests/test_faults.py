@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from _scorers import BuildHangsWhenFlagged, ClipFingerprintScorer, clip_fingerprint
+from _scorers import BuildFailsWhenFlagged, BuildHangsWhenFlagged, ClipFingerprintScorer, SlowConstantScorer, clip_fingerprint
 from torchrl_vlm import ScoringService, ScoringServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_worker_kills_at_random_moments_end_in_counted_restarts():
-    """SIGKILL the worker at random moments, while answers flow back, dozens of times.
+    """SIGKILL the worker at random moments, two dozen times: while it loads, and while answers flow back.
 
     Each kill must end in a counted restart, never an exception out of submit/poll (the
     fetch of a dead worker's shared-memory answer used to raise ConnectionRefusedError),
@@ -53,13 +53,14 @@ def test_worker_kills_at_random_moments_end_in_counted_restarts():
     try:
         next_id = 0
         for kill in range(KILLS):
-            # Let the new worker come up and answer for a random while, then kill it mid-stream.
+            # Every other kill lands while the new worker is still loading; the others once it
+            # answers, a random while into the stream of answers.
             deadline = time.monotonic() + 60
-            while service._starting_since is not None:  # the restarted worker is still loading
+            while kill % 2 and service._starting_since is not None:
                 collect(service.poll())
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
-            until = time.monotonic() + rng.uniform(0.0, 0.15)
+            until = time.monotonic() + rng.uniform(0.0, 0.15 if kill % 2 else 1.5)
             while time.monotonic() < until:
                 clips = _clips(rng.randint(1, 3), next_id)
                 next_id += clips.batch_size[0]
@@ -127,6 +128,48 @@ def test_a_restarted_worker_that_hangs_building_its_scorer_is_detected(tmp_path)
         assert time.monotonic() - t0 < 30
     finally:
         service.close()
+
+
+def test_a_restarted_worker_that_cannot_rebuild_uses_a_restart_then_gives_up_clearly(tmp_path):
+    flag = tmp_path / "fail"
+    service = ScoringService(functools.partial(BuildFailsWhenFlagged, str(flag)), max_restarts=2)
+    try:
+        flag.touch()
+        os.kill(service.worker_pid, signal.SIGKILL)
+        with pytest.raises(ScoringServiceError, match="(?s)could not rebuild its scorer.*out of memory.*restarted 2 times"):
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 60:
+                service.poll()
+                time.sleep(0.01)
+        assert service.stats["worker_restarts"] == 2
+    finally:
+        service.close()
+
+
+def test_an_answer_waiting_after_a_long_pause_is_not_taken_for_a_hang():
+    with ScoringService(functools.partial(SlowConstantScorer, 0.05), hang_timeout_s=1.0) as service:
+        service.submit(_clips(1, 0))
+        time.sleep(2.0)  # a long evaluation or checkpoint: nobody polls, the answer waits in the queue
+        service.submit(_clips(1, 1))
+        answered = []
+        t0 = time.monotonic()
+        while len(answered) < 2 and time.monotonic() - t0 < 30:
+            answered += service.poll()
+            time.sleep(0.01)
+        assert len(answered) == 2 and service.stats["worker_restarts"] == 0
+
+
+def test_a_resumed_run_gets_a_fresh_restart_budget_and_its_totals_continue():
+    with ScoringService(ClipFingerprintScorer, max_restarts=1) as service:
+        service.continue_counters({"worker_restarts": 3, "clips_submitted": 10, "clips_scored": 10})
+        service.continue_counters({"worker_restarts": 3, "clips_submitted": 10, "clips_scored": 10})  # set, not added
+        os.kill(service.worker_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        while service.stats["worker_restarts"] < 4:
+            service.poll()  # the earlier run's restarts do not use up this one's budget
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.01)
+        assert service.stats["clips_submitted"] == 10
 
 
 def test_ctrl_c_ends_the_run_with_a_checkpoint_and_no_orphan(tmp_path):

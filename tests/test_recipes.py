@@ -189,7 +189,7 @@ def test_the_agent_learns_doorkey_5x5_under_score_lag(tmp_path):
             "vlm.score_lag=1",
             "env.num_envs=8",
             "env.max_steps=null",
-            "collector.total_frames=32768",
+            "collector.total_frames=28672",
             "collector.frames_per_batch=128",
             "collector.init_random_frames=4096",
             "buffer.capacity=50000",
@@ -264,3 +264,10 @@ def test_a_checkpoint_swap_interrupted_midway_leaves_the_previous_one_loadable(t
         assert load_checkpoint(folder)["collected_frames"] == 1
     with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
         load_checkpoint(tmp_path / "elsewhere")
+
+
+def test_timed_batches_passes_every_batch_through_even_none():
+    from torchrl_vlm.training import timed_batches
+
+    # Collector(replay_buffer=rb) yields None for each batch it wrote into the buffer.
+    assert list(timed_batches([None, None, 3])) == [None, None, 3]

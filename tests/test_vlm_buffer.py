@@ -281,6 +281,20 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
                            restored.writer.generations_of(torch.arange(600)))
 
 
+def test_a_state_dict_taken_while_verdicts_arrive_keeps_sampler_and_column_agreed():
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=4, seed=7, render=False, max_steps=30)
+    batches = _batches(env, 200, 20)
+    with _buffer(functools.partial(ClipFingerprintScorer, 0.05), capacity=500, clip_len=4) as rb, \
+            _buffer(ClipFingerprintScorer, capacity=500, clip_len=4) as restored:
+        for batch in batches:
+            rb.extend(batch)  # asynchronous: verdicts still in flight
+        restored.load_state_dict(rb.state_dict())  # drains, then saves what the drain wrote
+        column = restored[:]["vlm_priority"]
+        assert column.sum() > 0
+        assert restored.sampler.num_positive == int(column.sum())
+        assert torch.equal(restored.sampler.priority(torch.arange(len(restored))), column)
+
+
 def test_bad_arguments_are_refused_naming_them():
     storage = LazyTensorStorage(10)
     with pytest.raises(ValueError, match="threshold"):
@@ -299,5 +313,8 @@ def test_bad_arguments_are_refused_naming_them():
             rb.extend(TensorDict({"observation": torch.zeros(4, 2)}, [4]))
         with pytest.raises(TypeError, match="TensorDict"):
             rb.extend({"observation": torch.zeros(4, 2)})
+        tags = {"clip_id": torch.zeros(11, dtype=torch.int64), "clip_step": torch.zeros(11, dtype=torch.int64)}
+        with pytest.raises(ValueError, match="11 rows does not fit the buffer's capacity of 10"):
+            rb.extend(TensorDict(tags, [11]))
         rb.close()
         assert service.worker_pid is not None  # the caller's service stays up

@@ -136,7 +136,7 @@ COMMON_RANGES = {
     "env.seed": Range("int", 0),
     "collector.total_frames": Range("int", 1),
     "collector.frames_per_batch": Range("int", 1),
-    "optim.lr": Range("float", 0, open_low=True),
+    "optim.lr": Range("float", 0),  # 0 freezes the networks: a resumed run that only collects and evaluates
     "optim.max_grad_norm": Range("float", 0, open_low=True),
     "loss.gamma": Range("float", 0, 1, open_low=True),
     "network.hidden": Range("ints", 1),
@@ -288,12 +288,13 @@ def timed_batches(collector, phase: str = "collect"):
     ``for batch in collector`` would hide collection inside the loop's own timing; this
     keeps it in its own ``time/collect`` bucket.
     """
+    done = object()  # not None: Collector(replay_buffer=rb) yields None for every batch
     with timeit(phase):
         batches = iter(collector)
     while True:
         with timeit(phase):
-            batch = next(batches, None)
-        if batch is None:
+            batch = next(batches, done)
+        if batch is done:
             return
         yield batch
 
@@ -471,6 +472,8 @@ class CheckpointError(RuntimeError):
 
 
 _MANIFEST = "manifest.json"
+#: What a checkpoint may hold: tensors (read with weights_only=True), JSON, memory-mapped arrays.
+_SAFE_SUFFIXES = (".pt", ".json", ".memmap")
 
 
 def _sha256(path: Path) -> str:
@@ -504,8 +507,13 @@ def _write_manifest(folder: Path) -> None:
 
 
 def verify_checkpoint(folder: str | os.PathLike) -> None:
-    """Checks every file against the manifest written at save time; raises :class:`CheckpointError`
-    naming the first file that is missing, has another size or other bytes."""
+    """Checks a checkpoint folder against the manifest written at save time.
+
+    Raises :class:`CheckpointError` naming the first file that is missing, has another
+    size or other bytes, was added after the save, or is of a kind that could hold a
+    pickle (only ``.pt``, ``.json`` and ``.memmap`` files are allowed). A forged manifest
+    passes the checksums, but not the kinds: nothing that can run code is ever read.
+    """
     folder = Path(folder)
     manifest = folder / _MANIFEST
     if not manifest.exists():
@@ -514,6 +522,15 @@ def verify_checkpoint(folder: str | os.PathLike) -> None:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{manifest} is unreadable ({type(err).__name__}: {err})") from None
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != _MANIFEST}
+    for name in sorted(on_disk - set(files)):
+        raise CheckpointError(f"{folder / name} is not in the checkpoint's manifest: a file added after the save")
+    for name in sorted(files):
+        if Path(name).suffix not in _SAFE_SUFFIXES:
+            raise CheckpointError(
+                f"{folder / name}: a checkpoint holds only {', '.join(_SAFE_SUFFIXES)} files (tensors read with "
+                "weights_only, JSON, memory maps); anything else could hold a pickle, which is never read"
+            )
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
@@ -569,8 +586,10 @@ def load_checkpoint(folder: str | os.PathLike, replay_buffer=None) -> dict[str, 
     by the previous one, ``<folder>.prev``, with a warning, when that one passes;
     otherwise :class:`CheckpointError` names the file and what is wrong. Fills
     ``replay_buffer`` in place if given (or later: ``rb.loads(Path(state["folder"]) / "replay_buffer")``,
-    ``state["folder"]`` naming the folder actually read). Nothing read runs code: tensors load with
-    ``weights_only=True``, the config is JSON.
+    ``state["folder"]`` naming the folder actually read). Only ``.pt`` files read with
+    ``weights_only=True``, JSON and memory maps listed in the manifest are read, so a planted
+    pickle is refused, not run. The manifest guards against corruption, not against someone
+    who rewrites it: it carries no signature.
     """
     folder = Path(folder)
     previous = folder.with_name(folder.name + ".prev")

@@ -324,8 +324,7 @@ class RenderClips(Transform):
         return {"salt": self._salt, "next_id": self._next_id}
 
     def set_extra_state(self, state: dict) -> None:
-        # Checkpoints written before the salt had its own key called it worker_id.
-        salt = int(state["salt"] if "salt" in state else state["worker_id"])
+        salt = int(state["salt"])
         next_id = int(state["next_id"])
         # The checkpoint's salt may still be in use elsewhere: never draw it here.
         _take_salt(salt)

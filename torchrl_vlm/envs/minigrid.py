@@ -9,7 +9,9 @@ in for an ideal VLM.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import re
+import signal
 
 import gymnasium as gym
 import numpy as np
@@ -269,6 +271,10 @@ class MiniGridObservation(gym.Wrapper):
 
 
 def _make_gym_env(env_name: str, max_steps: int | None, **wrapper_kwargs) -> gym.Env:
+    if multiprocessing.parent_process() is not None:
+        # An AsyncVectorEnv worker (parallel=True): Ctrl-C reaches the whole process group, and
+        # gymnasium's worker would die of it; the trainer decides what Ctrl-C means.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
     return MiniGridObservation(gym.make(env_name, **kwargs), **wrapper_kwargs)
 

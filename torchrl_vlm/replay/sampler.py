@@ -509,16 +509,8 @@ class MixtureSampler(Sampler):
         self._prio = state_dict["priority"].clone().float()
         self._td = state_dict["td_error"].clone().float()
         self._capacity = self._prio.numel()
-        if "td_max" in state_dict:
-            self._td_max = float(state_dict["td_max"])
-        else:  # a checkpoint from before td_max was saved: the largest |δ| still held
-            self._td_max = float(torch.nan_to_num(self._td.abs(), nan=0.0).max()) if self._capacity else 0.0
-        fill = state_dict.get("td_fill")
-        self._td_fill = torch.full_like(self._td, _NAN) if fill is None else fill.clone().float()
-        if self.td_boost:
-            # A positive slot must hold a |δ|; older checkpoints did not save PER's assignment.
-            missing = (self._prio > 0) & torch.isnan(self._td) & torch.isnan(self._td_fill)
-            self._td_fill[missing] = self._td_default
+        self._td_max = float(state_dict["td_max"])
+        self._td_fill = state_dict["td_fill"].clone().float()
         self._rebuild_index()
 
     def dumps(self, path) -> None:

@@ -19,6 +19,7 @@ whatever the machine's load.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -33,9 +34,11 @@ from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffe
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
 from torchrl_vlm.scoring.gallery import ClipGallery
-from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
+from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
 
 __all__ = ["VLMReplayBuffer"]
+
+logger = logging.getLogger(__name__)
 
 _COUNTERS = ("positives", "stale_rejected", "slots_written", "slots_scored", "extends")
 
@@ -65,8 +68,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             ``t`` lands at the end of extend ``t + k``, after that extend's rows are
             written; a late verdict is waited for (``stats()["score_wait_s"]``), an
             early one held back. With a deterministic scorer and fixed seeds, runs
-            then give identical priorities, samples and losses. The scoring queue must
-            hold ``k + 1`` extends of clips (``max_pending``), or clips are dropped.
+            then give identical priorities, samples and losses. Nothing is dropped: when
+            the scoring queue is full (``max_pending``), ``extend`` waits for room.
         transform: TorchRL replay-buffer transforms.
         postproc: applied to each batch, frames removed, in its collector layout
             before writing (e.g. :class:`~torchrl_vlm.NStepReturns`). Clip tags,
@@ -183,6 +186,10 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             # Verdicts that are ready land before this extend can overwrite their slots.
             self.apply_verdicts()
         n = batch.numel()
+        capacity = getattr(self._storage, "max_size", None)
+        if capacity is not None and n > capacity:
+            # Slots would be written twice in one extend, and a verdict could not tell the two rows apart.
+            raise ValueError(f"a batch of {n} rows does not fit the buffer's capacity of {capacity}")
         steps, missions = self._clip_steps(batch, n)  # read before postproc rewrites "next" entries
 
         rows = self.rows(batch)
@@ -255,9 +262,28 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         if self.gallery is not None and "frames" in clips.keys():
             meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
             meta["clip_id"] = clips["clip_id"]
+        if self.score_lag is not None:
+            self._make_room(clips.batch_size[0])
         ticket = self.service.submit(clips, meta)
         if ticket is not None and self.score_lag is not None:
             self._due[ticket] = self._counts["extends"] + self.score_lag
+
+    def _make_room(self, n: int) -> None:
+        """With ``score_lag``, waits until the service can queue ``n`` clips without dropping any.
+
+        Which clips a full queue drops depends on timing, so dropping would break the
+        reproducibility ``score_lag`` promises; the wait counts in ``score_wait_s``.
+        """
+        if n > self.service.max_pending:
+            raise ValueError(
+                f"{n} clips completed in one extend, more than the scoring queue holds "
+                f"(max_pending={self.service.max_pending}); raise max_pending"
+            )
+        t0 = time.perf_counter()
+        while self.service.queue_depth + n > self.service.max_pending:
+            self._hold(self.service.poll())
+            time.sleep(0.0005)
+        self._wait_s += time.perf_counter() - t0
 
     # -------------------------------------------------------------- verdicts
     def apply_verdicts(self) -> int:
@@ -274,7 +300,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
     def _hold(self, results: list[ScoredBatch]) -> None:
         for result in results:
-            self._held[result.ticket] = result
+            if result.ticket in self._due:  # anything else was submitted before a load replaced the buffer
+                self._held[result.ticket] = result
 
     def _apply_due(self, extend: int) -> None:
         """Writes the verdicts due by ``extend``, waiting for the late ones (``score_lag``)."""
@@ -355,8 +382,13 @@ class VLMReplayBuffer(CollectorReplayBuffer):
     # --------------------------------------------------------- checkpointing
     def _vlm_state(self) -> dict[str, Any]:
         """Partial clips, counters (the buffer's and its service's) and held verdicts: what
-        TorchRL's own state leaves out."""
-        self.drain()
+        TorchRL's own state leaves out. Waits for the clips in flight first, unless the scoring
+        service has failed for good: the training state is still worth saving, and the clips
+        it held stay unscored (priority 0)."""
+        try:
+            self.drain()
+        except ScoringServiceError as err:
+            logger.warning("saving without the clips in flight: %s", err)
         return {
             "counts": dict(self._counts),
             "service": self.service.counters(),
@@ -379,21 +411,29 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         self._held.clear()
         self._due.clear()
         for i, item in enumerate(state["held"]):
-            ticket = -1 - i  # never a service ticket
+            ticket = i - len(state["held"])  # negative (never a service ticket), in the saved order
             self._held[ticket] = ScoredBatch(meta=item["meta"], scores=item["scores"], latency_s=0.0, ticket=ticket)
             self._due[ticket] = int(item["due"])
 
     def state_dict(self) -> dict[str, Any]:
         """TorchRL's buffer state plus :meth:`_vlm_state`; waits for the clips in flight first."""
+        vlm = self._vlm_state()  # first: draining writes verdicts that TorchRL's state must include
         state = super().state_dict()
-        state["_vlm"] = self._vlm_state()
+        state["_vlm"] = vlm
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         vlm = state_dict.pop("_vlm")
+        self._settle()
         super().load_state_dict(state_dict)
         self._load_vlm_state(vlm)
+
+    def _settle(self) -> None:
+        """Before a load replaces the buffer: no clip of the old contents stays in flight."""
+        self.drain()
+        self._held.clear()
+        self._due.clear()
 
     def dumps(self, path) -> None:
         """TorchRL's ``dumps`` plus ``vlm_state.pt`` (tensors and numbers only: loads with ``weights_only``)."""
@@ -406,8 +446,10 @@ class VLMReplayBuffer(CollectorReplayBuffer):
     def loads(self, path) -> None:
         from pathlib import Path
 
+        vlm = torch.load(Path(path) / "vlm_state.pt", weights_only=True)
+        self._settle()
         super().loads(path)
-        self._load_vlm_state(torch.load(Path(path) / "vlm_state.pt", weights_only=True))
+        self._load_vlm_state(vlm)
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:

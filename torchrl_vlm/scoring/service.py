@@ -74,20 +74,23 @@ class ScoredBatch:
     """What :meth:`ScoringService.submit` returned for these clips."""
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int, from_main_thread: bool) -> None:
     """Makes this process exit when ``parent_pid`` (the trainer) dies, however it dies.
 
-    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``);
-    everywhere, a daemon thread also watches the parent pid, which covers other systems and
-    the race where the parent died before the ``prctl``.
+    A daemon thread watches the parent pid (every half second, on every system). On Linux,
+    when the worker was started from the trainer's main thread, the kernel also sends
+    SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``). That signal follows the
+    *thread* that started the worker, so a worker started from another thread relies on the
+    watch alone: that thread's end must not kill a healthy worker.
     """
-    try:
-        import ctypes
+    if from_main_thread:
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # not Linux: the watcher below does it
-        pass
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # not Linux: the watch below does it
+            pass
 
     def watch() -> None:
         while True:
@@ -99,14 +102,17 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(
-    factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores, parent_pid: int | None = None
+    factory, q_in, q_out, num_threads: int, batch_clips: int, output_check=check_scores,
+    parent_pid: int | None = None, from_main_thread: bool = True,
 ) -> None:
     """The child: build the scorer, report, then score submissions until told to stop."""
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group: the trainer decides what it means (a final
-    # checkpoint, which still needs this worker to answer the clips in flight).
+        _die_with_parent(parent_pid, from_main_thread)
+    # Ctrl-C reaches the whole process group, and a cluster's SIGTERM often every process of the
+    # job: the trainer decides what they mean (a final checkpoint, which still needs this worker
+    # to answer the clips in flight). The trainer stops the worker itself; if it dies, so does this.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(num_threads)
     try:
         scorer = factory()
@@ -266,6 +272,8 @@ class ScoringService:
         self._closed = False
         self._process = None
         self._starting_since: float | None = None  # a restarted worker that has not said "ready" yet
+        self._restarts = 0  # this service's, against max_restarts (the counter may continue an earlier run's)
+        self._earlier = dict.fromkeys(self._counters, 0)  # counters of the services before a resume
         self._start_worker()
 
     # ------------------------------------------------------------ lifecycle
@@ -285,7 +293,7 @@ class ScoringService:
                 target=_worker_main,
                 args=(
                     self.scorer_factory, self._q_in, self._q_out, self.num_threads, self.batch_clips,
-                    self.output_check, os.getpid(),
+                    self.output_check, os.getpid(), threading.current_thread() is threading.main_thread(),
                 ),
                 daemon=True,
                 name="torchrl_vlm-scorer",
@@ -363,23 +371,23 @@ class ScoringService:
         self._busy = None
         self._starting_since = None
         self._kill()
-        if self._counters["worker_restarts"] >= self.max_restarts:
+        if self._restarts >= self.max_restarts:
             self._process = None
             self._closed = True
             raise ScoringServiceError(
                 f"the scoring worker for {_describe(self.scorer_factory)} {reason}, and it was "
                 f"already restarted {self.max_restarts} times (max_restarts); giving up"
             )
+        self._restarts += 1
         self._counters["worker_restarts"] += 1
-        logger.warning(
-            "scoring worker %s; restarting it (%d of %d), %d clips lost",
-            reason, self._counters["worker_restarts"], self.max_restarts, lost,
-        )
+        logger.warning("scoring worker %s; restarting it (%d of %d), %d clips lost", reason, self._restarts,
+                       self.max_restarts, lost)
         self._start_worker(wait=False)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops the worker (politely, then by force) and releases the queues."""
         if self._closed and self._process is None:
+            self._close_queues()
             return
         self._closed = True
         if self._process is not None:
@@ -423,7 +431,9 @@ class ScoringService:
         n = clips.batch_size[0]
         if n == 0:
             return None
-        self._watchdog()
+        # Read what has arrived first (kept for the next poll): after a long pause, a worker whose
+        # answer or "ready" is already waiting must not be judged hung.
+        self._unclaimed.extend(self._poll_queue())
         self._counters["clips_submitted"] += n
         if n > self.max_pending:
             self._counters["clips_dropped"] += n
@@ -501,8 +511,9 @@ class ScoringService:
             if kind == "ready":  # a restarted worker finished loading
                 self._starting_since = None
                 continue
-            if kind == "failed":
-                self._on_failed(message[1])
+            if kind == "failed":  # a restarted worker could not rebuild its scorer (e.g. a passing OOM)
+                self._restart("could not rebuild its scorer: " + message[1].strip().splitlines()[-1][:300])
+                break
             if kind == "busy":
                 self._busy = (message[1], time.monotonic())
             elif kind == "scores":
@@ -556,14 +567,17 @@ class ScoringService:
             self._restart(f"hung for more than {self.hang_timeout_s:.0f}s on one batch")
 
     def counters(self) -> dict[str, int]:
-        """The cumulative counters (clips submitted, scored, dropped, lost; restarts, scorer errors)."""
-        return dict(self._counters)
+        """The run's cumulative counters (clips submitted, scored, dropped, lost; restarts, scorer
+        errors), the earlier services' of a resumed run included."""
+        return {key: value + self._earlier[key] for key, value in self._counters.items()}
 
     def continue_counters(self, earlier: dict[str, int]) -> None:
-        """Adds an earlier service's counters to this one's, so a resumed run's totals run on."""
-        for key, value in earlier.items():
-            if key in self._counters:
-                self._counters[key] += int(value)
+        """Makes :meth:`counters` and :attr:`stats` continue the totals of an earlier run's service.
+
+        Sets (does not add), so loading a checkpoint twice counts once; this service's own
+        restart budget (``max_restarts``) is not affected.
+        """
+        self._earlier = {key: int(earlier.get(key, 0)) for key in self._counters}
 
     def is_pending(self, ticket: int) -> bool:
         """Whether the clips of ``ticket`` may still be answered (not yet answered, dropped or lost)."""
@@ -578,7 +592,7 @@ class ScoringService:
     def stats(self) -> dict[str, float]:
         lat = sorted(self._latencies)
         return {
-            **{k: float(v) for k, v in self._counters.items()},
+            **{k: float(v) for k, v in self.counters().items()},
             "queue_depth": float(self.queue_depth),
             "latency_mean_s": sum(lat) / len(lat) if lat else float("nan"),
             "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan"),
