@@ -64,3 +64,8 @@ def test_float_frames_are_refused_at_the_first_extend():
         with pytest.raises(TypeError, match=r"batch\['pixels'\] must hold uint8 RGB frames"):
             rb.extend(batch)
         assert len(rb) == 0
+
+
+def test_an_env_that_is_not_minigrid_is_named():
+    with pytest.raises(ValueError, match="'CartPole-v1' is a gymnasium env but not a MiniGrid one"):
+        make_minigrid_env("CartPole-v1")

@@ -359,6 +359,12 @@ def make_minigrid_env(
         raise ValueError(
             f"env_name={env_name!r} is not a registered gymnasium env; known MiniGrid choices: {known}"
         )
+    entry_point = gym.registry[env_name].entry_point
+    if not (isinstance(entry_point, str) and entry_point.startswith("minigrid")):
+        raise ValueError(
+            f"env_name={env_name!r} is a gymnasium env but not a MiniGrid one (entry point {entry_point!r}); "
+            f"known MiniGrid choices: {', '.join(MINIGRID_ENVS)}"
+        )
     if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
     if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
