@@ -18,6 +18,8 @@ from torchrl.data import (
 
 from torchrl_vlm import MixtureSampler, make_replay_buffer, mixture_lambda
 
+from _state import assert_same_state
+
 
 def _filled_buffer(sampler, n=1000, capacity=None, batch_size=250):
     rb = make_replay_buffer(capacity or n, sampler=sampler, batch_size=batch_size)
@@ -204,7 +206,7 @@ def test_state_round_trip_restores_lambda_and_priorities(tmp_path):
     assert restored.sampler.num_positive == 50
     every_slot = torch.arange(1000)
     assert torch.equal(restored.sampler.priority(every_slot), sampler.priority(every_slot))
-    _assert_same_state(restored.sampler.state_dict(), sampler.state_dict())
+    assert_same_state(restored.sampler.state_dict(), sampler.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -286,15 +288,6 @@ def _snapshot(sampler):
     return copy.deepcopy(sampler.state_dict())
 
 
-def _assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            torch.testing.assert_close(a[key], b[key], equal_nan=True, rtol=0, atol=0, msg=key)
-        else:
-            assert a[key] == b[key], key
-
-
 # 1. One owner of the priority column: the sampler keeps its own state only.
 def test_sampler_never_touches_the_storage():
     sampler = MixtureSampler(lam_max=None)
@@ -339,7 +332,7 @@ def test_rejected_rows_leave_the_sampler_and_its_last_slot_alone():
     snapshot = _snapshot(sampler)
     assert rb.extend(_rows(3, rank=torch.full((3,), -1.0))).tolist() == [-1, -1, -1]
     assert rb.add(TensorDict({"obs": torch.zeros(1), "rank": torch.tensor(-1.0)}, [])) is None
-    _assert_same_state(sampler.state_dict(), snapshot)
+    assert_same_state(sampler.state_dict(), snapshot)
 
     # Rows that carry the priority column: TorchRL's extend updates them with the -1s in.
     index = rb.extend(_rows(2, rank=torch.tensor([100.0, -1.0]), vlm_priority=torch.tensor([1.0, 1.0])))
@@ -360,7 +353,7 @@ def test_priorities_and_td_errors_shaped_n_by_1():
         sampler.extend(index)
         sampler.update_priority(index, p)
         sampler.update_td_error(index, d)
-    _assert_same_state(flat.state_dict(), column.state_dict())
+    assert_same_state(flat.state_dict(), column.state_dict())
 
     # Through TorchRL's extend, with a priority column of shape [N, 1].
     sampler = MixtureSampler(lam_max=None)
@@ -375,7 +368,7 @@ def test_priorities_and_td_errors_shaped_n_by_1():
         flat.update_priority(index, torch.ones(6, 2))
     with pytest.raises(ValueError, match=r"td_error must be a scalar or hold one value per index.*\[2, 3\]"):
         flat.update_td_error(index, torch.ones(2, 3))
-    _assert_same_state(flat.state_dict(), column.state_dict())
+    assert_same_state(flat.state_dict(), column.state_dict())
 
 
 # 4. A refused update changes nothing, capacity included.
@@ -408,7 +401,7 @@ def test_a_refused_update_leaves_the_sampler_unchanged(td_boost):
     for error, match, update in bad_updates:
         with pytest.raises(error, match=match):
             update()
-        _assert_same_state(sampler.state_dict(), snapshot)
+        assert_same_state(sampler.state_dict(), snapshot)
     assert sampler.num_positive == 4
 
 
@@ -461,7 +454,7 @@ def test_pickle_and_deepcopy_within_a_process_copy_the_state(td_boost):
     rb.sample()
     for clone in (pickle.loads(pickle.dumps(sampler)), copy.deepcopy(sampler)):
         assert clone._rng is None  # the buffer's generator stays with the buffer, as in TorchRL
-        _assert_same_state(clone.state_dict(), sampler.state_dict())
+        assert_same_state(clone.state_dict(), sampler.state_dict())
         clone.update_priority(index[5:6], 1.0)  # independent copies
         assert clone.num_positive == sampler.num_positive + 1
         torch.manual_seed(3)
@@ -537,7 +530,7 @@ def test_loads_refuses_anything_but_tensors_and_numbers(tmp_path):
     assert torch.load(tmp_path / "ok" / "mixture_sampler.pt", weights_only=True).keys() == sampler.state_dict().keys()
     clone = MixtureSampler()
     clone.loads(tmp_path / "ok")
-    _assert_same_state(clone.state_dict(), sampler.state_dict())
+    assert_same_state(clone.state_dict(), sampler.state_dict())
 
     (tmp_path / "bad").mkdir()
     torch.save({**sampler.state_dict(), "extra": _Payload()}, tmp_path / "bad" / "mixture_sampler.pt")

@@ -27,6 +27,8 @@ from torchrl.data import (
 )
 from torchrl_vlm.replay.sampler import MixtureSampler
 
+from _state import assert_same_state
+
 pytestmark = pytest.mark.filterwarnings("ignore:Got conflicting batch_sizes:UserWarning")
 
 KINDS = {
@@ -166,7 +168,7 @@ def test_pickable(rb_type, storage, datatype, writer, make_sampler):
     assert str(rb) and "MixtureSampler" in repr(rb.sampler)
     if storage is not LazyMemmapStorage:  # a filled memmap storage does not pickle (TorchRL's, not ours)
         rb2 = pickle.loads(pickle.dumps(rb))
-        _assert_same_state(rb2.sampler.state_dict(), rb.sampler.state_dict())
+        assert_same_state(rb2.sampler.state_dict(), rb.sampler.state_dict())
 
 
 # ----------------------------------------------------- generic sampler calls
@@ -218,15 +220,6 @@ def test_empty(make_sampler):
 
 
 # --------------------------------------------------------- state and files
-def _assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            torch.testing.assert_close(a[key], b[key], equal_nan=True, rtol=0, atol=0, msg=key)
-        else:
-            assert a[key] == b[key], key
-
-
 def _filled(sampler, storage, n=27, batch_size=8):
     rb = TensorDictReplayBuffer(storage=storage, sampler=sampler, batch_size=batch_size)
     _score(rb, rb.extend(TensorDict({"a": torch.arange(n), ("b", "c"): torch.arange(1, n + 1)}, [n])))
@@ -240,7 +233,7 @@ def test_state_dict_round_trip_through_the_buffer(make_sampler):
     rb.extend(TensorDict({"a": torch.zeros(3, dtype=torch.long), ("b", "c"): torch.ones(3, dtype=torch.long)}, [3]))
     new = TensorDictReplayBuffer(storage=LazyTensorStorage(100), sampler=make_sampler(), batch_size=8)
     new.load_state_dict(rb.state_dict())
-    _assert_same_state(new.sampler.state_dict(), rb.sampler.state_dict())
+    assert_same_state(new.sampler.state_dict(), rb.sampler.state_dict())
     assert new.sampler.lam == rb.sampler.lam and new.sampler.num_positive == rb.sampler.num_positive
     torch.manual_seed(5)
     a = rb.sample()
@@ -258,7 +251,7 @@ def test_dumps_loads_with_memmap_storage(make_sampler, tmp_path, save, load):
     )
     getattr(rb, save)(tmp_path / "dump")
     getattr(rb2, load)(tmp_path / "dump")
-    _assert_same_state(rb2.sampler.state_dict(), rb.sampler.state_dict())
+    assert_same_state(rb2.sampler.state_dict(), rb.sampler.state_dict())
     s = rb2.sample(3)
     assert (s["a"] == s["b", "c"] - 1).all()
 
@@ -275,9 +268,9 @@ def test_load_state_dict_decouples_from_the_source(make_sampler):
     for value in sd.values():
         if isinstance(value, torch.Tensor):
             value.fill_(5.0)
-    _assert_same_state(clone.state_dict(), before)
+    assert_same_state(clone.state_dict(), before)
     sampler.state_dict()["priority"].fill_(7.0)  # state_dict hands out copies too
-    _assert_same_state(sampler.state_dict(), before)
+    assert_same_state(sampler.state_dict(), before)
 
 
 def test_copies_keep_the_priorities(make_sampler):
@@ -285,7 +278,7 @@ def test_copies_keep_the_priorities(make_sampler):
     sampler = make_sampler()
     rb = _filled(sampler, LazyTensorStorage(30))
     for clone in (copy.deepcopy(sampler), pickle.loads(pickle.dumps(sampler))):
-        _assert_same_state(clone.state_dict(), sampler.state_dict())
+        assert_same_state(clone.state_dict(), sampler.state_dict())
         assert clone.num_positive == sampler.num_positive
         torch.manual_seed(1)
         a = clone.sample(rb.storage, 32)[0]
