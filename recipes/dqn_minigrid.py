@@ -82,6 +82,9 @@ SCORERS = ("events", "noisy_events", "transformers")
 #: What each numeric key of dqn_minigrid.yaml allows (with training.COMMON_RANGES); tests
 #: check that every numeric key of the YAML is listed here.
 RANGES = {
+    "env.tile_size": Range("int", 1),
+    "env.max_steps": Range("int", 1, nullable=True),
+    "optim.max_grad_norm": Range("float", 0, open_low=True),
     "env.parallel": Range("bool"),
     "collector.init_random_frames": Range("int", 0),
     "collector.eps_start": Range("float", 0, 1),

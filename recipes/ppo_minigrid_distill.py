@@ -68,6 +68,9 @@ RESUME_MUST_MATCH = ("algo", "teacher", "env.name", "env.mission_features", "net
 #: What each numeric key of ppo_minigrid_distill.yaml allows (with training.COMMON_RANGES);
 #: tests check that every numeric key of the YAML is listed here.
 RANGES = {
+    "env.tile_size": Range("int", 1),
+    "env.max_steps": Range("int", 1, nullable=True),
+    "optim.max_grad_norm": Range("float", 0, open_low=True),
     "env.mission_features": Range("bool"),
     "optim.epochs": Range("int", 1),
     "optim.minibatch_size": Range("int", 1),

@@ -131,13 +131,10 @@ def check_ranges(cfg, ranges: Mapping[str, Range]) -> None:
 #: The keys every recipe shares, and what they allow.
 COMMON_RANGES = {
     "env.num_envs": Range("int", 1),
-    "env.tile_size": Range("int", 1),
-    "env.max_steps": Range("int", 1, nullable=True),
     "env.seed": Range("int", 0),
     "collector.total_frames": Range("int", 1),
     "collector.frames_per_batch": Range("int", 1),
     "optim.lr": Range("float", 0),  # 0 freezes the networks: a resumed run that only collects and evaluates
-    "optim.max_grad_norm": Range("float", 0, open_low=True),
     "loss.gamma": Range("float", 0, 1, open_low=True),
     "network.hidden": Range("ints", 1),
     "eval.interval": Range("int", 0),
