@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Tests never reach a model hub or the wandb servers.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1
+# MuJoCo renders offscreen through EGL (in software on a machine without a GPU).
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1 MUJOCO_GL=egl
 
 .PHONY: test demo venv clean
 

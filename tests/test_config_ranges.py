@@ -1,4 +1,4 @@
-"""Every numeric key of both recipes' YAML has a range, and a value outside it is refused, naming the key."""
+"""Every numeric key of each recipe's YAML has a range, and a value outside it is refused, naming the key."""
 import copy
 import sys
 from pathlib import Path
@@ -14,8 +14,9 @@ sys.path.insert(0, str(RECIPES))
 
 import dqn_minigrid  # noqa: E402
 import ppo_minigrid_distill  # noqa: E402
+import sac_ogbench  # noqa: E402
 
-RECIPE_MODULES = {"dqn_minigrid": dqn_minigrid, "ppo_minigrid_distill": ppo_minigrid_distill}
+RECIPE_MODULES = {"dqn_minigrid": dqn_minigrid, "ppo_minigrid_distill": ppo_minigrid_distill, "sac_ogbench": sac_ogbench}
 
 
 _COMPOSED = {}

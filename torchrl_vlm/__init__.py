@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **{name: envs._EXPORTS[name] for name in (
         "EVENT_NAMES", "LVLM2P_ENVS", "MINIGRID_ACTIONS", "MINIGRID_ENVS", "RenderClips", "decode_mission",
-        "episode_step_limit", "make_minigrid_env",
+        "episode_step_limit", "make_minigrid_env", "OGBENCH_ENVS", "OGBENCH_EVENT_NAMES", "make_ogbench_env",
     )},
     **replay._EXPORTS,
     **{name: module for name, module in scoring._EXPORTS.items() if name not in ("check_scores", "validate_clips")},

@@ -28,6 +28,17 @@ _EXPORTS = {
         ),
         "torchrl_vlm.envs.minigrid_names",
     ),
+    **dict.fromkeys(
+        (
+            "EPISODE_STEPS",
+            "OGBENCH_ENVS",
+            "OGBENCH_EVENT_NAMES",
+            "OGBENCH_SUBGOALS",
+            "OGBenchObservation",
+            "make_ogbench_env",
+        ),
+        "torchrl_vlm.envs.ogbench",
+    ),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

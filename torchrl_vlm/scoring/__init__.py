@@ -10,7 +10,15 @@ _EXPORTS = {
     "VLMReplayBuffer": "torchrl_vlm.scoring.buffer",
     "ClipGallery": "torchrl_vlm.scoring.gallery",
     **dict.fromkeys(
-        ("EVENT_DEFINITIONS", "DelayedScorer", "MiniGridEventScorer", "NoisyScorer"), "torchrl_vlm.scoring.oracle"
+        (
+            "EVENT_DEFINITIONS",
+            "DelayedScorer",
+            "MiniGridEventScorer",
+            "NoisyScorer",
+            "OGBENCH_EVENT_DEFINITIONS",
+            "OGBenchEventScorer",
+        ),
+        "torchrl_vlm.scoring.oracle",
     ),
     **dict.fromkeys(("ScoredBatch", "ScoringService", "ScoringServiceError"), "torchrl_vlm.scoring.service"),
     "TransformersScorer": "torchrl_vlm.scoring.transformers",

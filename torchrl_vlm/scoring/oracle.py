@@ -2,8 +2,9 @@
 
 They are named stand-ins, never silent fallbacks:
 
-- :class:`MiniGridEventScorer` reads the simulator's events and plays an
-  *ideal* VLM, the upper bound of what a scorer can give VLM-RB;
+- :class:`MiniGridEventScorer` (and :class:`OGBenchEventScorer` for OGBench's
+  ``scene`` tasks) reads the simulator's events and plays an *ideal* VLM, the
+  upper bound of what a scorer can give VLM-RB;
 - :class:`NoisyScorer` gives any scorer chosen false-positive and
   false-negative rates, which answers "how accurate must my VLM be?";
 - :class:`DelayedScorer` adds a fixed latency that uses no CPU, to measure the
@@ -18,9 +19,17 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES
+from torchrl_vlm.envs.ogbench import OGBENCH_EVENT_NAMES
 from torchrl_vlm.scoring.base import validate_clips
 
-__all__ = ["DelayedScorer", "EVENT_DEFINITIONS", "MiniGridEventScorer", "NoisyScorer"]
+__all__ = [
+    "DelayedScorer",
+    "EVENT_DEFINITIONS",
+    "MiniGridEventScorer",
+    "NoisyScorer",
+    "OGBENCH_EVENT_DEFINITIONS",
+    "OGBenchEventScorer",
+]
 
 #: What counts as meaningful, by name. The paper's prompt asks for "goal
 #: satisfaction"; ``any`` and ``first_progress`` also credit the sub-goals.
@@ -34,6 +43,19 @@ EVENT_DEFINITIONS = {
     "goal_only": ("goal",),
 }
 
+#: The same three definitions for OGBench's ``scene`` tasks, whose event columns
+#: are :data:`~torchrl_vlm.envs.ogbench.OGBENCH_EVENT_NAMES`.
+OGBENCH_EVENT_DEFINITIONS = {
+    # every step at which a subgoal (cube, a button's lock state, drawer, window
+    # at its target) becomes satisfied, and the goal
+    "any": tuple(e for e in OGBENCH_EVENT_NAMES if e.startswith("subgoal_")) + ("goal",),
+    # the first time in an episode that each subgoal becomes satisfied, and the
+    # goal: a subgoal undone and redone is not new progress
+    "first_progress": tuple(e for e in OGBENCH_EVENT_NAMES if e.startswith("first_subgoal_")) + ("goal",),
+    # the task solved only
+    "goal_only": ("goal",),
+}
+
 
 def _built(base):
     """A scorer from a scorer or its factory (a class or a ``functools.partial``)."""
@@ -44,7 +66,54 @@ def _built(base):
     return base
 
 
-class MiniGridEventScorer:
+class _EventScorer:
+    """Shared logic of the ground-truth event scorers: one subclass per domain.
+
+    A subclass names its domain's event columns (``event_names``), its named
+    definitions (``definitions``) and where the columns are documented
+    (``names_label``). A clip is meaningful (P(yes) = 1) if any chosen event
+    column fires on a real step (``mask``) of the clip, else 0.
+    """
+
+    needs_frames = False
+    event_names: tuple[str, ...] = ()
+    definitions: dict[str, tuple[str, ...]] = {}
+    names_label = ""
+
+    def __init__(self, definition: str | tuple[str, ...]):
+        if isinstance(definition, str):
+            if definition not in self.definitions:
+                raise ValueError(
+                    f"definition must be one of {sorted(self.definitions)} or a tuple of event "
+                    f"names from {self.event_names}, got {definition!r}"
+                )
+            events = self.definitions[definition]
+        else:
+            events = tuple(definition)
+            unknown = [e for e in events if e not in self.event_names]
+            if unknown or not events:
+                raise ValueError(f"unknown event names {unknown}; choose from {self.event_names}")
+        self.definition = definition
+        self.columns = torch.tensor([self.event_names.index(e) for e in events])
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        validate_clips(clips, require_frames=False)
+        events = clips.get("events", None)
+        if events is None:
+            raise ValueError(f"{type(self).__name__} needs the clips' 'events' entry (bool [B, L, E])")
+        width = len(self.event_names)
+        if events.ndim != 3 or events.shape[-1] != width:
+            raise ValueError(
+                f"clips['events'] must be [B, L, {width}] ({self.names_label}), got {list(events.shape)}"
+            )
+        hit = events[..., self.columns].any(-1) & clips["mask"]
+        return hit.any(-1).float()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(definition={self.definition!r})"
+
+
+class MiniGridEventScorer(_EventScorer):
     """An idealised VLM: P(yes) = 1 if a chosen ground-truth event happens in the clip, else 0.
 
     It reads the clips' ``events`` entry (bool ``[B, L, E]``, columns named by
@@ -56,38 +125,45 @@ class MiniGridEventScorer:
             ``"goal_only"``) or a tuple of event names.
     """
 
-    needs_frames = False
+    event_names = EVENT_NAMES
+    definitions = EVENT_DEFINITIONS
+    names_label = "EVENT_NAMES"
 
     def __init__(self, definition: str | tuple[str, ...] = "any"):
-        if isinstance(definition, str):
-            if definition not in EVENT_DEFINITIONS:
-                raise ValueError(
-                    f"definition must be one of {sorted(EVENT_DEFINITIONS)} or a tuple of event "
-                    f"names from {EVENT_NAMES}, got {definition!r}"
-                )
-            events = EVENT_DEFINITIONS[definition]
-        else:
-            events = tuple(definition)
-            unknown = [e for e in events if e not in EVENT_NAMES]
-            if unknown or not events:
-                raise ValueError(f"unknown event names {unknown}; choose from {EVENT_NAMES}")
-        self.definition = definition
-        self.columns = torch.tensor([EVENT_NAMES.index(e) for e in events])
+        super().__init__(definition)
 
-    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
-        validate_clips(clips, require_frames=False)
-        events = clips.get("events", None)
-        if events is None:
-            raise ValueError("MiniGridEventScorer needs the clips' 'events' entry (bool [B, L, E])")
-        if events.ndim != 3 or events.shape[-1] != len(EVENT_NAMES):
-            raise ValueError(
-                f"clips['events'] must be [B, L, {len(EVENT_NAMES)}] (EVENT_NAMES), got {list(events.shape)}"
-            )
-        hit = events[..., self.columns].any(-1) & clips["mask"]
-        return hit.any(-1).float()
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(definition={self.definition!r})"
+class OGBenchEventScorer(_EventScorer):
+    """An idealised VLM for OGBench's ``scene`` tasks: P(yes) = 1 if a chosen event happens in the clip.
+
+    It reads the clips' ``events`` entry (bool ``[B, L, E]``, columns named by
+    :data:`~torchrl_vlm.envs.ogbench.OGBENCH_EVENT_NAMES`: a subgoal of the task
+    (cube, either button's lock state, drawer, window at its target) becoming
+    satisfied, the first time it does in the episode, or the task solved), only
+    on real steps (``mask``).
+
+    Args:
+        definition: which events make a clip meaningful: a name from
+            :data:`OGBENCH_EVENT_DEFINITIONS` or a tuple of event names:
+
+            - ``"any"``: any subgoal becoming satisfied, or the goal;
+            - ``"first_progress"`` (default): a subgoal becoming satisfied for
+              the first time in the episode, or the goal; undoing and redoing a
+              subgoal (pressing a button twice) earns nothing the second time;
+            - ``"goal_only"``: the task solved.
+
+    Examples:
+        >>> scorer = OGBenchEventScorer("goal_only")
+        >>> scorer.needs_frames
+        False
+    """
+
+    event_names = OGBENCH_EVENT_NAMES
+    definitions = OGBENCH_EVENT_DEFINITIONS
+    names_label = "OGBENCH_EVENT_NAMES"
+
+    def __init__(self, definition: str | tuple[str, ...] = "first_progress"):
+        super().__init__(definition)
 
 
 class NoisyScorer:

@@ -1,0 +1,121 @@
+"""Builders the OGBench recipes share (as TorchRL's sota-implementations keep them in a utils_*.py):
+config checks, the env, the scorer factory and the replay buffer."""
+from __future__ import annotations
+
+import functools
+
+from omegaconf import DictConfig
+from torchrl.data import LazyTensorStorage
+
+from torchrl_vlm import MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, make_replay_buffer
+from torchrl_vlm.training import Range, check_common_config
+
+SAMPLERS = ("uniform", "per", "vlm")
+SCORERS = ("events", "noisy_events", "transformers")
+DEFINITIONS = ("any", "first_progress", "goal_only")
+
+#: What each numeric key of the OGBench YAMLs allows (with training.COMMON_RANGES).
+RANGES = {
+    "env.frame_size": Range("int", 8),
+    "collector.init_random_frames": Range("int", 0),
+    "buffer.capacity": Range("int", 1),
+    "buffer.batch_size": Range("int", 1),
+    "buffer.lam_max": Range("float", 0, 1, nullable=True),
+    "buffer.warmup_fraction": Range("float", 0, 1),
+    "buffer.td_boost": Range("bool"),
+    "buffer.per_alpha": Range("float", 0),
+    "buffer.per_beta": Range("float", 0, 1),
+    "vlm.false_positive_rate": Range("float", 0, 1),
+    "vlm.false_negative_rate": Range("float", 0, 1),
+    "vlm.num_frames": Range("int", 1),
+    "vlm.batch_size": Range("int", 1),
+    "vlm.clip_len": Range("int", 1),
+    "vlm.threshold": Range("float", 0, 1),
+    "vlm.score_lag": Range("int", 0, nullable=True),
+    "vlm.max_pending": Range("int", 1),
+    "vlm.batch_clips": Range("int", 1),
+    "vlm.num_threads": Range("int", 1),
+    "vlm.start_timeout_s": Range("float", 0, open_low=True),
+    "vlm.hang_timeout_s": Range("float", 0, open_low=True),
+    "vlm.max_restarts": Range("int", 0),
+    "vlm.max_consecutive_errors": Range("int", 1),
+    "optim.updates_per_frame": Range("float", 0, open_low=True),
+    "loss.tau": Range("float", 0, 1, open_low=True),
+    "loss.alpha_init": Range("float", 0, open_low=True),
+    "loss.target_entropy_scale": Range("float", 0),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    from torchrl_vlm.envs.ogbench import OGBENCH_ENVS
+
+    if cfg.env.name not in OGBENCH_ENVS:
+        raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(OGBENCH_ENVS)}")
+    check_common_config(cfg, RANGES)
+    if cfg.buffer.sampler not in SAMPLERS:
+        raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
+    if cfg.vlm.scorer not in SCORERS:
+        raise ValueError(f"vlm.scorer={cfg.vlm.scorer!r}; choose one of {SCORERS}")
+    if cfg.vlm.definition not in DEFINITIONS:
+        raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {DEFINITIONS}")
+    if cfg.env.render not in ("auto", True, False):
+        raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
+
+
+def wants_frames(cfg: DictConfig) -> bool:
+    """Frames cost ~0.1 s each in software rendering: only a VLM scorer looks at them."""
+    if cfg.env.render != "auto":
+        return bool(cfg.env.render)
+    return cfg.buffer.sampler == "vlm" and cfg.vlm.scorer == "transformers"
+
+
+def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
+    from torchrl_vlm.envs.ogbench import make_ogbench_env
+
+    return make_ogbench_env(
+        cfg.env.name, num_envs=num_envs, clip_len=cfg.vlm.clip_len, render=render, frame_size=cfg.env.frame_size,
+        seed=seed, device=cfg.device,
+    )
+
+
+def scorer_factory(cfg: DictConfig):
+    """A picklable zero-argument factory of the scorer, built inside the scoring process."""
+    from torchrl_vlm.scoring.oracle import OGBenchEventScorer
+
+    events = functools.partial(OGBenchEventScorer, cfg.vlm.definition)
+    if cfg.vlm.scorer == "events":
+        return events
+    if cfg.vlm.scorer == "noisy_events":
+        return functools.partial(NoisyScorer, events, cfg.vlm.false_positive_rate, cfg.vlm.false_negative_rate,
+                                 cfg.env.seed)
+    from torchrl_vlm.scoring.transformers import TransformersScorer
+
+    return functools.partial(TransformersScorer, cfg.vlm.model, num_frames=cfg.vlm.num_frames, device=cfg.vlm.device,
+                             batch_size=cfg.vlm.batch_size)
+
+
+def make_buffer(cfg: DictConfig):
+    """Uniform or PER (:func:`make_replay_buffer`), or VLM-RB with TD boosting (:class:`VLMReplayBuffer`)."""
+    b = cfg.buffer
+    if b.sampler != "vlm":
+        return make_replay_buffer(b.capacity, sampler=b.sampler, batch_size=b.batch_size, per_alpha=b.per_alpha,
+                                  per_beta=b.per_beta)
+    sampler = MixtureSampler(lam_max=b.lam_max, warmup=int(b.warmup_fraction * cfg.collector.total_frames),
+                             td_boost=b.td_boost)
+    try:
+        return VLMReplayBuffer(
+            storage=LazyTensorStorage(b.capacity), scorer=scorer_factory(cfg), sampler=sampler,
+            batch_size=b.batch_size, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold,
+            score_lag=cfg.vlm.score_lag, max_pending=cfg.vlm.max_pending, batch_clips=cfg.vlm.batch_clips,
+            num_threads=cfg.vlm.num_threads, start_timeout_s=cfg.vlm.start_timeout_s,
+            hang_timeout_s=cfg.vlm.hang_timeout_s, max_restarts=cfg.vlm.max_restarts,
+            max_consecutive_errors=cfg.vlm.max_consecutive_errors,
+        )
+    except ScoringServiceError as err:
+        if cfg.vlm.scorer != "transformers":
+            raise
+        raise ScoringServiceError(
+            f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a local "
+            f"folder holding the model, or run with vlm.scorer=events. The scoring process said:\n{err}"
+        ) from None
