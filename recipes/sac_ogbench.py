@@ -32,26 +32,37 @@ from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
-from utils_ogbench import RANGES, check_config, make_buffer, make_env, wants_frames
+import utils_ogbench
+from utils_ogbench import SHARED_RANGES, evaluate, make_buffer, make_env, restore_run, save_run, wants_frames
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
+    Range,
     StopRequest,
     check_resumable,
     close_all,
-    evaluate_success,
-    get_rng_state,
     load_checkpoint,
     log_metrics,
     make_logger,
     phase_seconds,
-    save_checkpoint,
     seed_everything,
-    set_rng_state,
     timed_batches,
 )
 
 __all__ = ["RANGES", "check_config", "make_actor_critic", "train"]
+
+#: What each numeric key of sac_ogbench.yaml allows (with training.COMMON_RANGES); tests check the YAML against it.
+RANGES = {
+    **SHARED_RANGES,
+    "loss.alpha_init": Range("float", 0, open_low=True),
+    "loss.target_entropy_scale": Range("float", 0),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    utils_ogbench.check_config(cfg, RANGES)
+
 
 #: Settings a resumed run must share with its checkpoint.
 RESUME_MUST_MATCH = ("env.name", "env.num_envs", "buffer", "network", "loss.gamma", "vlm.clip_len", "vlm.score_lag")
@@ -128,14 +139,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         }
         rb = make_buffer(cfg)
         if state is not None:
-            rb.loads(Path(state["folder"]) / "replay_buffer")
-            loss_module.load_state_dict(state["loss_module"])
-            for name, optimizer in optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][name])
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.optim.lr
-            env.load_state_dict(state["env"])
-            set_rng_state(state["rng"])
+            restore_run(state, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb)
             print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
         start_frames = collected
 
@@ -159,31 +163,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         )
         evals: list[dict[str, float]] = []
 
-        def evaluate() -> dict[str, float]:
-            result = evaluate_success(eval_env, actor, max_steps=eval_env_steps + 1)
-            row = {"frames": collected, "success": result["success"], "return": result["return"]}
-            evals.append(row)
-            log_metrics(logger, {"eval/success": row["success"], "eval/return": row["return"]}, collected)
-            return row
-
         def checkpoint(folder: Path) -> None:
-            save_checkpoint(
-                folder,
-                {
-                    "loss_module": loss_module.state_dict(),
-                    "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                    "env": env.state_dict(),
-                    "rng": get_rng_state(),
-                    "collected_frames": collected,
-                    "updates": updates,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                },
-                rb,
-            )
+            save_run(folder, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb,
+                     collected=collected, updates=updates)
 
-        from torchrl_vlm.envs.ogbench import EPISODE_STEPS
-
-        eval_env_steps = EPISODE_STEPS
         eval_every = Every(cfg.eval.interval, collected)
         log_every = Every(cfg.logger.log_interval, collected)
         ckpt_every = Every(cfg.checkpoint.interval, collected)
@@ -228,7 +211,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 pbar.update(n)
                 if eval_every.due(collected):
                     with timeit("eval"):
-                        last_eval = evaluate()
+                        last_eval = evaluate(eval_env, actor, logger, collected, evals)
                 if log_every.due(collected) or collected >= total_frames or stop.requested:
                     metrics = episodes.pop()
                     metrics.update({f"train/{k}": float(np.mean(v)) for k, v in logs.items()})
@@ -247,7 +230,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             loop_seconds = time.perf_counter() - t_start
             if not evals or evals[-1]["frames"] != collected:
                 with timeit("eval"):
-                    last_eval = evaluate()
+                    last_eval = evaluate(eval_env, actor, logger, collected, evals)
             if cfg.checkpoint.at_end:
                 checkpoint(out_dir / "checkpoint")
             buffer_stats = rb.stats()

@@ -14,8 +14,8 @@ SAMPLERS = ("uniform", "per", "vlm")
 SCORERS = ("events", "noisy_events", "transformers")
 DEFINITIONS = ("any", "first_progress", "goal_only")
 
-#: What each numeric key of the OGBench YAMLs allows (with training.COMMON_RANGES).
-RANGES = {
+#: What the numeric keys both OGBench YAMLs have allow (with training.COMMON_RANGES; each recipe adds its own).
+SHARED_RANGES = {
     "env.frame_size": Range("int", 8),
     "collector.init_random_frames": Range("int", 0),
     "buffer.capacity": Range("int", 1),
@@ -41,18 +41,19 @@ RANGES = {
     "vlm.max_consecutive_errors": Range("int", 1),
     "optim.updates_per_frame": Range("float", 0, open_low=True),
     "loss.tau": Range("float", 0, 1, open_low=True),
-    "loss.alpha_init": Range("float", 0, open_low=True),
-    "loss.target_entropy_scale": Range("float", 0),
 }
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Refuses a bad configuration before anything is built, naming the key and the choices."""
+def check_config(cfg: DictConfig, ranges) -> None:
+    """Refuses a bad configuration before anything is built, naming the key and the choices.
+
+    ``ranges``: every numeric key of the recipe's YAML (:data:`SHARED_RANGES` and the recipe's own).
+    """
     from torchrl_vlm.envs.ogbench import OGBENCH_ENVS
 
     if cfg.env.name not in OGBENCH_ENVS:
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(OGBENCH_ENVS)}")
-    check_common_config(cfg, RANGES)
+    check_common_config(cfg, ranges)
     if cfg.buffer.sampler not in SAMPLERS:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.vlm.scorer not in SCORERS:
@@ -119,3 +120,51 @@ def make_buffer(cfg: DictConfig):
             f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a local "
             f"folder holding the model, or run with vlm.scorer=events. The scoring process said:\n{err}"
         ) from None
+
+
+# --------------------------------------------------------------------------- what both loops do alike
+def save_run(folder, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb, collected: int, updates: int) -> None:
+    """A checkpoint of an actor-critic run: loss module (networks and targets), optimisers, env, RNG, buffer."""
+    from omegaconf import OmegaConf
+
+    from torchrl_vlm.training import get_rng_state, save_checkpoint
+
+    save_checkpoint(
+        folder,
+        {
+            "loss_module": loss_module.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "env": env.state_dict(),
+            "rng": get_rng_state(),
+            "collected_frames": collected,
+            "updates": updates,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+        rb,
+    )
+
+
+def restore_run(state: dict, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb) -> None:
+    """Loads what :func:`save_run` wrote (the optimisers keep the configured learning rate)."""
+    from pathlib import Path
+
+    from torchrl_vlm.training import restore_optimizer, set_rng_state
+
+    rb.loads(Path(state["folder"]) / "replay_buffer")
+    loss_module.load_state_dict(state["loss_module"])
+    for name, optimizer in optimizers.items():
+        restore_optimizer(optimizer, state["optimizers"][name], cfg.optim.lr)
+    env.load_state_dict(state["env"])
+    set_rng_state(state["rng"])
+
+
+def evaluate(eval_env, actor, logger, collected: int, evals: list) -> dict:
+    """Greedy episodes (one per eval env, to the 750-step limit); appends and logs success and return."""
+    from torchrl_vlm.envs.ogbench import EPISODE_STEPS
+    from torchrl_vlm.training import evaluate_success, log_metrics
+
+    result = evaluate_success(eval_env, actor, max_steps=EPISODE_STEPS + 1)
+    row = {"frames": collected, "success": result["success"], "return": result["return"]}
+    evals.append(row)
+    log_metrics(logger, {"eval/success": row["success"], "eval/return": row["return"]}, collected)
+    return row

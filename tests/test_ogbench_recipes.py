@@ -1,4 +1,4 @@
-"""recipes/sac_ogbench.py at tiny budgets: uniform, PER, VLM-RB with TD boosting; resume; the tiny VLM."""
+"""recipes/sac_ogbench.py and td3_ogbench.py at tiny budgets: uniform, PER, VLM-RB with TD boosting; resume; the tiny VLM."""
 import os
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
 import sac_ogbench  # noqa: E402
+import td3_ogbench  # noqa: E402
 from torchrl_vlm.training import load_checkpoint  # noqa: E402
 
 TINY = [
@@ -33,9 +34,9 @@ TINY = [
 ]
 
 
-def config(*overrides):
+def config(*overrides, recipe="sac_ogbench"):
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-        return compose("sac_ogbench", overrides=[*TINY, *overrides])
+        return compose(recipe, overrides=[*TINY, *overrides])
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "per", "vlm"])
@@ -93,3 +94,18 @@ def test_the_tiny_vlm_scores_rendered_frames(tiny_vlm, tmp_path):
 def test_config_errors_are_clear(overrides, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         sac_ogbench.train(config(*overrides), tmp_path)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "vlm"])
+def test_td3_smoke(sampler, tmp_path):
+    summary = td3_ogbench.train(config(f"buffer.sampler={sampler}", "loss.policy_delay=2", recipe="td3_ogbench"),
+                                tmp_path)
+    assert summary["frames"] == 256 and summary["updates"] == 256 // 4
+    logged = {f"{p.parent.name}/{p.stem}" for p in (tmp_path / "logs").rglob("scalars/*/*.csv")}
+    assert {"train/loss_qvalue", "train/loss_actor", "train/sps", "eval/success"} <= logged
+    if sampler == "vlm":
+        state = torch.load(Path(summary["checkpoint"]) / "replay_buffer" / "sampler" / "mixture_sampler.pt",
+                           weights_only=True)
+        assert int((~torch.isnan(state["td_error"][:256])).sum()) > 0  # |δ| of the sampled transitions
+    with pytest.raises(ValueError, match="loss.policy_delay"):
+        td3_ogbench.train(config("loss.policy_delay=0", recipe="td3_ogbench"), tmp_path / "bad")
