@@ -177,7 +177,7 @@ def main() -> None:
     ratio = speed["batched"] / speed["one clip at a time"]
     body = "\n".join(
         [
-            f"- model: `{model}`{' (tiny random Idefics3 from torchrl_vlm.testing)' if tiny else ''}, "
+            f"- model: `{Path(model).name if tiny else model}`{' (tiny random Idefics3 from torchrl_vlm.testing, in a temporary folder)' if tiny else ''}, "
             f"device {scorer.device}, dtype {scorer.dtype}, torch threads {torch.get_num_threads()}, "
             f"load {load_s:.1f} s",
             f"- {args.clips} clips of {args.clip_len} steps, {args.frame_size}x{args.frame_size} px; "

@@ -16,7 +16,7 @@ from tensordict import TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase, Transform
 
-__all__ = ["RenderClips", "render_gym_frames"]
+__all__ = ["RenderClips", "render_gym_frames", "with_clip_tags"]
 
 # A clip id is (salt << _COUNTER_BITS) | counter: the counter keeps the ids of
 # one transform apart (its envs, its episodes), the salt keeps transforms apart.
@@ -334,3 +334,24 @@ class RenderClips(Transform):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(clip_len={self.clip_len}, frame_key={self.frame_key!r})"
+
+
+def with_clip_tags(base: EnvBase, *, clip_len: int, frames: bool, worker_id: int | None = None,
+                   seed: int | None = None):
+    """``base`` under :class:`RenderClips`, ``StepCounter`` and ``RewardSum``, seeded: the envs' common shape.
+
+    ``frames`` says whether ``base`` writes ``pixels`` (the clips then carry them).
+    """
+    from torchrl.envs import Compose, RewardSum, StepCounter, TransformedEnv
+
+    env = TransformedEnv(
+        base,
+        Compose(
+            RenderClips(clip_len=clip_len, frame_key="pixels" if frames else None, worker_id=worker_id),
+            StepCounter(),
+            RewardSum(),
+        ),
+    )
+    if seed is not None:
+        env.set_seed(seed)
+    return env

@@ -20,10 +20,10 @@ from minigrid.core.constants import COLOR_NAMES, COLOR_TO_IDX, OBJECT_TO_IDX, ST
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from torchrl.data import NonTensor
-from torchrl.envs import Compose, GymWrapper, RewardSum, StepCounter, TransformedEnv
+from torchrl.envs import GymWrapper, TransformedEnv
 from torchrl.envs.libs.gym import register_gym_spec_conversion
 
-from torchrl_vlm.envs.clips import RenderClips
+from torchrl_vlm.envs.clips import with_clip_tags
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS, MISSION_BYTES, decode_mission, encode_mission
 
 __all__ = [
@@ -384,14 +384,4 @@ def make_minigrid_env(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )
         base = GymWrapper(vector, device=device, categorical_action_encoding=True)
-    env = TransformedEnv(
-        base,
-        Compose(
-            RenderClips(clip_len=clip_len, frame_key="pixels" if render else None, worker_id=worker_id),
-            StepCounter(),
-            RewardSum(),
-        ),
-    )
-    if seed is not None:
-        env.set_seed(seed)
-    return env
+    return with_clip_tags(base, clip_len=clip_len, frames=render, worker_id=worker_id, seed=seed)

@@ -289,9 +289,9 @@ def make_ogbench_env(
         _check_int("seed", seed, 0)
     render = bool(render)
 
-    from torchrl.envs import Compose, GymWrapper, RewardSum, StepCounter, TransformedEnv
+    from torchrl.envs import GymWrapper
 
-    from torchrl_vlm.envs.clips import RenderClips
+    from torchrl_vlm.envs.clips import with_clip_tags
 
     if num_envs == 1:
         base = GymWrapper(_make_gym_env(env_name, render, frame_size), device=device)
@@ -301,14 +301,4 @@ def make_ogbench_env(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )
         base = GymWrapper(vector, device=device)
-    env = TransformedEnv(
-        base,
-        Compose(
-            RenderClips(clip_len=clip_len, frame_key="pixels" if render else None, worker_id=worker_id),
-            StepCounter(),
-            RewardSum(),
-        ),
-    )
-    if seed is not None:
-        env.set_seed(seed)
-    return env
+    return with_clip_tags(base, clip_len=clip_len, frames=render, worker_id=worker_id, seed=seed)
