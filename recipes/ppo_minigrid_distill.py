@@ -54,6 +54,7 @@ from torchrl_vlm.training import (
     restore_training_state,
     save_checkpoint,
     seed_everything,
+    service_ranges,
     timed_batches,
 )
 
@@ -68,6 +69,7 @@ RESUME_MUST_MATCH = ("algo", "teacher", "env.name", "env.mission_features", "net
 #: What each numeric key of ppo_minigrid_distill.yaml allows (with training.COMMON_RANGES);
 #: tests check that every numeric key of the YAML is listed here.
 RANGES = {
+    **service_ranges("teacher_vlm"),
     "env.tile_size": Range("int", 1),
     "env.max_steps": Range("int", 1, nullable=True),
     "optim.max_grad_norm": Range("float", 0, open_low=True),
@@ -87,10 +89,6 @@ RANGES = {
     "teacher_vlm.two_stage": Range("bool"),
     "teacher_vlm.batch_size": Range("int", 1),
     "teacher_vlm.remote": Range("bool"),
-    "teacher_vlm.start_timeout_s": Range("float", 0, open_low=True),
-    "teacher_vlm.hang_timeout_s": Range("float", 0, open_low=True),
-    "teacher_vlm.max_restarts": Range("int", 0),
-    "teacher_vlm.max_consecutive_errors": Range("int", 1),
     "eval.solved_success": Range("float", 0, 1),
     "eval.stop_when_solved": Range("bool"),
 }

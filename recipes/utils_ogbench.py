@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from torchrl.data import LazyTensorStorage
 
 from torchrl_vlm import MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, make_replay_buffer
-from torchrl_vlm.training import Range, check_common_config
+from torchrl_vlm.training import VLM_RANGES, Range, check_common_config
 
 SAMPLERS = ("uniform", "per", "vlm")
 SCORERS = ("events", "noisy_events", "transformers")
@@ -16,6 +16,7 @@ DEFINITIONS = ("any", "first_progress", "goal_only")
 
 #: What the numeric keys both OGBench YAMLs have allow (with training.COMMON_RANGES; each recipe adds its own).
 SHARED_RANGES = {
+    **VLM_RANGES,
     "env.frame_size": Range("int", 8),
     "collector.init_random_frames": Range("int", 0),
     "buffer.capacity": Range("int", 1),
@@ -25,20 +26,6 @@ SHARED_RANGES = {
     "buffer.td_boost": Range("bool"),
     "buffer.per_alpha": Range("float", 0),
     "buffer.per_beta": Range("float", 0, 1),
-    "vlm.false_positive_rate": Range("float", 0, 1),
-    "vlm.false_negative_rate": Range("float", 0, 1),
-    "vlm.num_frames": Range("int", 1),
-    "vlm.batch_size": Range("int", 1),
-    "vlm.clip_len": Range("int", 1),
-    "vlm.threshold": Range("float", 0, 1),
-    "vlm.score_lag": Range("int", 0, nullable=True),
-    "vlm.max_pending": Range("int", 1),
-    "vlm.batch_clips": Range("int", 1),
-    "vlm.num_threads": Range("int", 1),
-    "vlm.start_timeout_s": Range("float", 0, open_low=True),
-    "vlm.hang_timeout_s": Range("float", 0, open_low=True),
-    "vlm.max_restarts": Range("int", 0),
-    "vlm.max_consecutive_errors": Range("int", 1),
     "optim.updates_per_frame": Range("float", 0, open_low=True),
     "loss.tau": Range("float", 0, 1, open_low=True),
 }

@@ -37,6 +37,7 @@ __all__ = [
     "WANDB_MODES",
     "COMMON_RANGES",
     "Range",
+    "VLM_RANGES",
     "check_common_config",
     "check_ranges",
     "check_resumable",
@@ -51,6 +52,7 @@ __all__ = [
     "restore_training_state",
     "save_checkpoint",
     "seed_everything",
+    "service_ranges",
     "set_rng_state",
     "timed_batches",
     "verify_checkpoint",
@@ -144,6 +146,32 @@ COMMON_RANGES = {
     "checkpoint.interval": Range("int", 0),
     "checkpoint.at_end": Range("bool"),
     "num_threads": Range("int", 1),
+}
+
+
+def service_ranges(prefix: str) -> dict[str, Range]:
+    """The ranges of a :class:`~torchrl_vlm.ScoringService`'s fault settings, under ``prefix`` (e.g. ``"vlm"``)."""
+    return {
+        f"{prefix}.start_timeout_s": Range("float", 0, open_low=True),
+        f"{prefix}.hang_timeout_s": Range("float", 0, open_low=True),
+        f"{prefix}.max_restarts": Range("int", 0),
+        f"{prefix}.max_consecutive_errors": Range("int", 1),
+    }
+
+
+#: The ``vlm`` group every VLM-RB recipe shares: the scorer, the clips, the service.
+VLM_RANGES = {
+    "vlm.false_positive_rate": Range("float", 0, 1),
+    "vlm.false_negative_rate": Range("float", 0, 1),
+    "vlm.num_frames": Range("int", 1),
+    "vlm.batch_size": Range("int", 1),
+    "vlm.clip_len": Range("int", 1),
+    "vlm.threshold": Range("float", 0, 1),
+    "vlm.score_lag": Range("int", 0, nullable=True),
+    "vlm.max_pending": Range("int", 1),
+    "vlm.batch_clips": Range("int", 1),
+    "vlm.num_threads": Range("int", 1),
+    **service_ranges("vlm"),
 }
 
 
