@@ -108,6 +108,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         collected = updates = 0
         state = None
+        evals: list[dict[str, float]] = []
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
             check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
@@ -139,7 +140,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         }
         rb = make_buffer(cfg)
         if state is not None:
-            restore_run(state, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb)
+            evals = restore_run(state, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb)
             print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
         start_frames = collected
 
@@ -161,11 +162,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             project=cfg.logger.project,
             mode=cfg.logger.mode,
         )
-        evals: list[dict[str, float]] = []
 
         def checkpoint(folder: Path) -> None:
             save_run(folder, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb,
-                     collected=collected, updates=updates)
+                     collected=collected, updates=updates, evals=evals)
 
         eval_every = Every(cfg.eval.interval, collected)
         log_every = Every(cfg.logger.log_interval, collected)

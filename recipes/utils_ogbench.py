@@ -110,8 +110,10 @@ def make_buffer(cfg: DictConfig):
 
 
 # --------------------------------------------------------------------------- what both loops do alike
-def save_run(folder, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb, collected: int, updates: int) -> None:
-    """A checkpoint of an actor-critic run: loss module (networks and targets), optimisers, env, RNG, buffer."""
+def save_run(folder, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb, collected: int, updates: int,
+             evals: list) -> None:
+    """A checkpoint of an actor-critic run: loss module (networks and targets), optimisers, env, RNG, buffer,
+    and the evaluations so far (a resumed run's history is the whole run's)."""
     from omegaconf import OmegaConf
 
     from torchrl_vlm.training import get_rng_state, save_checkpoint
@@ -125,14 +127,16 @@ def save_run(folder, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb,
             "rng": get_rng_state(),
             "collected_frames": collected,
             "updates": updates,
+            "evals": list(evals),
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
         rb,
     )
 
 
-def restore_run(state: dict, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb) -> None:
-    """Loads what :func:`save_run` wrote (the optimisers keep the configured learning rate)."""
+def restore_run(state: dict, cfg: DictConfig, *, loss_module, optimizers: dict, env, rb) -> list:
+    """Loads what :func:`save_run` wrote (the optimisers keep the configured learning rate); returns the
+    evaluations the run had made."""
     from pathlib import Path
 
     from torchrl_vlm.training import restore_optimizer, set_rng_state
@@ -143,15 +147,19 @@ def restore_run(state: dict, cfg: DictConfig, *, loss_module, optimizers: dict, 
         restore_optimizer(optimizer, state["optimizers"][name], cfg.optim.lr)
     env.load_state_dict(state["env"])
     set_rng_state(state["rng"])
+    return list(state["evals"])
 
 
 def evaluate(eval_env, actor, logger, collected: int, evals: list) -> dict:
-    """Greedy episodes (one per eval env, to the 750-step limit); appends and logs success and return."""
-    from torchrl_vlm.envs.ogbench import EPISODE_STEPS
+    """Greedy episodes (one per eval env, to the 750-step limit); appends and logs success, return and
+    ``subgoals``, the mean number of the task's five subgoals satisfied when the episode ends."""
+    from torchrl_vlm.envs.ogbench import EPISODE_STEPS, OGBENCH_SUBGOALS
     from torchrl_vlm.training import evaluate_success, log_metrics
 
     result = evaluate_success(eval_env, actor, max_steps=EPISODE_STEPS + 1)
-    row = {"frames": collected, "success": result["success"], "return": result["return"]}
+    # OGBench's single-task reward is minus the number of unsatisfied subgoals.
+    row = {"frames": collected, "success": result["success"], "return": result["return"],
+           "subgoals": len(OGBENCH_SUBGOALS) + result["final_reward"]}
     evals.append(row)
-    log_metrics(logger, {"eval/success": row["success"], "eval/return": row["return"]}, collected)
+    log_metrics(logger, {f"eval/{k}": v for k, v in row.items() if k != "frames"}, collected)
     return row

@@ -156,6 +156,9 @@ def test_episodes_are_truncated_after_750_steps(env):
     assert td["next", "truncated"][-1] and not td["next", "terminated"][-1]
     assert not td["next", "done"][:-1].any()
     assert td["next", "step_count"][-1].item() == 750
+    # What the recipes' eval/subgoals reads: 5 + the last reward is the number of subgoals holding at the end.
+    wrapper, _ = _gym(env)
+    assert td["next", "reward"][-1].item() == -float((~wrapper.subgoals()).sum())
 
 
 def test_render_false_renders_nothing(env, monkeypatch):

@@ -44,7 +44,10 @@ def test_smoke(sampler, tmp_path):
     summary = sac_ogbench.train(config(f"buffer.sampler={sampler}"), tmp_path)
     assert summary["frames"] == 256 and summary["updates"] == 256 // 4  # 0.25 updates a frame, from the first batch on
     logged = {f"{p.parent.name}/{p.stem}" for p in (tmp_path / "logs").rglob("scalars/*/*.csv")}
-    assert {"train/loss_qvalue", "train/loss_actor", "train/alpha", "train/sps", "eval/success"} <= logged
+    assert {"train/loss_qvalue", "train/loss_actor", "train/alpha", "train/sps", "eval/success",
+            "eval/subgoals"} <= logged
+    # Task 3 starts with one of its five subgoals satisfied; 64 updates do not solve it.
+    assert [row["frames"] for row in summary["evals"]] == [256] and summary["evals"][0]["subgoals"] in {0, 1, 2, 3, 4}
     if sampler == "vlm":
         stats = summary["buffer_stats"]
         assert stats["clips_submitted"] > 0 and stats["clips_scored"] > 0 and stats["lambda"] == 0.5
@@ -66,6 +69,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
         if "actor_network_params" in key:  # lr 0: the restored actor is unchanged
             torch.testing.assert_close(after["loss_module"][key], value, rtol=0, atol=0)
     assert resumed["buffer_stats"]["slots_written"] == 384
+    # The evaluation history is the whole run's, the first part read from the checkpoint.
+    assert resumed["evals"][0] == first["evals"][0] and [row["frames"] for row in resumed["evals"]] == [256, 384]
     with pytest.raises(ValueError, match="network"):
         sac_ogbench.train(config("network.hidden=[16,16]", "collector.total_frames=384",
                                  f"checkpoint.resume={first['checkpoint']}"), tmp_path / "c")

@@ -424,6 +424,9 @@ def evaluate_success(
 ) -> dict[str, float]:
     """Runs one episode in each env of a batched ``env``; returns success rate, return and length.
 
+    Also ``final_reward``: the mean reward of each episode's last step (on OGBench's
+    scene tasks, minus the number of subgoals still unsatisfied at the end).
+
     ``exploration`` chooses greedy actions (``DETERMINISTIC``) or the policy's
     own exploration (``RANDOM``, e.g. an ε=0.05 module). Envs that finish early
     are reset and ignored; ``max_steps`` bounds the loop (the env's step limit).
@@ -433,6 +436,7 @@ def evaluate_success(
     success = torch.zeros(n)
     returns = torch.zeros(n)
     lengths = torch.zeros(n)
+    final_reward = torch.zeros(n)
     with set_exploration_type(exploration):
         td = env.reset()
         for _ in range(max_steps):
@@ -444,6 +448,7 @@ def evaluate_success(
                 success[new] = nxt["success"].reshape(n).float()[new]
                 returns[new] = nxt["episode_reward"].reshape(n)[new]
                 lengths[new] = nxt["step_count"].reshape(n).float()[new]
+                final_reward[new] = nxt["reward"].reshape(n).float()[new]
                 finished |= done
             if bool(finished.all()):
                 break
@@ -453,6 +458,7 @@ def evaluate_success(
         "return": float(returns.mean()),
         "episode_length": float(lengths[finished].mean()) if bool(finished.any()) else float("nan"),
         "finished": float(finished.float().mean()),
+        "final_reward": float(final_reward.mean()),
     }
 
 
