@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import tqdm
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
@@ -33,7 +34,9 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
 import utils_ogbench
-from utils_ogbench import SHARED_RANGES, evaluate, make_buffer, make_env, restore_run, save_run, wants_frames
+from utils_ogbench import (
+    SHARED_RANGES, evaluate, make_adam, make_buffer, make_env, restore_run, save_run, wants_frames,
+)
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
@@ -49,7 +52,7 @@ from torchrl_vlm.training import (
     timed_batches,
 )
 
-__all__ = ["RANGES", "check_config", "make_actor_critic", "train"]
+__all__ = ["RANGES", "check_config", "make_actor_critic", "make_loss", "train", "update"]
 
 #: What each numeric key of sac_ogbench.yaml allows (with training.COMMON_RANGES); tests check the YAML against it.
 RANGES = {
@@ -96,6 +99,43 @@ def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOp
     return actor.to(cfg.device), qvalue.to(cfg.device)
 
 
+def make_loss(cfg: DictConfig, env) -> tuple[SACLoss, SoftUpdate, dict[str, torch.optim.Optimizer]]:
+    """TorchRL's SACLoss (twin critics with soft-updated targets, learned temperature), its target updater,
+    and one fused Adam over actor, critics and temperature (``{"adam": ...}``, as checkpoints keep it)."""
+    actor, qvalue = make_actor_critic(cfg, env)
+    n_act = env.full_action_spec_unbatched["action"].shape[-1]
+    loss_module = SACLoss(
+        actor,
+        qvalue,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        delay_actor=False,
+        delay_qvalue=True,
+        alpha_init=cfg.loss.alpha_init,
+        target_entropy=-cfg.loss.target_entropy_scale * n_act,
+    )
+    loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+    groups = [
+        {"params": list(loss_module.actor_network_params.flatten_keys().values())},
+        {"params": list(loss_module.qvalue_network_params.flatten_keys().values())},
+        {"params": [loss_module.log_alpha]},
+    ]
+    return loss_module, SoftUpdate(loss_module, tau=cfg.loss.tau), {"adam": make_adam(groups, cfg.optim.lr)}
+
+
+def update(sample: TensorDictBase, loss_module: SACLoss, optimizer: torch.optim.Optimizer,
+           target_updater: SoftUpdate) -> TensorDictBase:
+    """One gradient step of critics, actor and temperature, then the soft target update; returns the losses."""
+    out = loss_module(sample)
+    # SACLoss detaches what each loss must not train (the critics in the actor's loss, the actor in the
+    # temperature's): one backward and one optimiser step serve the three.
+    optimizer.zero_grad(set_to_none=True)
+    (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
+    optimizer.step()
+    target_updater.step()
+    return out
+
+
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Runs one training run; returns a summary of plain numbers (and paths as strings)."""
     check_config(cfg)
@@ -119,25 +159,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 )
         env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
         eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
-        actor, qvalue = make_actor_critic(cfg, env)
-        n_act = env.full_action_spec_unbatched["action"].shape[-1]
-        loss_module = SACLoss(
-            actor,
-            qvalue,
-            num_qvalue_nets=2,
-            loss_function="l2",
-            delay_actor=False,
-            delay_qvalue=True,
-            alpha_init=cfg.loss.alpha_init,
-            target_entropy=-cfg.loss.target_entropy_scale * n_act,
-        )
-        loss_module.make_value_estimator(gamma=cfg.loss.gamma)
-        target_updater = SoftUpdate(loss_module, tau=cfg.loss.tau)
-        optimizers = {
-            "actor": torch.optim.Adam(loss_module.actor_network_params.flatten_keys().values(), lr=cfg.optim.lr),
-            "qvalue": torch.optim.Adam(loss_module.qvalue_network_params.flatten_keys().values(), lr=cfg.optim.lr),
-            "alpha": torch.optim.Adam([loss_module.log_alpha], lr=cfg.optim.lr),
-        }
+        loss_module, target_updater, optimizers = make_loss(cfg, env)
+        actor = loss_module.actor_network  # its parameters are the ones the optimiser trains
         rb = make_buffer(cfg)
         if state is not None:
             evals = restore_run(state, cfg, loss_module=loss_module, optimizers=optimizers, env=env, rb=rb)
@@ -190,15 +213,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         with timeit("sample"):
                             sample = rb.sample().to(cfg.device)
                         with timeit("update"):
-                            out = loss_module(sample)
-                            # SACLoss detaches what each loss must not train (the critics in the actor's
-                            # loss, the actor in the temperature's): one backward serves the three.
-                            for optimizer in optimizers.values():
-                                optimizer.zero_grad(set_to_none=True)
-                            (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
-                            for optimizer in optimizers.values():
-                                optimizer.step()
-                            target_updater.step()
+                            out = update(sample, loss_module, optimizers["adam"], target_updater)
                             updates += 1
                         with timeit("priorities"):
                             # TD boosting: each sampled transition's |δ|; PER: its priority; else nothing.

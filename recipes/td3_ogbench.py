@@ -33,7 +33,9 @@ from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperat
 from torchrl.objectives import SoftUpdate, TD3Loss
 
 import utils_ogbench
-from utils_ogbench import SHARED_RANGES, evaluate, make_buffer, make_env, restore_run, save_run, wants_frames
+from utils_ogbench import (
+    SHARED_RANGES, evaluate, make_adam, make_buffer, make_env, restore_run, save_run, wants_frames,
+)
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
@@ -136,8 +138,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         loss_module.make_value_estimator(gamma=cfg.loss.gamma)
         target_updater = SoftUpdate(loss_module, tau=cfg.loss.tau)
         optimizers = {
-            "actor": torch.optim.Adam(loss_module.actor_network_params.flatten_keys().values(), lr=cfg.optim.lr),
-            "qvalue": torch.optim.Adam(loss_module.qvalue_network_params.flatten_keys().values(), lr=cfg.optim.lr),
+            "actor": make_adam(loss_module.actor_network_params.flatten_keys().values(), cfg.optim.lr),
+            "qvalue": make_adam(loss_module.qvalue_network_params.flatten_keys().values(), cfg.optim.lr),
         }
         rb = make_buffer(cfg)
         if state is not None:
