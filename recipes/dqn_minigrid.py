@@ -50,6 +50,7 @@ from torchrl_vlm import (
     NStepReturns,
     ScoringServiceError,
     VLMReplayBuffer,
+    cached,
     episode_step_limit,
     make_minigrid_env,
     make_replay_buffer,
@@ -140,7 +141,9 @@ def scorer_factory(cfg: DictConfig):
     """A picklable zero-argument factory of the scorer, built inside the scoring process."""
     factory = _base_scorer_factory(cfg)
     if cfg.vlm.latency_s > 0:
-        return functools.partial(DelayedScorer, factory, cfg.vlm.latency_s)
+        factory = functools.partial(DelayedScorer, factory, cfg.vlm.latency_s)
+    if cfg.vlm.cache:  # outside the delay: a verdict read from disk costs no model time
+        factory = cached(factory, cfg.vlm.cache, run=f"{cfg.logger.exp_name}_seed{cfg.env.seed}")
     return factory
 
 

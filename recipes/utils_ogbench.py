@@ -9,7 +9,9 @@ import torch
 from omegaconf import DictConfig
 from torchrl.data import LazyTensorStorage
 
-from torchrl_vlm import MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, make_replay_buffer
+from torchrl_vlm import (
+    MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, cached, make_replay_buffer,
+)
 from torchrl_vlm.training import VLM_RANGES, Range, check_common_config
 
 SAMPLERS = ("uniform", "per", "vlm")
@@ -75,14 +77,18 @@ def scorer_factory(cfg: DictConfig):
 
     events = functools.partial(OGBenchEventScorer, cfg.vlm.definition)
     if cfg.vlm.scorer == "events":
-        return events
-    if cfg.vlm.scorer == "noisy_events":
-        return functools.partial(NoisyScorer, events, cfg.vlm.false_positive_rate, cfg.vlm.false_negative_rate,
-                                 cfg.env.seed)
-    from torchrl_vlm.scoring.transformers import TransformersScorer
+        factory = events
+    elif cfg.vlm.scorer == "noisy_events":
+        factory = functools.partial(NoisyScorer, events, cfg.vlm.false_positive_rate, cfg.vlm.false_negative_rate,
+                                    cfg.env.seed)
+    else:
+        from torchrl_vlm.scoring.transformers import TransformersScorer
 
-    return functools.partial(TransformersScorer, cfg.vlm.model, num_frames=cfg.vlm.num_frames, device=cfg.vlm.device,
-                             batch_size=cfg.vlm.batch_size)
+        factory = functools.partial(TransformersScorer, cfg.vlm.model, num_frames=cfg.vlm.num_frames,
+                                    device=cfg.vlm.device, batch_size=cfg.vlm.batch_size)
+    if cfg.vlm.cache:
+        factory = cached(factory, cfg.vlm.cache, run=f"{cfg.logger.exp_name}_seed{cfg.env.seed}")
+    return factory
 
 
 def make_buffer(cfg: DictConfig):

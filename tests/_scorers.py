@@ -119,3 +119,19 @@ class BuildFailsWhenFlagged:
 
     def __call__(self, clips):
         return torch.zeros(clips.batch_size[0])
+
+
+class FrameMeanScorer:
+    """P(yes) = the mean of a clip's real frames / 255, and counts the clips it was asked about."""
+
+    needs_frames = True
+
+    def __init__(self):
+        self.asked = 0
+
+    def __call__(self, clips):
+        validate_clips(clips)
+        self.asked += clips.batch_size[0]
+        mask = clips["mask"]
+        frames = clips["frames"].float().mean((-3, -2, -1))
+        return (frames * mask).sum(-1) / mask.sum(-1) / 255.0

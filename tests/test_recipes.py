@@ -236,6 +236,32 @@ def test_score_lag_makes_two_runs_identical_under_different_scorer_latencies(tmp
     assert [row["success_greedy"] for row in fast["evals"]] == [row["success_greedy"] for row in slow["evals"]]
 
 
+def test_a_rerun_with_the_verdict_cache_asks_the_scorer_nothing(tmp_path):
+    """vlm.cache: the second run of a seed finds every clip's verdict on disk, and lands the same priorities."""
+    from torchrl_vlm import read_verdicts
+
+    cache = tmp_path / "verdicts.sqlite"
+    runs = []
+    for attempt in ("first", "rerun"):
+        summary = dqn_minigrid.train(
+            config("buffer.sampler=vlm", "vlm.score_lag=1", f"vlm.cache={cache}", "collector.total_frames=512",
+                   "logger.gallery_interval=0"),
+            tmp_path / attempt,
+        )
+        runs.append((summary["buffer_stats"], _stored(summary["checkpoint"])))
+    (first, first_rb), (rerun, rerun_rb) = runs
+    # The event scorer is shown a clip's events: clips with the same events are one key, even in the first run.
+    assert first["cache_hits"] + first["cache_misses"] == first["clips_scored"] > first["cache_misses"] > 0
+    assert rerun["cache_hit_rate"] == 1.0 and rerun["cache_hits"] == rerun["clips_scored"] == first["clips_scored"]
+    torch.testing.assert_close(rerun_rb["vlm_priority"], first_rb["vlm_priority"], rtol=0, atol=0)
+    assert rerun_rb["vlm_priority"].sum() > 0
+    rows = read_verdicts(cache, order="step")
+    assert len(rows) == first["cache_misses"] and {r["run"] for r in rows} == {"dqn_minigrid_seed0"}
+    assert rows[0]["step"] < rows[-1]["step"] <= 512 and "MiniGridEventScorer" in rows[0]["model"]
+    with pytest.raises(ValueError, match="vlm.cache=' ' must be null or the path"):
+        dqn_minigrid.train(config("vlm.cache=' '"), tmp_path / "bad")
+
+
 def test_wandb_is_the_default_and_runs_offline(monkeypatch, tmp_path):
     """No mode and no project: the run is written offline, for `wandb sync` later."""
     monkeypatch.delenv("WANDB_MODE", raising=False)

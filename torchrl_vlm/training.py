@@ -193,6 +193,11 @@ def check_common_config(cfg, ranges: Mapping[str, Range] = ()) -> None:
             f"logger.exp_name={name!r} must be a plain name (letters, digits, '_', '-', '.'): it names "
             "a folder inside the run's log folder, never a path out of it"
         )
+    from omegaconf import OmegaConf
+
+    cache = OmegaConf.select(cfg, "vlm.cache", default=None)
+    if cache is not None and (not isinstance(cache, str) or not cache.strip()):
+        raise ValueError(f"vlm.cache={cache!r} must be null or the path of a sqlite file of verdicts")
     if cfg.collector.frames_per_batch % cfg.env.num_envs:
         raise ValueError(
             f"collector.frames_per_batch ({cfg.collector.frames_per_batch}) must be a multiple of "

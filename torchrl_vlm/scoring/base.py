@@ -10,6 +10,9 @@ A batch of clips is a :class:`~tensordict.TensorDict` with ``batch_size=[B]``:
 - ``events``: bool ``[B, L, E]`` per-step flags, where the env gives them. Row
   ``t`` holds the events that the transition's own action caused (the
   collector's ``("next", "events")``).
+- ``clip_id`` (int64 ``[B]``) and ``step`` (int64 ``[B]``, the transitions the
+  :class:`~torchrl_vlm.VLMReplayBuffer` had taken in when it sent the clip), for
+  audits; a scorer's answer must not depend on them.
 
 A scorer returns a float tensor ``[B]`` of P(yes) in [0, 1]; the replay buffer
 thresholds it into a binary priority.

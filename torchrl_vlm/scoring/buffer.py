@@ -259,6 +259,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             # The mission is fixed within an episode: the first step's tells.
             clips.set("mission", NonTensorStack(*decode_mission(clips.pop("mission_bytes")[:, 0])))
         meta = {"index": clips.pop("index"), "generation": clips.pop("generation"), "mask": clips["mask"]}
+        # When in the run the clip was judged, for audits (CachedScorer records it).
+        clips.set("step", torch.full(clips.batch_size, self._counts["slots_written"], dtype=torch.int64))
         if self.gallery is not None and "frames" in clips.keys():
             meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
             meta["clip_id"] = clips["clip_id"]

@@ -148,7 +148,9 @@ def _worker_main(
             q_out.put(("error", tickets, f"{type(err).__name__}: {err}"))
             continue
         sizes = [td.batch_size[0] for _, td in items]
-        q_out.put(("scores", tickets, list(scores.split(sizes))))
+        # A scorer's own counters (e.g. CachedScorer's hit rate) ride along with its answers.
+        own = scorer.stats() if callable(getattr(scorer, "stats", None)) else None
+        q_out.put(("scores", tickets, list(scores.split(sizes)), own))
 
 
 def _concat(tds: list[TensorDictBase]) -> TensorDictBase:
@@ -265,6 +267,7 @@ class ScoringService:
         self._busy: tuple[list[int], float] | None = None
         self._errors_in_a_row = 0
         self._latencies: deque[float] = deque(maxlen=2048)
+        self._scorer_stats: dict[str, float] = {}  # the scorer's own stats(), as of its last answer
         self._counters = dict.fromkeys(
             ("clips_submitted", "clips_scored", "clips_dropped", "clips_lost", "worker_restarts", "scorer_errors"),
             0,
@@ -518,6 +521,8 @@ class ScoringService:
                 self._busy = (message[1], time.monotonic())
             elif kind == "scores":
                 self._busy = None
+                if message[3]:
+                    self._scorer_stats = {k: float(v) for k, v in message[3].items()}
                 self._errors_in_a_row = 0
                 now = time.monotonic()
                 for ticket, scores in zip(message[1], message[2]):
@@ -596,4 +601,5 @@ class ScoringService:
             "queue_depth": float(self.queue_depth),
             "latency_mean_s": sum(lat) / len(lat) if lat else float("nan"),
             "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan"),
+            **self._scorer_stats,
         }

@@ -233,6 +233,28 @@ class TransformersScorer(VLMBacked):
             out.append(m)
         return out
 
+    # ------------------------------------------------------------------ the verdict cache
+    def cache_identity(self) -> dict[str, Any]:
+        """Who answers, for :class:`~torchrl_vlm.CachedScorer`: the model, its revision, and what changes a verdict."""
+        return {
+            "scorer": type(self).__name__,
+            "model": self.model_name,
+            # A hub download records its commit; a local folder has none (its path stands for it).
+            "revision": getattr(self.model.config, "_commit_hash", None),
+            "dtype": str(self.dtype),
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "yes_tokens": list(self.yes_tokens),
+            "no_tokens": list(self.no_tokens),
+            "processor_kwargs": self.processor_kwargs,
+        }
+
+    def cache_view(self, clips: TensorDictBase) -> list[tuple[str, list[torch.Tensor]]]:
+        """What the model is shown, per clip: the prompt (with the mission if injected) and the selected frames."""
+        frames, mask = clips.get("frames"), clips.get("mask")
+        return [(self.build_prompt(m), [frames[b][frame_indices(mask[b], self.num_frames)]])
+                for b, m in enumerate(self._missions(clips))]
+
     # ------------------------------------------------------------------ inputs
     def _images(self, frames: torch.Tensor, mask: torch.Tensor) -> list:
         return to_pil_images(frames[frame_indices(mask, self.num_frames)], self.image_size)

@@ -1,0 +1,298 @@
+"""A persistent, auditable verdict cache for any scorer.
+
+Re-running a seed, or an ablation that replays the same clips, shows the VLM
+exactly what it was shown before: :class:`CachedScorer` answers those clips from
+disk instead of asking the model again, and records every verdict it ever got so
+that a run can be audited afterwards (:func:`read_verdicts`).
+
+**The key** is the SHA-256 of what the model is shown and of who is asked:
+
+- the model's identity (:meth:`identity`: the model id, its revision, and every
+  setting that changes an answer, e.g. the frames shown and the yes/no tokens);
+- the prompt, with the clip's mission where the prompt injects it;
+- the selected frames (the ``num_frames`` a VLM scorer picks under the mask), as
+  raw bytes with their shape.
+
+A scorer describes this by defining ``cache_identity()`` (a JSON-able dict) and
+``cache_view(clips)`` (per clip, the prompt and the tensors the model sees), as
+:class:`~torchrl_vlm.TransformersScorer` does. For any other scorer the identity is
+its ``repr`` (or class name) and the view is the whole clip under its mask (frames, events,
+mission), which is correct but misses hits a smarter view would find.
+
+**The store** is one sqlite file in WAL mode: many readers (other runs, the
+audit reader) can read while one run writes; writers wait on a busy lock up to
+``timeout_s``. A file that is not a readable cache raises
+:class:`VerdictCacheError` naming it, never a silent fresh start. Each verdict
+carries a checksum of its key and score: a row altered on disk is not trusted
+(the scorer is asked again, the row replaced, ``cache_corrupt`` counted).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+
+from torchrl_vlm.scoring.base import check_scores, validate_clips
+
+__all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS verdicts (
+    key TEXT PRIMARY KEY,      -- SHA-256 of identity, prompt and frames
+    score REAL NOT NULL,       -- P(yes)
+    model TEXT NOT NULL,       -- the model id (identity["model"])
+    identity TEXT NOT NULL,    -- the scorer's identity, JSON
+    prompt TEXT,               -- the prompt as the model read it
+    view_sha256 TEXT NOT NULL, -- SHA-256 of the tensors the model saw (frames)
+    run TEXT,                  -- the run that first asked (CachedScorer's run)
+    step INTEGER,              -- the run's env steps when the clip was submitted (clips["step"])
+    clip_id INTEGER,           -- the clip's id in that run (clips["clip_id"])
+    created REAL NOT NULL,     -- unix time of the answer
+    checksum TEXT NOT NULL     -- SHA-256 of key and score: sqlite checks pages, not values
+);
+"""
+
+
+class VerdictCacheError(RuntimeError):
+    """A verdict cache file that cannot be used: not a sqlite database, damaged, or of another schema."""
+
+
+def _checksum(key: str, score: float) -> str:
+    return hashlib.sha256(f"{key}:{float(score).hex()}".encode()).hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    return f"{t.dtype}{list(t.shape)}".encode() + t.numpy().tobytes()
+
+
+def _missions(clips: TensorDictBase) -> list[str | None]:
+    n = clips.batch_size[0]
+    if "mission" not in clips.keys():
+        return [None] * n
+    value = clips.get("mission")
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, (str, bytes)):
+        value = [value] * n
+    out = []
+    for m in value:
+        while isinstance(m, (list, tuple)) and m:
+            m = m[0]
+        out.append(m.decode() if isinstance(m, bytes) else str(m))
+    return out
+
+
+def _describe(scorer) -> str:
+    """The scorer's repr, or its class's dotted name where the repr is object's (it holds an address)."""
+    if type(scorer).__repr__ is object.__repr__:
+        return f"{type(scorer).__module__}.{type(scorer).__qualname__}"
+    return repr(scorer)
+
+
+def default_view(clips: TensorDictBase) -> list[tuple[str | None, list[torch.Tensor]]]:
+    """Per clip: its mission (as the prompt part) and every per-step tensor entry under its mask."""
+    mask = clips.get("mask")
+    missions = _missions(clips)
+    keys = sorted(k for k in ("frames", "events") if k in clips.keys())
+    return [(missions[b], [clips.get(k)[b][mask[b]] for k in keys]) for b in range(mask.shape[0])]
+
+
+class CachedScorer:
+    """Wraps a scorer: answers clips it has seen from a sqlite file, asks ``base`` for the rest.
+
+    Args:
+        base: any scorer (:class:`~torchrl_vlm.Scorer`).
+        path: the sqlite file; created if missing, shared by runs that use the same scorer.
+        run: a name recorded with each new verdict (e.g. the experiment name), for audits.
+        timeout_s: how long a write waits for another writer's lock before failing.
+
+    ``stats()`` gives ``cache_hits``, ``cache_misses``, ``cache_hit_rate`` and ``cache_corrupt``
+    (rows that failed their checksum); in a
+    :class:`~torchrl_vlm.ScoringService` they reach the buffer's ``stats()`` and the logs.
+    Build it inside the scoring process with :func:`cached`.
+
+    Examples:
+        >>> from torchrl_vlm import MiniGridEventScorer
+        >>> scorer = CachedScorer(MiniGridEventScorer("any"), "/tmp/verdicts.sqlite", run="seed0")
+    """
+
+    def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0):
+        if not callable(base) or not hasattr(base, "needs_frames"):
+            raise TypeError(f"base must be a scorer (callable with a needs_frames attribute), got {base!r:.100}")
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise TypeError(f"path must be a file path, got {path!r}")
+        if run is not None and not isinstance(run, str):
+            raise TypeError(f"run must be a string or None, got {run!r}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        self.base = base
+        self.needs_frames = base.needs_frames
+        self.path = Path(path)
+        self.run = run
+        ident = base.cache_identity() if hasattr(base, "cache_identity") else {"model": _describe(base)}
+        self.identity = json.dumps(ident, sort_keys=True, default=str)
+        self.model = str(ident.get("model", type(base).__name__))
+        self.hits = self.misses = self.corrupt = 0
+        self._db = _open(self.path, timeout_s)
+
+    def _views(self, clips: TensorDictBase) -> list[tuple[str | None, list[torch.Tensor]]]:
+        return self.base.cache_view(clips) if hasattr(self.base, "cache_view") else default_view(clips)
+
+    def keys(self, clips: TensorDictBase) -> tuple[list[str], list[str], list[str | None]]:
+        """Per clip: the cache key, the SHA-256 of the tensors shown, and the prompt."""
+        keys, shas, prompts = [], [], []
+        for prompt, tensors in self._views(clips):
+            view = hashlib.sha256()
+            for t in tensors:
+                view.update(_tensor_bytes(t))
+            key = hashlib.sha256()
+            for part in (self.identity, "\0", prompt or "", "\0", view.hexdigest()):
+                key.update(part.encode())
+            keys.append(key.hexdigest())
+            shas.append(view.hexdigest())
+            prompts.append(prompt)
+        return keys, shas, prompts
+
+    def __call__(self, clips: TensorDictBase) -> torch.Tensor:
+        validate_clips(clips, require_frames=self.needs_frames)
+        n = clips.batch_size[0]
+        keys, shas, prompts = self.keys(clips)
+        found = self._lookup(set(keys))
+        # The model is asked once per key it has not answered (clips shown the same thing share one).
+        ask: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in found:
+                ask.setdefault(k, i)
+        if ask:
+            index = torch.tensor(list(ask.values()))
+            fresh = check_scores(self.base(clips[index]), len(ask), f"{type(self.base).__name__}")
+            self._store(clips, index, fresh, keys, shas, prompts)
+            found.update(zip(ask, fresh.tolist()))
+        self.hits += n - len(ask)
+        self.misses += len(ask)
+        return torch.tensor([found[k] for k in keys], dtype=torch.float32)
+
+    def _lookup(self, keys: set[str]) -> dict[str, float]:
+        out, keys = {}, sorted(keys)
+        try:
+            for start in range(0, len(keys), 500):  # sqlite's parameter limit
+                chunk = keys[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, score, checksum FROM verdicts WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                for key, score, checksum in rows:
+                    if isinstance(score, float) and 0 <= score <= 1 and checksum == _checksum(key, score):
+                        out[key] = score
+                    else:
+                        self.corrupt += 1
+        except sqlite3.DatabaseError as err:
+            raise VerdictCacheError(f"{self.path} could not be read ({err}); delete it or pass another path") from None
+        return out
+
+    def _store(self, clips, index: torch.Tensor, scores: torch.Tensor, keys, shas, prompts) -> None:
+        steps = clips.get("step", None)
+        ids = clips.get("clip_id", None)
+        now = time.time()
+        rows = [
+            (keys[i], float(s), self.model, self.identity, prompts[i], shas[i], self.run,
+             None if steps is None else int(steps[i]), None if ids is None else int(ids[i]), now,
+             _checksum(keys[i], s))
+            for i, s in zip(index.tolist(), scores.tolist())
+        ]
+        try:
+            with self._db:  # one transaction
+                # A key can only be missing here, or held by a row that failed its checksum: replace it.
+                self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.DatabaseError as err:
+            raise VerdictCacheError(f"{self.path} could not be written ({err}); delete it or pass another path") \
+                from None
+
+    def stats(self) -> dict[str, float]:
+        asked = self.hits + self.misses
+        return {"cache_hits": float(self.hits), "cache_misses": float(self.misses),
+                "cache_hit_rate": self.hits / asked if asked else float("nan"), "cache_corrupt": float(self.corrupt)}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __getstate__(self):
+        raise TypeError("a CachedScorer holds an open database; build it in the scoring process with cached()")
+
+    def __repr__(self) -> str:
+        return f"CachedScorer({self.base!r}, {str(self.path)!r})"
+
+
+def _open(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """Opens (or creates) a verdict cache, checking that it is one; raises VerdictCacheError if not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hint = "delete it (the verdicts are lost, the VLM will be asked again) or pass another path"
+    try:
+        db = sqlite3.connect(path, timeout=timeout_s)
+        db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
+        with db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise VerdictCacheError(f"{path} is not a readable verdict cache ({err}); {hint}") from None
+    if version != str(_SCHEMA_VERSION):
+        db.close()
+        raise VerdictCacheError(f"{path} has verdict cache schema {version}, this version reads {_SCHEMA_VERSION}; "
+                                f"{hint}")
+    return db
+
+
+def _build_cached(factory, path, run, timeout_s):
+    return CachedScorer(factory(), path, run=run, timeout_s=timeout_s)
+
+
+def cached(factory, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0):
+    """A picklable scorer factory: ``factory()``'s scorer behind a :class:`CachedScorer` on ``path``.
+
+    What a :class:`~torchrl_vlm.ScoringService` or :class:`~torchrl_vlm.VLMReplayBuffer` takes as
+    ``scorer``, so that the database is opened in the scoring process.
+    """
+    import functools
+
+    if not callable(factory):
+        raise TypeError(f"factory must be a zero-argument callable building a scorer, got {factory!r:.100}")
+    return functools.partial(_build_cached, factory, os.fspath(path), run, timeout_s)
+
+
+def read_verdicts(path: str | os.PathLike, *, order: str = "score", limit: int | None = None,
+                  model: str | None = None) -> list[dict[str, Any]]:
+    """The verdicts in a cache, for audits: one dict per verdict (the columns of the table).
+
+    ``order``: ``"score"`` (highest P(yes) first: the clips the VLM liked most), ``"step"`` or
+    ``"created"``. ``model`` keeps one model's verdicts. Opens the file read-only.
+    """
+    orders = {"score": "score DESC", "step": "step", "created": "created"}
+    if order not in orders:
+        raise ValueError(f"order={order!r}; choose one of {sorted(orders)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no verdict cache at {path}")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db.row_factory = sqlite3.Row
+        sql = "SELECT * FROM verdicts" + (" WHERE model = ?" if model else "") + f" ORDER BY {orders[order]}"
+        sql += f" LIMIT {limit}" if limit else ""
+        rows = db.execute(sql, (model,) if model else ()).fetchall()
+    except sqlite3.DatabaseError as err:
+        raise VerdictCacheError(f"{path} is not a readable verdict cache ({err})") from None
+    db.close()
+    return [dict(row) for row in rows]
