@@ -58,9 +58,9 @@ from torchrl_vlm import (
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
-    VLM_RANGES,
     Range,
     StopRequest,
+    VLM_RANGES,
     check_common_config,
     check_resumable,
     close_all,
@@ -74,6 +74,7 @@ from torchrl_vlm.training import (
     save_checkpoint,
     seed_everything,
     timed_batches,
+    vlm_service_options,
 )
 
 SAMPLERS = ("uniform", "per", "vlm")
@@ -239,13 +240,7 @@ def make_buffer(cfg: DictConfig, gallery: ClipGallery | None = None):
             score_lag=cfg.vlm.score_lag,
             postproc=nstep,
             gallery=gallery,
-            max_pending=cfg.vlm.max_pending,
-            batch_clips=cfg.vlm.batch_clips,
-            num_threads=cfg.vlm.num_threads,
-            start_timeout_s=cfg.vlm.start_timeout_s,
-            hang_timeout_s=cfg.vlm.hang_timeout_s,
-            max_restarts=cfg.vlm.max_restarts,
-            max_consecutive_errors=cfg.vlm.max_consecutive_errors,
+            **vlm_service_options(cfg.vlm),
         )
     except ScoringServiceError as err:
         if cfg.vlm.scorer != "transformers":

@@ -12,7 +12,7 @@ from torchrl.data import LazyTensorStorage
 from torchrl_vlm import (
     MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, cached, make_replay_buffer,
 )
-from torchrl_vlm.training import VLM_RANGES, Range, check_common_config
+from torchrl_vlm.training import VLM_RANGES, Range, check_common_config, vlm_service_options
 
 SAMPLERS = ("uniform", "per", "vlm")
 SCORERS = ("events", "noisy_events", "transformers")
@@ -103,10 +103,7 @@ def make_buffer(cfg: DictConfig):
         return VLMReplayBuffer(
             storage=LazyTensorStorage(b.capacity), scorer=scorer_factory(cfg), sampler=sampler,
             batch_size=b.batch_size, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold,
-            score_lag=cfg.vlm.score_lag, max_pending=cfg.vlm.max_pending, batch_clips=cfg.vlm.batch_clips,
-            num_threads=cfg.vlm.num_threads, start_timeout_s=cfg.vlm.start_timeout_s,
-            hang_timeout_s=cfg.vlm.hang_timeout_s, max_restarts=cfg.vlm.max_restarts,
-            max_consecutive_errors=cfg.vlm.max_consecutive_errors,
+            score_lag=cfg.vlm.score_lag, **vlm_service_options(cfg.vlm),
         )
     except ScoringServiceError as err:
         if cfg.vlm.scorer != "transformers":

@@ -135,3 +135,14 @@ class FrameMeanScorer:
         mask = clips["mask"]
         frames = clips["frames"].float().mean((-3, -2, -1))
         return (frames * mask).sum(-1) / mask.sum(-1) / 255.0
+
+
+class HangsOnSingleStepClips:
+    """Answers 1.0, except that a batch holding a one-step clip (a "poison" clip) hangs for an hour."""
+
+    needs_frames = False
+
+    def __call__(self, clips):
+        if bool((clips["mask"].sum(-1) == 1).any()):
+            time.sleep(3600)
+        return torch.ones(clips.batch_size[0])

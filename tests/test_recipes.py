@@ -253,8 +253,9 @@ def test_a_rerun_with_the_verdict_cache_asks_the_scorer_nothing(tmp_path):
     # The event scorer is shown a clip's events: clips with the same events are one key, even in the first run.
     assert first["cache_hits"] + first["cache_misses"] == first["clips_scored"] > first["cache_misses"] > 0
     assert rerun["cache_hit_rate"] == 1.0 and rerun["cache_hits"] == rerun["clips_scored"] == first["clips_scored"]
-    torch.testing.assert_close(rerun_rb["vlm_priority"], first_rb["vlm_priority"], rtol=0, atol=0)
-    assert rerun_rb["vlm_priority"].sum() > 0
+    written = int(first["slots_written"])  # the storage's other slots were never written
+    torch.testing.assert_close(rerun_rb["vlm_priority"][:written], first_rb["vlm_priority"][:written], rtol=0, atol=0)
+    assert rerun_rb["vlm_priority"][:written].sum() > 0
     rows = read_verdicts(cache, order="step")
     assert len(rows) == first["cache_misses"] and {r["run"] for r in rows} == {"dqn_minigrid_seed0"}
     assert rows[0]["step"] < rows[-1]["step"] <= 512 and "MiniGridEventScorer" in rows[0]["model"]

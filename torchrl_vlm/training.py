@@ -171,8 +171,25 @@ VLM_RANGES = {
     "vlm.max_pending": Range("int", 1),
     "vlm.batch_clips": Range("int", 1),
     "vlm.num_threads": Range("int", 1),
+    "vlm.num_replicas": Range("int", 1),
     **service_ranges("vlm"),
 }
+
+
+def vlm_service_options(vlm) -> dict[str, Any]:
+    """The :class:`~torchrl_vlm.ScoringService` arguments of a VLM-RB recipe's ``vlm`` group."""
+    return {
+        "max_pending": vlm.max_pending,
+        "batch_clips": vlm.batch_clips,
+        "num_threads": vlm.num_threads,
+        "start_timeout_s": vlm.start_timeout_s,
+        "hang_timeout_s": vlm.hang_timeout_s,
+        "max_restarts": vlm.max_restarts,
+        "max_consecutive_errors": vlm.max_consecutive_errors,
+        "backend": vlm.backend,
+        "num_replicas": vlm.num_replicas,
+        "ray_address": vlm.ray_address,
+    }
 
 
 def check_common_config(cfg, ranges: Mapping[str, Range] = ()) -> None:
@@ -195,6 +212,11 @@ def check_common_config(cfg, ranges: Mapping[str, Range] = ()) -> None:
         )
     from omegaconf import OmegaConf
 
+    backend = OmegaConf.select(cfg, "vlm.backend", default="process")
+    if backend not in ("process", "ray"):
+        raise ValueError(f"vlm.backend={backend!r}; choose one of ('process', 'ray')")
+    if backend == "process" and OmegaConf.select(cfg, "vlm.num_replicas", default=1) != 1:
+        raise ValueError(f"vlm.num_replicas={cfg.vlm.num_replicas} needs vlm.backend=ray (a process runs one scorer)")
     cache = OmegaConf.select(cfg, "vlm.cache", default=None)
     if cache is not None and (not isinstance(cache, str) or not cache.strip()):
         raise ValueError(f"vlm.cache={cache!r} must be null or the path of a sqlite file of verdicts")

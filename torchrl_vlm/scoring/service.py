@@ -182,6 +182,10 @@ def _describe(factory) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+#: Where a ScoringService runs its scorer.
+BACKENDS = ("process", "ray")
+
+
 class ScoringService:
     """Runs a :class:`~torchrl_vlm.scoring.base.Scorer` in a separate process.
 
@@ -203,6 +207,12 @@ class ScoringService:
         output_check: a picklable ``(output, n, name) -> tensor`` run in the worker on
             every answer; the default checks for ``n`` probabilities in [0, 1]
             (a teacher's check accepts ``[n, n_actions]`` distributions).
+        backend: ``"process"`` (one spawned worker process) or ``"ray"`` (``num_replicas``
+            Ray actors; see :class:`~torchrl_vlm.scoring.ray_service.RayScoringService`).
+        num_replicas: scorer replicas (``backend="ray"`` only).
+        replica_options: options of each Ray actor, e.g. ``{"num_gpus": 1}`` (``backend="ray"``).
+        ray_address: a Ray cluster to join (``ray.init(address=...)``); ``None``: the running
+            Ray, or a local one started for this service (``backend="ray"``).
 
     Examples:
         >>> import functools
@@ -211,6 +221,13 @@ class ScoringService:
         ...     service.submit(clips, meta="batch-0")
         ...     results = service.poll()   # later; never blocks
     """
+
+    def __new__(cls, *args, backend: str = "process", **kwargs):
+        if cls is ScoringService and backend == "ray":
+            from torchrl_vlm.scoring.ray_service import RayScoringService
+
+            return super().__new__(RayScoringService)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -225,7 +242,22 @@ class ScoringService:
         hang_timeout_s: float = 600.0,
         max_consecutive_errors: int = 10,
         output_check: Callable[[torch.Tensor, int, str], torch.Tensor] = check_scores,
+        backend: str = "process",
+        num_replicas: int = 1,
+        replica_options: dict[str, Any] | None = None,
+        ray_address: str | None = None,
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+        if replica_options is not None and not isinstance(replica_options, dict):
+            raise TypeError(f"replica_options must be a dict of Ray actor options, got {replica_options!r}")
+        if backend == "process" and (num_replicas != 1 or replica_options or ray_address is not None):
+            raise ValueError(
+                f'num_replicas={num_replicas}, replica_options and ray_address need backend="ray"; the process '
+                "backend runs one worker"
+            )
         if not callable(scorer_factory):
             raise TypeError(
                 f"scorer_factory must be a picklable zero-argument callable (a class, a "
@@ -255,6 +287,10 @@ class ScoringService:
         self.hang_timeout_s = hang_timeout_s
         self.max_consecutive_errors = max_consecutive_errors
         self.output_check = output_check
+        self.backend = backend
+        self.num_replicas = num_replicas
+        self.replica_options = dict(replica_options or {})
+        self.ray_address = ray_address
         self._unclaimed: list[ScoredBatch] = []  # answers poll() met while request() waited
 
         self._ctx = mp.get_context("spawn")
