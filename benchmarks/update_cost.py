@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=50, help="timed updates per variant and round")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the update")
+    parser.add_argument("--note", default="", help="a sentence on the conditions, added to the section")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -99,6 +100,7 @@ def main():
         f"{'×'.join(map(str, cfg.network.hidden))} actor and twin critics, one torch thread unless named), "
         f"{args.rounds} alternating rounds of {args.per_round} updates.\n\n{table}\n"
         + (f"\n`torch.compile` took {compile_s:.0f} s to compile before its first update.\n" if compile_s else "")
+        + (f"\n{args.note}\n" if args.note else "")
     )
     print(body)
     if not args.no_record:

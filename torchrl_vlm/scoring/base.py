@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from tensordict import TensorDictBase
 
-__all__ = ["Scorer", "validate_clips", "check_scores"]
+__all__ = ["Scorer", "check_scores", "clip_missions", "validate_clips"]
 
 
 @runtime_checkable
@@ -69,6 +69,35 @@ def validate_clips(clips: TensorDictBase, *, require_frames: bool = True) -> Non
         raise ValueError(
             f"clips['frames'] {list(frames.shape[:2])} and clips['mask'] {list(mask.shape)} disagree on [B, L]"
         )
+
+
+def clip_missions(clips: TensorDictBase) -> list[str | None]:
+    """One mission string per clip (``None`` each if ``clips`` has no ``mission`` entry).
+
+    Accepts one string for all, a stack of strings or bytes, or per-step lists (the
+    mission is constant within an episode: the first step's tells).
+    """
+    n = clips.batch_size[0]
+    if "mission" not in clips.keys():
+        return [None] * n
+    value = clips.get("mission")
+    # NonTensorData (one mission for all) and NonTensorStack both list out per clip.
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, (str, bytes)):
+        value = [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"clips['mission'] holds {len(value)} entries for {n} clips")
+    out = []
+    for m in value:
+        while isinstance(m, (list, tuple)) and m:
+            m = m[0]
+        if isinstance(m, bytes):
+            m = m.decode()
+        if not isinstance(m, str):
+            raise TypeError(f"clips['mission'] entries must be strings, got {type(m).__name__}")
+        out.append(m)
+    return out
 
 
 def check_scores(scores: torch.Tensor, n: int, who: str) -> torch.Tensor:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.scoring.base import check_scores, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_missions, validate_clips
 
 __all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts"]
 
@@ -75,22 +75,6 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return f"{t.dtype}{list(t.shape)}".encode() + t.numpy().tobytes()
 
 
-def _missions(clips: TensorDictBase) -> list[str | None]:
-    n = clips.batch_size[0]
-    if "mission" not in clips.keys():
-        return [None] * n
-    value = clips.get("mission")
-    value = value.tolist() if hasattr(value, "tolist") else value
-    if isinstance(value, (str, bytes)):
-        value = [value] * n
-    out = []
-    for m in value:
-        while isinstance(m, (list, tuple)) and m:
-            m = m[0]
-        out.append(m.decode() if isinstance(m, bytes) else str(m))
-    return out
-
-
 def _describe(scorer) -> str:
     """The scorer's repr, or its class's dotted name where the repr is object's (it holds an address)."""
     if type(scorer).__repr__ is object.__repr__:
@@ -101,7 +85,7 @@ def _describe(scorer) -> str:
 def default_view(clips: TensorDictBase) -> list[tuple[str | None, list[torch.Tensor]]]:
     """Per clip: its mission (as the prompt part) and every per-step tensor entry under its mask."""
     mask = clips.get("mask")
-    missions = _missions(clips)
+    missions = clip_missions(clips)
     keys = sorted(k for k in ("frames", "events") if k in clips.keys())
     return [(missions[b], [clips.get(k)[b][mask[b]] for k in keys]) for b in range(mask.shape[0])]
 

@@ -31,7 +31,7 @@ from torchrl_vlm.hf_vlm import (
     to_pil_images,
     user_turn,
 )
-from torchrl_vlm.scoring.base import check_scores, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_missions, validate_clips
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -208,30 +208,11 @@ class TransformersScorer(VLMBacked):
         return [user_turn(num_images, self.build_prompt(mission))]
 
     def _missions(self, clips: TensorDictBase) -> list[str | None]:
-        n = clips.batch_size[0]
         if not self.mission_in_prompt:
-            return [None] * n
+            return [None] * clips.batch_size[0]
         if "mission" not in clips.keys():
             raise ValueError("mission_in_prompt=True but clips has no 'mission' entry")
-        value = clips.get("mission")
-        # NonTensorData (one mission for all) and NonTensorStack both list out per clip.
-        value = value.tolist() if hasattr(value, "tolist") else value
-        if isinstance(value, (str, bytes)):
-            value = [value] * n
-        value = list(value)
-        if len(value) != n:
-            raise ValueError(f"clips['mission'] holds {len(value)} entries for {n} clips")
-        out = []
-        for m in value:
-            # A per-step mission list: the mission is constant within an episode.
-            while isinstance(m, (list, tuple)) and m:
-                m = m[0]
-            if isinstance(m, bytes):
-                m = m.decode()
-            if not isinstance(m, str):
-                raise TypeError(f"clips['mission'] entries must be strings, got {type(m).__name__}")
-            out.append(m)
-        return out
+        return clip_missions(clips)
 
     # ------------------------------------------------------------------ the verdict cache
     def cache_identity(self) -> dict[str, Any]:
