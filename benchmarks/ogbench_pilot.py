@@ -329,13 +329,16 @@ def main():
                 "p (higher late success)"], comparison)
         )
     body = (
-        f"{title}. OGBench's online SAC settings (lr 1e-4, batch 256, 256×256, γ 0.99, τ 0.005, 10k random "
-        f"steps), 8 envs, one update per env step; VLM-RB: TD boosting, λmax 0.5 over the first half"
+        f"{title}. {'SAC' if args.algo == 'sac' else 'TD3 (TorchRL TD3Loss)'} with OGBench's online SAC settings "
+        f"(lr 1e-4, batch 256, 256×256, γ 0.99, τ 0.005, 10k random steps), 8 envs, one update per env step; "
+        f"VLM-RB: TD boosting, λmax 0.5 over the first half"
         + (f"; further overrides: `{' '.join(args.override)}`" if args.override else "")
         + f". Evaluation every {args.eval_interval:,} steps on {args.eval_episodes} greedy episodes; 'subgoals' is "
         f"the mean number of the task's 5 subgoals satisfied when an episode ends (one holds at the start). "
         f"Medians count a seed that never got there as infinite (reached/seeds in brackets).\n\n{table}\n\n"
         f"Curves: `{png.relative_to(ROOT)}`; every evaluation: `{(folder / 'evals.csv').relative_to(ROOT)}`.\n"
+        + (f"\n**Interim**: {len(missing)} of the study's {len(cells)} cells are not finished and are left out "
+           f"({', '.join(missing)}); the same command resumes them.\n" if missing else "")
     )
     print(body)
     if not args.no_record:

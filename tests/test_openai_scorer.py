@@ -1,0 +1,204 @@
+"""OpenAIScorer against real servers only (no mocks), plus the P(yes) arithmetic.
+
+The success path (P(yes) from a real server's logprobs) is tested only through
+``p_yes_from_top_logprobs`` on hand-written lists: no server available here returns
+logprobs for a VLM (vLLM has no CPU wheel; ``transformers serve`` ignores them).
+"""
+import math
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchrl_vlm.scoring.openai import OpenAIScorer, OpenAIScorerError, p_yes_from_top_logprobs
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_clips(b=2, length=4, mission=None) -> TensorDict:
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (b, length, 16, 16, 3), dtype=torch.uint8, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[-1, length // 2:] = False
+    td = TensorDict({"frames": frames, "mask": mask}, batch_size=[b])
+    if mission is not None:
+        td.set_non_tensor("mission", mission)
+    return td
+
+
+# --------------------------------------------------------------------- the arithmetic
+def lp(p):
+    return math.log(p)
+
+
+def test_p_yes_formula_sums_variants():
+    pairs = [(" Yes", lp(0.5)), ("No", lp(0.2)), ("yes", lp(0.1)), (" no", lp(0.1)), ("Maybe", lp(0.05))]
+    # (0.5 + 0.1) / (0.5 + 0.1 + 0.2 + 0.1)
+    assert p_yes_from_top_logprobs(pairs) == pytest.approx(0.6 / 0.9)
+
+
+def test_p_yes_case_sensitive_and_whitespace_stripped():
+    pairs = [("\nYes ", lp(0.3)), ("nO", lp(0.6)), ("No", lp(0.1))]
+    # "nO" is not a listed variant; "\nYes " strips to "Yes".
+    assert p_yes_from_top_logprobs(pairs) == pytest.approx(0.75)
+    assert p_yes_from_top_logprobs(pairs, yes_tokens=("yes",), no_tokens=("No",)) == pytest.approx(0.0)
+
+
+def test_p_yes_one_side_missing_and_none():
+    assert p_yes_from_top_logprobs([("Yes", lp(0.9)), ("The", lp(0.05))]) == 1.0
+    assert p_yes_from_top_logprobs([("NO", lp(0.4))]) == 0.0
+    assert p_yes_from_top_logprobs([("The", lp(0.9)), ("A", lp(0.1))]) is None
+    assert p_yes_from_top_logprobs([]) is None
+    assert p_yes_from_top_logprobs([("Yes", -math.inf), ("No", -math.inf)]) == 0.5
+
+
+def test_p_yes_rejects_malformed_entries():
+    with pytest.raises(ValueError, match="pairs"):
+        p_yes_from_top_logprobs([("Yes",)])
+    with pytest.raises(ValueError, match="string"):
+        p_yes_from_top_logprobs([(None, -1.0)])
+    with pytest.raises(ValueError, match="<= 0"):
+        p_yes_from_top_logprobs([("Yes", 0.5)])
+    with pytest.raises(ValueError, match="<= 0"):
+        p_yes_from_top_logprobs([("Yes", None)])
+
+
+# --------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"base_url": 8000}, TypeError, "base_url"),
+        ({"base_url": "127.0.0.1:8000/v1"}, ValueError, "base_url must start with http"),
+        ({"model": ""}, TypeError, "model"),
+        ({"prompt": "  "}, ValueError, "prompt"),
+        ({"num_frames": 0}, ValueError, "num_frames must be an int >= 1, got 0"),
+        ({"num_frames": 2.0}, TypeError, "num_frames"),
+        ({"max_concurrency": 0}, ValueError, "max_concurrency"),
+        ({"max_concurrency": True}, TypeError, "max_concurrency"),
+        ({"timeout_s": 0}, ValueError, "timeout_s must be a finite number > 0, got 0"),
+        ({"timeout_s": "30"}, ValueError, "timeout_s"),
+        ({"max_retries": -1}, ValueError, "max_retries must be an int >= 0"),
+        ({"top_logprobs": 0}, ValueError, "top_logprobs"),
+        ({"api_key": 123}, TypeError, "api_key"),
+        ({"mission_in_prompt": "yes"}, TypeError, "mission_in_prompt"),
+        ({"yes_tokens": "Yes"}, TypeError, "yes_tokens must be a sequence of strings"),
+        ({"no_tokens": ()}, ValueError, "no_tokens"),
+        ({"yes_tokens": ("Yes", " No")}, ValueError, "share"),
+    ],
+)
+def test_argument_validation(kwargs, exc, match):
+    args = {"base_url": "http://127.0.0.1:1/v1", "model": "m", **kwargs}
+    with pytest.raises(exc, match=match):
+        OpenAIScorer(args.pop("base_url"), args.pop("model"), **args)
+
+
+def test_request_body_and_cache_view():
+    scorer = OpenAIScorer("http://127.0.0.1:1/v1/", "m", num_frames=3, top_logprobs=5, mission_in_prompt=True)
+    assert scorer.base_url == "http://127.0.0.1:1/v1"
+    clips = make_clips(mission=["open the door", "get the key"])
+    view = scorer.cache_view(clips)
+    assert [len(v[1][0]) for v in view] == [3, 2]  # the second clip has 2 real steps
+    assert view[0][0].startswith("The agent's mission: open the door. ")
+    body = scorer.request_body(view[0][1][0], "open the door")
+    assert {k: body[k] for k in ("model", "max_tokens", "logprobs", "top_logprobs", "temperature")} == {
+        "model": "m", "max_tokens": 1, "logprobs": True, "top_logprobs": 5, "temperature": 0}
+    parts = body["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url"] * 3 + ["text"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[-1]["text"] == view[0][0]
+    assert scorer.cache_identity()["model"] == "m"
+    with pytest.raises(ValueError, match="mission"):
+        scorer(make_clips())
+    pickle.loads(pickle.dumps(scorer))
+
+
+# --------------------------------------------------------------------- real servers
+def test_unreachable_server_fails_fast():
+    port = free_port()  # closed again: nothing listens there
+    scorer = OpenAIScorer(f"http://127.0.0.1:{port}/v1", "some-model", timeout_s=5.0)
+    start = time.monotonic()
+    with pytest.raises(OpenAIScorerError, match=rf"cannot reach the server at http://127.0.0.1:{port}/v1 \(model 'some-model'\)"):
+        scorer(make_clips(b=3))
+    assert time.monotonic() - start < 10
+    assert scorer.stats()["openai_retries"] >= 2
+
+
+def _transformers_cli():
+    local = Path(sys.executable).parent / "transformers"
+    return str(local) if local.exists() else shutil.which("transformers")
+
+
+@pytest.fixture(scope="module")
+def transformers_server(tiny_vlm, tmp_path_factory):
+    """`transformers serve` with the tiny offline model on a free loopback port; killed afterwards."""
+    cli = _transformers_cli()
+    if cli is None:
+        pytest.skip("the `transformers` command (transformers serve) is not installed")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [cli, "serve", str(tiny_vlm), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        import httpx
+
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`transformers serve` exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"`transformers serve` did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+        log.close()
+
+
+def test_transformers_serve_without_logprobs_is_a_clear_error(transformers_server, tiny_vlm):
+    scorer = OpenAIScorer(transformers_server, str(tiny_vlm), num_frames=2, timeout_s=60.0)
+    with pytest.raises(OpenAIScorerError) as info:
+        scorer(make_clips(b=2))
+    msg = str(info.value)
+    assert f"the server at {transformers_server} (model {str(tiny_vlm)!r}) returned no logprobs" in msg
+    assert "vLLM returns them with logprobs=true" in msg and "`transformers serve` ignores logprobs" in msg
+    assert "vllm serve" in msg
+    # The request itself went through: the server answered (without logprobs).
+    assert scorer.stats()["openai_requests"] >= 1
+
+
+def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
+    # transformers serve, pinned to one model, answers HTTP 400 "Server is pinned to '...'; requested '...'".
+    scorer = OpenAIScorer(transformers_server, "nosuch", num_frames=1, timeout_s=60.0)
+    start = time.monotonic()
+    with pytest.raises(OpenAIScorerError, match=r"does not serve model 'nosuch' \(HTTP 400\): .*requested 'nosuch'\. Pass the name"):
+        scorer(make_clips(b=1))
+    assert time.monotonic() - start < 10
