@@ -23,6 +23,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("ScoredBatch", "ScoringService", "ScoringServiceError"), "torchrl_vlm.scoring.service"),
     "TransformersScorer": "torchrl_vlm.scoring.transformers",
+    **dict.fromkeys(("OpenAIScorer", "OpenAIScorerError"), "torchrl_vlm.scoring.openai"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.scoring.base import check_scores, clip_missions, validate_clips
+from torchrl_vlm.scoring.base import check_scores, validate_clips
 from torchrl_vlm.scoring.transformers import (
     DEFAULT_NO_TOKENS,
     DEFAULT_PROMPT,
     DEFAULT_YES_TOKENS,
-    MISSION_TEMPLATE,
+    PromptedClipScorer,
     frame_indices,
 )
 
@@ -168,7 +168,7 @@ def _server_message(response) -> str:
     return str(body)[:500]
 
 
-class OpenAIScorer:
+class OpenAIScorer(PromptedClipScorer):
     """Scores clips with a VLM served behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
     Args:
@@ -254,21 +254,6 @@ class OpenAIScorer:
         self._latency_s = 0.0
 
     # ------------------------------------------------------------------ prompts
-    def build_prompt(self, mission: str | None = None) -> str:
-        """The text part of the turn: the question, preceded by the mission when ``mission_in_prompt``."""
-        if not self.mission_in_prompt:
-            return self.prompt
-        if mission is None:
-            raise ValueError("mission_in_prompt=True needs a mission string for every clip (clips['mission'])")
-        return MISSION_TEMPLATE.format(mission=str(mission).strip().rstrip(".")) + self.prompt
-
-    def _missions(self, clips: TensorDictBase) -> list[str | None]:
-        if not self.mission_in_prompt:
-            return [None] * clips.batch_size[0]
-        if "mission" not in clips.keys():
-            raise ValueError("mission_in_prompt=True but clips has no 'mission' entry")
-        return clip_missions(clips)
-
     def messages(self, frames: torch.Tensor, mission: str | None = None) -> list[dict[str, Any]]:
         """One user turn: each of ``frames`` (uint8 ``[N, H, W, 3]``) as a PNG data URL, then the question."""
         content: list[dict[str, Any]] = [
@@ -300,12 +285,6 @@ class OpenAIScorer:
             "yes_tokens": list(self.yes_tokens),
             "no_tokens": list(self.no_tokens),
         }
-
-    def cache_view(self, clips: TensorDictBase) -> list[tuple[str, list[torch.Tensor]]]:
-        """What the model is shown, per clip: the prompt (with the mission if injected) and the selected frames."""
-        frames, mask = clips.get("frames"), clips.get("mask")
-        return [(self.build_prompt(m), [frames[b][frame_indices(mask[b], self.num_frames)]])
-                for b, m in enumerate(self._missions(clips))]
 
     # ------------------------------------------------------------------ HTTP
     def _where(self) -> str:

@@ -69,7 +69,38 @@ def frame_indices(mask: torch.Tensor, num_frames: int) -> torch.Tensor:
     return real[pos]
 
 
-class TransformersScorer(VLMBacked):
+class PromptedClipScorer:
+    """What the VLM scorers share: the prompt (goal-conditioned with ``mission_in_prompt``), the missions
+    of a batch of clips, and the view the verdict cache keys on. Needs ``prompt``, ``mission_in_prompt``
+    and ``num_frames``."""
+
+    prompt: str
+    mission_in_prompt: bool
+    num_frames: int
+
+    def build_prompt(self, mission: str | None = None) -> str:
+        """The text of the user turn: the question, preceded by the mission when ``mission_in_prompt``."""
+        if not self.mission_in_prompt:
+            return self.prompt
+        if mission is None:
+            raise ValueError("mission_in_prompt=True needs a mission string for every clip (clips['mission'])")
+        return MISSION_TEMPLATE.format(mission=str(mission).strip().rstrip(".")) + self.prompt
+
+    def _missions(self, clips: TensorDictBase) -> list[str | None]:
+        if not self.mission_in_prompt:
+            return [None] * clips.batch_size[0]
+        if "mission" not in clips.keys():
+            raise ValueError("mission_in_prompt=True but clips has no 'mission' entry")
+        return clip_missions(clips)
+
+    def cache_view(self, clips: TensorDictBase) -> list[tuple[str, list[torch.Tensor]]]:
+        """What the model is shown, per clip: the prompt (with the mission if injected) and the selected frames."""
+        frames, mask = clips.get("frames"), clips.get("mask")
+        return [(self.build_prompt(m), [frames[b][frame_indices(mask[b], self.num_frames)]])
+                for b, m in enumerate(self._missions(clips))]
+
+
+class TransformersScorer(PromptedClipScorer, VLMBacked):
     """Scores clips with any Hugging Face image-text-to-text VLM by its next-token Yes/No logits.
 
     This is VLM-RB step 4: each clip's frames go to a frozen VLM with a Yes/No
@@ -195,24 +226,9 @@ class TransformersScorer(VLMBacked):
             raise ValueError(f"yes_tokens and no_tokens share token ids {sorted(shared)} for {self.model_name!r}")
 
     # ------------------------------------------------------------------ prompts
-    def build_prompt(self, mission: str | None = None) -> str:
-        """The text of the user turn: the question, preceded by the mission when ``mission_in_prompt``."""
-        if not self.mission_in_prompt:
-            return self.prompt
-        if mission is None:
-            raise ValueError("mission_in_prompt=True needs a mission string for every clip (clips['mission'])")
-        return MISSION_TEMPLATE.format(mission=str(mission).strip().rstrip(".")) + self.prompt
-
     def messages(self, num_images: int, mission: str | None = None) -> list[dict[str, Any]]:
         """One multi-image user turn: ``num_images`` image slots, then the question."""
         return [user_turn(num_images, self.build_prompt(mission))]
-
-    def _missions(self, clips: TensorDictBase) -> list[str | None]:
-        if not self.mission_in_prompt:
-            return [None] * clips.batch_size[0]
-        if "mission" not in clips.keys():
-            raise ValueError("mission_in_prompt=True but clips has no 'mission' entry")
-        return clip_missions(clips)
 
     # ------------------------------------------------------------------ the verdict cache
     def cache_identity(self) -> dict[str, Any]:
@@ -229,12 +245,6 @@ class TransformersScorer(VLMBacked):
             "no_tokens": list(self.no_tokens),
             "processor_kwargs": self.processor_kwargs,
         }
-
-    def cache_view(self, clips: TensorDictBase) -> list[tuple[str, list[torch.Tensor]]]:
-        """What the model is shown, per clip: the prompt (with the mission if injected) and the selected frames."""
-        frames, mask = clips.get("frames"), clips.get("mask")
-        return [(self.build_prompt(m), [frames[b][frame_indices(mask[b], self.num_frames)]])
-                for b, m in enumerate(self._missions(clips))]
 
     # ------------------------------------------------------------------ inputs
     def _images(self, frames: torch.Tensor, mask: torch.Tensor) -> list:
