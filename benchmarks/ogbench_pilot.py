@@ -114,9 +114,12 @@ def run_cell(args, method: str, seed: int) -> dict:
         write_atomic(stamp, json.dumps(overrides))
     else:
         print(f"{method} seed {seed}: resuming from {ckpt.relative_to(ROOT)}", flush=True)
-    saving = [f"checkpoint.interval={args.checkpoint_interval}", "checkpoint.at_end=false",
+    # at_end: a cell stopped by Ctrl-C or SIGTERM checkpoints where it stopped (a finished one's is dropped).
+    saving = [f"checkpoint.interval={args.checkpoint_interval}", "checkpoint.at_end=true",
               f"checkpoint.resume={ckpt if resume else 'null'}"]
     summary = recipe(ALGOS[args.algo]).train(recipe_config(ALGOS[args.algo], overrides + saving), run_dir)
+    if summary["interrupted"]:
+        raise SystemExit(f"{method} seed {seed}: stopped at {summary['frames']} frames; the same command resumes it")
     return {
         "env": args.env,
         "algo": args.algo,
