@@ -78,7 +78,7 @@ from torchrl_vlm.training import (
 )
 
 SAMPLERS = ("uniform", "per", "vlm")
-SCORERS = ("events", "noisy_events", "transformers")
+SCORERS = ("events", "noisy_events", "transformers", "openai")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -87,6 +87,7 @@ SCORERS = ("events", "noisy_events", "transformers")
 RANGES = {
     **VLM_RANGES,
     "env.tile_size": Range("int", 1),
+    "vlm.max_concurrency": Range("int", 1),
     "env.max_steps": Range("int", 1, nullable=True),
     "optim.max_grad_norm": Range("float", 0, open_low=True),
     "env.parallel": Range("bool"),
@@ -161,6 +162,21 @@ def _base_scorer_factory(cfg: DictConfig):
         )
     from torchrl_vlm.scoring.transformers import DEFAULT_PROMPT, TransformersScorer
 
+    if cfg.vlm.scorer == "openai":
+        from torchrl_vlm.scoring.openai import OpenAIScorer
+
+        if not cfg.vlm.base_url:
+            raise ValueError("vlm.scorer=openai needs vlm.base_url, e.g. http://127.0.0.1:8000/v1 (vllm serve ...)")
+        return functools.partial(
+            OpenAIScorer,
+            cfg.vlm.base_url,
+            str(cfg.vlm.model),
+            prompt=cfg.vlm.prompt or DEFAULT_PROMPT,
+            num_frames=cfg.vlm.num_frames,
+            api_key=cfg.vlm.api_key,
+            max_concurrency=cfg.vlm.max_concurrency,
+            mission_in_prompt=cfg.vlm.mission_in_prompt,
+        )
     return functools.partial(
         TransformersScorer,
         cfg.vlm.model,
@@ -180,7 +196,7 @@ def wants_frames(cfg: DictConfig) -> bool:
         return bool(cfg.env.render)
     if cfg.buffer.sampler != "vlm":
         return False
-    return cfg.vlm.scorer == "transformers" or cfg.logger.gallery_interval > 0
+    return cfg.vlm.scorer in ("transformers", "openai") or cfg.logger.gallery_interval > 0
 
 
 def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):

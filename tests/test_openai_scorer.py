@@ -202,3 +202,21 @@ def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
     with pytest.raises(OpenAIScorerError, match=r"does not serve model 'nosuch' \(HTTP 400\): .*requested 'nosuch'\. Pass the name"):
         scorer(make_clips(b=1))
     assert time.monotonic() - start < 10
+
+
+def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(transformers_server, tiny_vlm, tmp_path):
+    """vlm.scorer=openai end to end: frames rendered, clips sent to the real server, and its missing logprobs
+    stop the run with the scorer's own explanation (here after one failed batch)."""
+    from test_recipes import config
+
+    import dqn_minigrid
+    from torchrl_vlm import ScoringServiceError
+
+    cfg = config("buffer.sampler=vlm", "vlm.scorer=openai", f"vlm.base_url={transformers_server}",
+                 f"vlm.model={tiny_vlm}", "vlm.num_frames=2", "vlm.max_consecutive_errors=1",
+                 "collector.total_frames=2048", "logger.gallery_interval=0")
+    assert dqn_minigrid.wants_frames(cfg)
+    with pytest.raises(ScoringServiceError, match="returned no logprobs"):
+        dqn_minigrid.train(cfg, tmp_path)
+    with pytest.raises(ValueError, match="vlm.scorer=openai needs vlm.base_url"):
+        dqn_minigrid.scorer_factory(config("vlm.scorer=openai"))
