@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
-from sample_efficiency import first_reach, median_steps, pair_by_seed, permutation_p, seed_ratio
+from sample_efficiency import first_reach, median_steps, pair_by_seed, permutation_p, seed_ratio, study_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "ogbench_pilot"  # committed: JSON, CSV, PNG
@@ -59,18 +59,6 @@ METHODS = {
     "vlm_noisy": ["buffer.sampler=vlm", "vlm.scorer=noisy_events", "buffer.td_boost=true"],
 }
 ALGOS = {"sac": "sac_ogbench", "td3": "td3_ogbench"}
-
-
-def study_cells(methods: list[str], seeds: int) -> list[tuple[str, int]]:
-    """The (method, seed) cells of a study, seed by seed: ``seeds`` seeds of each method, N of one given as METHOD:N."""
-    counts = {}
-    for spec in methods:
-        method, _, n = spec.partition(":")
-        if method not in METHODS or not (n == "" or n.isdigit()):
-            raise ValueError(f"a method is METHOD or METHOD:SEEDS with METHOD one of {sorted(METHODS)}, got {spec!r}")
-        counts[method] = int(n) if n else seeds
-    return [(method, seed) for seed in range(max(counts.values(), default=0))
-            for method, n in counts.items() if seed < n]
 
 
 def study_name(args) -> str:
@@ -249,7 +237,7 @@ def main():
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
     args = parser.parse_args()
     try:
-        cells = study_cells(args.methods, args.seeds)
+        cells = study_cells(args.methods, args.seeds, METHODS)
     except ValueError as e:
         parser.error(str(e))
 

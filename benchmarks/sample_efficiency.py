@@ -77,13 +77,14 @@ METHODS = {
 DEFAULT_METHODS = ("uniform", "per", "vlm_events", "vlm_noisy")
 
 
-def study_cells(methods: list[str], seeds: int) -> list[tuple[str, int]]:
-    """The (method, seed) cells of a study, seed by seed: ``seeds`` seeds of each method, N of one given as METHOD:N."""
+def study_cells(methods: list[str], seeds: int, known=METHODS) -> list[tuple[str, int]]:
+    """The (method, seed) cells of a study, seed by seed: ``seeds`` seeds of each method, N of one given as
+    METHOD:N; ``known``: the methods the study's runner has."""
     counts = {}
     for spec in methods:
         method, _, n = spec.partition(":")
-        if method not in METHODS or not (n == "" or n.isdigit()):
-            raise ValueError(f"a method is METHOD or METHOD:SEEDS with METHOD one of {sorted(METHODS)}, got {spec!r}")
+        if method not in known or not (n == "" or n.isdigit()):
+            raise ValueError(f"a method is METHOD or METHOD:SEEDS with METHOD one of {sorted(known)}, got {spec!r}")
         counts[method] = int(n) if n else seeds
     return [(method, seed) for seed in range(max(counts.values(), default=0))
             for method, n in counts.items() if seed < n]

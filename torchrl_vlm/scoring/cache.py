@@ -106,7 +106,7 @@ class CachedScorer:
 
     Examples:
         >>> from torchrl_vlm import MiniGridEventScorer
-        >>> scorer = CachedScorer(MiniGridEventScorer("any"), "/tmp/verdicts.sqlite", run="seed0")
+        >>> scorer = CachedScorer(MiniGridEventScorer("any"), "verdicts.sqlite", run="seed0")
     """
 
     def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0):

@@ -160,7 +160,6 @@ class RayScoringService(ScoringService):
                     self._replica_failed(replica, tickets, f"died ({type(err).__name__})")
                     continue
                 except ray.exceptions.RayTaskError as err:
-                    self._release(tickets)
                     self._on_scorer_error(tickets, str(err.cause if err.cause is not None else err)[:2000])
                     continue
                 self._errors_in_a_row = 0
@@ -180,19 +179,9 @@ class RayScoringService(ScoringService):
         self._pump()
         return out
 
-    def _release(self, tickets: list[int]) -> None:
-        for t in tickets:
-            self._in_flight.pop(t, None)
-
     def _replica_failed(self, replica: int, tickets: list[int], reason: str) -> None:
         """A replica's process died under a batch: its clips are lost (never positive)."""
-        lost = 0
-        for t in tickets:
-            self._in_flight.pop(t, None)
-            entry = self._pending.pop(t, None)
-            if entry is not None:
-                lost += entry[1]
-        self._counters["clips_lost"] += lost
+        lost = self._lose(tickets)
         self._mark_down(replica, f"{reason}, {lost} clips lost")
 
     def _mark_down(self, replica: int, reason: str) -> None:

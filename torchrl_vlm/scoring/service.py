@@ -401,12 +401,7 @@ class ScoringService:
             self._process.join(timeout=5)
 
     def _restart(self, reason: str) -> None:
-        lost = 0
-        for ticket, n in self._in_flight.items():
-            if self._pending.pop(ticket, None) is not None:
-                lost += n
-        self._in_flight.clear()
-        self._counters["clips_lost"] += lost
+        lost = self._lose(list(self._in_flight))
         self._busy = None
         self._starting_since = None
         self._kill()
@@ -577,7 +572,8 @@ class ScoringService:
         self._pump()
         return out
 
-    def _on_scorer_error(self, tickets: list[int], text: str) -> None:
+    def _lose(self, tickets: list[int]) -> int:
+        """Forgets unanswered ``tickets`` (they will never be answered); counts and returns their clips."""
         lost = 0
         for t in tickets:
             self._in_flight.pop(t, None)
@@ -585,6 +581,10 @@ class ScoringService:
             if entry is not None:
                 lost += entry[1]
         self._counters["clips_lost"] += lost
+        return lost
+
+    def _on_scorer_error(self, tickets: list[int], text: str) -> None:
+        lost = self._lose(tickets)
         self._counters["scorer_errors"] += 1
         self._errors_in_a_row += 1
         logger.warning("the scorer failed on a batch (%d clips lost): %s", lost, text)
