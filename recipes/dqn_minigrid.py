@@ -50,7 +50,6 @@ from torchrl_vlm import (
     NStepReturns,
     ScoringServiceError,
     VLMReplayBuffer,
-    cached,
     episode_step_limit,
     make_minigrid_env,
     make_replay_buffer,
@@ -75,6 +74,7 @@ from torchrl_vlm.training import (
     seed_everything,
     timed_batches,
     vlm_service_options,
+    with_verdict_cache,
 )
 
 SAMPLERS = ("uniform", "per", "vlm")
@@ -144,9 +144,7 @@ def scorer_factory(cfg: DictConfig):
     factory = _base_scorer_factory(cfg)
     if cfg.vlm.latency_s > 0:
         factory = functools.partial(DelayedScorer, factory, cfg.vlm.latency_s)
-    if cfg.vlm.cache:  # outside the delay: a verdict read from disk costs no model time
-        factory = cached(factory, cfg.vlm.cache, run=f"{cfg.logger.exp_name}_seed{cfg.env.seed}")
-    return factory
+    return with_verdict_cache(factory, cfg)  # outside the delay: a verdict read from disk costs no model time
 
 
 def _base_scorer_factory(cfg: DictConfig):

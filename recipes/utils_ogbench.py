@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from torchrl.data import LazyTensorStorage
 
 from torchrl_vlm import (
-    MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, cached, make_replay_buffer,
+    MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, make_replay_buffer,
 )
-from torchrl_vlm.training import VLM_RANGES, Range, check_common_config, vlm_service_options
+from torchrl_vlm.training import VLM_RANGES, Range, check_common_config, vlm_service_options, with_verdict_cache
 
 SAMPLERS = ("uniform", "per", "vlm")
 SCORERS = ("events", "noisy_events", "transformers")
@@ -86,9 +86,7 @@ def scorer_factory(cfg: DictConfig):
 
         factory = functools.partial(TransformersScorer, cfg.vlm.model, num_frames=cfg.vlm.num_frames,
                                     device=cfg.vlm.device, batch_size=cfg.vlm.batch_size)
-    if cfg.vlm.cache:
-        factory = cached(factory, cfg.vlm.cache, run=f"{cfg.logger.exp_name}_seed{cfg.env.seed}")
-    return factory
+    return with_verdict_cache(factory, cfg)
 
 
 def make_buffer(cfg: DictConfig):

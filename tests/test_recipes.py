@@ -81,6 +81,8 @@ def test_smoke_with_the_tiny_vlm(tiny_vlm, tmp_path):
             f"vlm.model={tiny_vlm}",
             "vlm.num_frames=4",
             "vlm.batch_size=4",
+            f"vlm.cache={tmp_path / 'verdicts.sqlite'}",
+            "vlm.cache_thumbnails=4",
         ),
         tmp_path,
     )
@@ -89,6 +91,14 @@ def test_smoke_with_the_tiny_vlm(tiny_vlm, tmp_path):
     scores = stored["vlm_score"][: summary["frames"]]
     scored = scores[~scores.isnan()]
     assert scored.numel() > 0 and bool(((scored >= 0) & (scored <= 1)).all())
+    # Every verdict is on disk with the model's name, its prompt and the clip's thumbnails; the gallery draws them.
+    from torchrl_vlm import read_verdicts, verdict_gallery
+
+    rows = read_verdicts(tmp_path / "verdicts.sqlite")
+    assert len(rows) == summary["buffer_stats"]["cache_misses"] > 0
+    assert all(r["thumbnail_frames"] == 4 and str(tiny_vlm) in r["model"] and r["prompt"] for r in rows)
+    assert set(round(r["score"], 5) for r in rows) <= set(round(float(s), 5) for s in scored)
+    assert verdict_gallery(tmp_path / "verdicts.sqlite", tmp_path / "top.png").is_file()
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):

@@ -8,8 +8,12 @@ import torch
 from tensordict import NonTensorStack, TensorDict
 
 from _scorers import FrameMeanScorer
-from torchrl_vlm import CachedScorer, ScoringService, TransformersScorer, VerdictCacheError, cached, read_verdicts
-from torchrl_vlm.scoring.transformers import frame_indices
+from torchrl_vlm import (
+    CachedScorer, ScoringService, TransformersScorer, VerdictCacheError, cached, read_verdicts, verdict_gallery,
+)
+from torchrl_vlm import verdicts as verdicts_cli
+from torchrl_vlm.scoring.base import frame_indices
+from torchrl_vlm.scoring.cache import _frames_from_strip
 
 
 def make_clips(n, *, L=8, size=8, seed=0, missions=None):
@@ -62,6 +66,75 @@ def test_every_verdict_can_be_audited(tmp_path):
         read_verdicts(path, order="best")
     with pytest.raises(FileNotFoundError, match="no verdict cache"):
         read_verdicts(tmp_path / "missing.sqlite")
+
+
+def test_thumbnails_are_the_clips_own_frames_and_the_gallery_shows_the_extremes(tmp_path, monkeypatch):
+    path = tmp_path / "verdicts.sqlite"
+    scorer = CachedScorer(FrameMeanScorer(), path, run="dqn_seed0", thumbnails=3)
+    clips = make_clips(10, L=8, size=8)
+    clips["mask"][2, 5:] = False  # a clip cut short: its thumbnails come from its real steps only
+    scores = scorer(clips)
+    scorer(clips)  # answered from disk: nothing stored twice
+    rows = read_verdicts(path, order="step")
+    assert len(rows) == 10 and all(r["thumbnail_frames"] == 3 and r["trusted"] for r in rows)
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    by_clip = {cid: (n, png) for cid, n, png in db.execute(
+        "SELECT v.clip_id, t.frames, t.png FROM verdicts v JOIN thumbnails t ON t.key = v.key")}
+    db.close()
+    for b in (0, 2):
+        n, png = by_clip[b]
+        expected = clips["frames"][b][frame_indices(clips["mask"][b], 3)]
+        torch.testing.assert_close(_frames_from_strip(png, n), expected, rtol=0, atol=0)  # PNG is lossless
+
+    # The gallery draws the rows//2 highest and lowest, highest first; record what it draws.
+    drawn = {}
+
+    def record(items, out, title):
+        drawn["scores"] = [score for score, _, _ in items]
+        drawn["labels"] = [label for _, label, _ in items]
+        return out
+
+    monkeypatch.setattr("torchrl_vlm.scoring.gallery.save_clip_rows", record)
+    verdict_gallery(path, tmp_path / "g.png", rows=4)
+    ranked = sorted(scores.tolist(), reverse=True)
+    assert drawn["scores"] == pytest.approx(ranked[:2] + ranked[-2:])
+    assert all(label == "step 640\ndqn_seed0" for label in drawn["labels"])
+    verdict_gallery(path, tmp_path / "g.png", rows=40)  # more rows than clips: each clip once
+    assert drawn["scores"] == pytest.approx(ranked)
+    monkeypatch.undo()
+    out = verdict_gallery(path, tmp_path / "gallery.png", rows=4)
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cache_without_thumbnails_says_how_to_keep_them(tmp_path):
+    path = tmp_path / "v.sqlite"
+    CachedScorer(FrameMeanScorer(), path)(make_clips(2))
+    assert all(r["thumbnail_frames"] == 0 for r in read_verdicts(path))
+    with pytest.raises(ValueError, match=r"has thumbnails; keep them with CachedScorer\(\.\.\., thumbnails=4\)"):
+        verdict_gallery(path, tmp_path / "g.png")
+    with pytest.raises(ValueError, match="thumbnails must be an int >= 0"):
+        CachedScorer(FrameMeanScorer(), path, thumbnails=-1)
+    with pytest.raises(ValueError, match="rows must be an int >= 1"):
+        verdict_gallery(path, tmp_path / "g.png", rows=0)
+
+
+def test_the_verdicts_command_lists_audits_and_draws(tmp_path, capsys):
+    path = tmp_path / "v.sqlite"
+    scores = CachedScorer(FrameMeanScorer(), path, run="sac_seed1", thumbnails=2)(make_clips(6))
+    assert verdicts_cli.main([str(path), "--limit", "3", "--gallery", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "6 verdicts"
+    positive = int((scores >= 0.5).sum())
+    assert f"  run sac_seed1: 6 verdicts, {positive / 6:.1%} with P(yes) >= 0.5" in out
+    listed = [float(line.split()[0]) for line in out[out.index(next(l for l in out if l.startswith(" P(yes)"))) + 1:]
+              if line[:8].strip().replace(".", "").isdigit()]
+    assert listed == pytest.approx(sorted(scores.tolist(), reverse=True)[:3], abs=5e-4)
+    assert (tmp_path / "g.png").is_file() and out[-1] == f"gallery: {tmp_path / 'g.png'}"
+    with pytest.raises(SystemExit) as stop:
+        verdicts_cli.main([str(tmp_path / "missing.sqlite")])
+    assert stop.value.code == 2 and "no verdict cache at" in capsys.readouterr().err
 
 
 def test_the_key_is_what_the_vlm_is_shown(tiny_vlm, tmp_path):
@@ -160,6 +233,7 @@ def test_an_altered_score_is_asked_again(tmp_path):
     CachedScorer(FrameMeanScorer(), path)(clips)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE verdicts SET score = 0.999 WHERE clip_id = 1")
+    assert {r["clip_id"]: r["trusted"] for r in read_verdicts(path)} == {0: True, 1: False, 2: True}  # audits see it
     base = FrameMeanScorer()
     scorer = CachedScorer(base, path)
     torch.testing.assert_close(scorer(clips), FrameMeanScorer()(clips), rtol=0, atol=0)

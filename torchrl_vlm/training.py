@@ -57,6 +57,7 @@ __all__ = [
     "timed_batches",
     "verify_checkpoint",
     "wandb_mode",
+    "with_verdict_cache",
 ]
 
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "")
@@ -172,8 +173,22 @@ VLM_RANGES = {
     "vlm.batch_clips": Range("int", 1),
     "vlm.num_threads": Range("int", 1),
     "vlm.num_replicas": Range("int", 1),
+    "vlm.cache_thumbnails": Range("int", 0),
     **service_ranges("vlm"),
 }
+
+
+def with_verdict_cache(factory, cfg):
+    """``factory`` behind the recipe's verdict cache (``vlm.cache``, ``vlm.cache_thumbnails``), if it has one.
+
+    Each new verdict records the run as ``{logger.exp_name}_seed{env.seed}``.
+    """
+    if not cfg.vlm.cache:
+        return factory
+    from torchrl_vlm.scoring.cache import cached
+
+    return cached(factory, cfg.vlm.cache, run=f"{cfg.logger.exp_name}_seed{cfg.env.seed}",
+                  thumbnails=cfg.vlm.cache_thumbnails)
 
 
 def vlm_service_options(vlm) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from tensordict import TensorDictBase
 
-__all__ = ["Scorer", "check_scores", "clip_missions", "validate_clips"]
+__all__ = ["Scorer", "check_scores", "clip_missions", "frame_indices", "validate_clips"]
 
 
 @runtime_checkable
@@ -98,6 +98,25 @@ def clip_missions(clips: TensorDictBase) -> list[str | None]:
             raise TypeError(f"clips['mission'] entries must be strings, got {type(m).__name__}")
         out.append(m)
     return out
+
+
+def frame_indices(mask: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Indices of at most ``num_frames`` real steps of one clip, evenly spaced, first and last included.
+
+    ``mask`` is the clip's bool ``[L]`` mask. A clip with fewer real steps than
+    ``num_frames`` gives all of them; a request for one frame gives the last real
+    step (where a clip cut at success shows the goal).
+    """
+    real = torch.nonzero(mask, as_tuple=False).flatten()
+    n = real.numel()
+    if n == 0:
+        raise ValueError("mask has no real step")
+    k = min(num_frames, n)
+    if k == 1:
+        return real[-1:]
+    # k <= n makes the spacing (n - 1) / (k - 1) >= 1, so rounded positions are distinct.
+    pos = torch.linspace(0, n - 1, k).round().long()
+    return real[pos]
 
 
 def check_scores(scores: torch.Tensor, n: int, who: str) -> torch.Tensor:

@@ -25,10 +25,18 @@ audit reader) can read while one run writes; writers wait on a busy lock up to
 :class:`VerdictCacheError` naming it, never a silent fresh start. Each verdict
 carries a checksum of its key and score: a row altered on disk is not trusted
 (the scorer is asked again, the row replaced, ``cache_corrupt`` counted).
+
+**Audits.** :func:`read_verdicts` lists the verdicts (highest P(yes) first by
+default); with ``thumbnails=F`` a :class:`CachedScorer` also keeps ``F`` evenly
+spaced frames of each clip it asks about, and :func:`verdict_gallery` draws the
+clips the VLM liked most and least as a PNG. From a shell::
+
+    python -m torchrl_vlm.verdicts verdicts.sqlite --limit 10 --gallery top.png
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -36,12 +44,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.scoring.base import check_scores, clip_missions, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, validate_clips
 
-__all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts"]
+__all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"]
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -59,6 +68,11 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created REAL NOT NULL,     -- unix time of the answer
     checksum TEXT NOT NULL     -- SHA-256 of key and score: sqlite checks pages, not values
 );
+CREATE TABLE IF NOT EXISTS thumbnails (
+    key TEXT PRIMARY KEY,      -- the verdict's key
+    frames INTEGER NOT NULL,   -- frames in the strip
+    png BLOB NOT NULL          -- the frames side by side, one PNG
+);
 """
 
 
@@ -73,6 +87,23 @@ def _checksum(key: str, score: float) -> str:
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().cpu().contiguous()
     return f"{t.dtype}{list(t.shape)}".encode() + t.numpy().tobytes()
+
+
+def _png_strip(frames: torch.Tensor) -> bytes:
+    """uint8 ``[F, H, W, 3]`` frames side by side, as PNG bytes."""
+    from PIL import Image
+
+    strip = frames.detach().cpu().permute(1, 0, 2, 3).reshape(frames.shape[1], -1, 3).contiguous().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _frames_from_strip(png: bytes, count: int) -> torch.Tensor:
+    from PIL import Image
+
+    strip = torch.from_numpy(np.array(Image.open(io.BytesIO(png)).convert("RGB")))
+    return strip.reshape(strip.shape[0], count, -1, 3).permute(1, 0, 2, 3).contiguous()
 
 
 def _describe(scorer) -> str:
@@ -98,6 +129,9 @@ class CachedScorer:
         path: the sqlite file; created if missing, shared by runs that use the same scorer.
         run: a name recorded with each new verdict (e.g. the experiment name), for audits.
         timeout_s: how long a write waits for another writer's lock before failing.
+        thumbnails: frames kept per newly asked clip (evenly spaced over its real steps, as
+            :func:`~torchrl_vlm.scoring.base.frame_indices` picks a VLM's frames), as one PNG
+            strip for :func:`verdict_gallery`; 0 keeps none. Clips without frames keep none.
 
     ``stats()`` gives ``cache_hits``, ``cache_misses``, ``cache_hit_rate`` and ``cache_corrupt``
     (rows that failed their checksum); in a
@@ -109,7 +143,8 @@ class CachedScorer:
         >>> scorer = CachedScorer(MiniGridEventScorer("any"), "verdicts.sqlite", run="seed0")
     """
 
-    def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0,
+                 thumbnails: int = 0):
         if not callable(base) or not hasattr(base, "needs_frames"):
             raise TypeError(f"base must be a scorer (callable with a needs_frames attribute), got {base!r:.100}")
         if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -118,7 +153,10 @@ class CachedScorer:
             raise TypeError(f"run must be a string or None, got {run!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
             raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        if isinstance(thumbnails, bool) or not isinstance(thumbnails, int) or thumbnails < 0:
+            raise ValueError(f"thumbnails must be an int >= 0 (frames kept per clip), got {thumbnails!r}")
         self.base = base
+        self.thumbnails = thumbnails
         self.needs_frames = base.needs_frames
         self.path = Path(path)
         self.run = run
@@ -192,10 +230,17 @@ class CachedScorer:
              _checksum(keys[i], s))
             for i, s in zip(index.tolist(), scores.tolist())
         ]
+        strips = []
+        if self.thumbnails and "frames" in clips.keys():
+            frames, mask = clips.get("frames"), clips.get("mask")
+            for i in index.tolist():
+                shown = frames[i][frame_indices(mask[i], self.thumbnails)]
+                strips.append((keys[i], shown.shape[0], _png_strip(shown)))
         try:
             with self._db:  # one transaction
                 # A key can only be missing here, or held by a row that failed its checksum: replace it.
                 self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO thumbnails VALUES (?,?,?)", strips)
         except sqlite3.DatabaseError as err:
             raise VerdictCacheError(f"{self.path} could not be written ({err}); delete it or pass another path") \
                 from None
@@ -238,11 +283,12 @@ def _open(path: Path, timeout_s: float) -> sqlite3.Connection:
     return db
 
 
-def _build_cached(factory, path, run, timeout_s):
-    return CachedScorer(factory(), path, run=run, timeout_s=timeout_s)
+def _build_cached(factory, path, run, timeout_s, thumbnails):
+    return CachedScorer(factory(), path, run=run, timeout_s=timeout_s, thumbnails=thumbnails)
 
 
-def cached(factory, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0):
+def cached(factory, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0,
+           thumbnails: int = 0):
     """A picklable scorer factory: ``factory()``'s scorer behind a :class:`CachedScorer` on ``path``.
 
     What a :class:`~torchrl_vlm.ScoringService` or :class:`~torchrl_vlm.VLMReplayBuffer` takes as
@@ -252,7 +298,20 @@ def cached(factory, path: str | os.PathLike, *, run: str | None = None, timeout_
 
     if not callable(factory):
         raise TypeError(f"factory must be a zero-argument callable building a scorer, got {factory!r:.100}")
-    return functools.partial(_build_cached, factory, os.fspath(path), run, timeout_s)
+    return functools.partial(_build_cached, factory, os.fspath(path), run, timeout_s, thumbnails)
+
+
+def _open_read_only(path: str | os.PathLike) -> tuple[Path, sqlite3.Connection]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no verdict cache at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    return path, db
+
+
+def _model_filter(model: str | None) -> tuple[str, tuple]:
+    return (" WHERE v.model = ?", (model,)) if model else ("", ())
 
 
 def read_verdicts(path: str | os.PathLike, *, order: str = "score", limit: int | None = None,
@@ -260,23 +319,77 @@ def read_verdicts(path: str | os.PathLike, *, order: str = "score", limit: int |
     """The verdicts in a cache, for audits: one dict per verdict (the columns of the table).
 
     ``order``: ``"score"`` (highest P(yes) first: the clips the VLM liked most), ``"step"`` or
-    ``"created"``. ``model`` keeps one model's verdicts. Opens the file read-only.
+    ``"created"``. ``model`` keeps one model's verdicts. Each dict also says whether the row
+    passes its checksum (``trusted``) and how many thumbnail frames it has (``thumbnail_frames``,
+    0 for none). Opens the file read-only.
     """
-    orders = {"score": "score DESC", "step": "step", "created": "created"}
+    orders = {"score": "v.score DESC", "step": "v.step", "created": "v.created"}
     if order not in orders:
         raise ValueError(f"order={order!r}; choose one of {sorted(orders)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no verdict cache at {path}")
+    path, db = _open_read_only(path)
+    where, params = _model_filter(model)
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        db.row_factory = sqlite3.Row
-        sql = "SELECT * FROM verdicts" + (" WHERE model = ?" if model else "") + f" ORDER BY {orders[order]}"
-        sql += f" LIMIT {limit}" if limit else ""
-        rows = db.execute(sql, (model,) if model else ()).fetchall()
+        has_thumbs = _has_thumbnails(db)
+        join = " LEFT JOIN thumbnails t ON t.key = v.key" if has_thumbs else ""
+        frames = "COALESCE(t.frames, 0)" if has_thumbs else "0"
+        sql = (f"SELECT v.*, {frames} AS thumbnail_frames FROM verdicts v{join}{where} ORDER BY {orders[order]}"
+               + (f" LIMIT {limit}" if limit else ""))
+        rows = [dict(row) for row in db.execute(sql, params).fetchall()]
     except sqlite3.DatabaseError as err:
         raise VerdictCacheError(f"{path} is not a readable verdict cache ({err})") from None
-    db.close()
-    return [dict(row) for row in rows]
+    finally:
+        db.close()
+    for row in rows:
+        row["trusted"] = isinstance(row["score"], float) and row["checksum"] == _checksum(row["key"], row["score"])
+    return rows
+
+
+def _has_thumbnails(db: sqlite3.Connection) -> bool:
+    # A file written before thumbnails existed, opened read-only, has no such table.
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'thumbnails'").fetchone() is not None
+
+
+def verdict_gallery(path: str | os.PathLike, out: str | os.PathLike, *, rows: int = 8,
+                    model: str | None = None, title: str = "") -> Path:
+    """Draws the clips the VLM liked most and least, from a cache's thumbnails, as a PNG; returns ``out``.
+
+    The ``rows // 2`` highest-scored verdicts that have thumbnails, then the lowest (no clip twice),
+    each labelled with its P(yes), the run's step and the run. Rows that fail their checksum are left
+    out. Thumbnails are kept by ``CachedScorer(..., thumbnails=F)`` (recipes: ``vlm.cache_thumbnails``).
+    """
+    from torchrl_vlm.scoring.gallery import save_clip_rows
+
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+    path, db = _open_read_only(path)
+    where, params = _model_filter(model)
+    half = max(1, rows // 2)
+    picked: dict[str, sqlite3.Row] = {}
+    try:
+        if not _has_thumbnails(db):
+            found = []
+        else:
+            sql = ("SELECT v.key, v.score, v.step, v.run, v.checksum, t.frames, t.png FROM verdicts v "
+                   f"JOIN thumbnails t ON t.key = v.key{where} ORDER BY v.score {{}}, v.created LIMIT {4 * half}")
+            found = [db.execute(sql.format(direction), params).fetchall() for direction in ("DESC", "ASC")]
+    except sqlite3.DatabaseError as err:
+        raise VerdictCacheError(f"{path} is not a readable verdict cache ({err})") from None
+    finally:
+        db.close()
+    for ranked in found:  # the top half, then the bottom half
+        taken = 0
+        for row in ranked:
+            if taken == half:
+                break
+            if row["key"] not in picked and row["checksum"] == _checksum(row["key"], row["score"]):
+                picked[row["key"]] = row
+                taken += 1
+    if not picked:
+        raise ValueError(f"no verdict in {path} has thumbnails{f' for model {model!r}' if model else ''}; "
+                         "keep them with CachedScorer(..., thumbnails=4) (recipes: vlm.cache_thumbnails=4)")
+    ranked = sorted(picked.values(), key=lambda row: -row["score"])
+    items = [(row["score"], f"step {row['step'] if row['step'] is not None else '?'}\n{row['run'] or ''}",
+              _frames_from_strip(row["png"], row["frames"])) for row in ranked]
+    return save_clip_rows(items, out, title or f"highest and lowest P(yes) of the {path.name} verdicts")

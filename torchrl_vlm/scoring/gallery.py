@@ -8,11 +8,13 @@ the VLM's verdicts make sense.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["ClipGallery"]
+__all__ = ["ClipGallery", "save_clip_rows"]
 
 
 class ClipGallery:
@@ -59,27 +61,41 @@ class ClipGallery:
         """Draws :meth:`chosen` as a PNG, a row per clip; returns its path (None if no clip was scored)."""
         if not self._items:
             return None
-        import matplotlib
+        chosen = [(score, f"clip {cid & 0xFFFFFF:x}", thumb) for score, cid, thumb in self.chosen(rows)]
+        return save_clip_rows(chosen, path, title or f"highest and lowest scored of the last {len(self._items)} clips")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        chosen = self.chosen(rows)
-        cols = self.frames_per_clip
-        fig, axes = plt.subplots(len(chosen), cols, figsize=(1.6 * cols + 1.5, 1.6 * len(chosen)), squeeze=False)
-        for r, (score, cid, thumb) in enumerate(chosen):
-            for c in range(cols):
-                ax = axes[r][c]
-                ax.imshow(thumb[c].numpy())
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    color = "tab:green" if score >= 0.5 else "tab:red"
-                    ax.set_ylabel(f"P(yes)={score:.2f}\nclip {cid & 0xFFFFFF:x}", color=color, fontsize=8)
-        fig.suptitle(title or f"highest and lowest scored of the last {len(self._items)} clips", fontsize=9)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+def save_clip_rows(rows: Sequence[tuple[float, str, torch.Tensor]], path: str | Path, title: str) -> Path:
+    """Draws clips as the rows of a PNG; returns its path.
+
+    Each row is ``(P(yes), label, frames)`` with ``frames`` uint8 ``[F, H, W, 3]`` (``F`` may differ
+    between rows); the score and label go left of the row, green from 0.5 up, red below.
+    """
+    if not rows:
+        raise ValueError("rows is empty: there is no clip to draw")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(frames) for _, _, frames in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols + 1.5, 1.6 * len(rows)), squeeze=False)
+    for r, (score, label, frames) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(frames):
+                ax.imshow(np.asarray(frames[c]))
+            else:
+                ax.axis("off")
+            if c == 0:
+                color = "tab:green" if score >= 0.5 else "tab:red"
+                ax.set_ylabel(f"P(yes)={score:.2f}\n{label}", color=color, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

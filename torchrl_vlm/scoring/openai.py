@@ -38,13 +38,12 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.scoring.base import check_scores, validate_clips
+from torchrl_vlm.scoring.base import check_scores, frame_indices, validate_clips
 from torchrl_vlm.scoring.transformers import (
     DEFAULT_NO_TOKENS,
     DEFAULT_PROMPT,
     DEFAULT_YES_TOKENS,
     PromptedClipScorer,
-    frame_indices,
 )
 
 __all__ = ["OpenAIScorer", "OpenAIScorerError", "p_yes_from_top_logprobs"]
@@ -178,7 +177,7 @@ class OpenAIScorer(PromptedClipScorer):
             or its ``--served-model-name``).
         prompt: the question (:data:`~torchrl_vlm.scoring.transformers.DEFAULT_PROMPT`).
         num_frames: frames sent per clip, evenly spaced over its real (masked) steps
-            (:func:`~torchrl_vlm.scoring.transformers.frame_indices`). vLLM accepts at most
+            (:func:`~torchrl_vlm.scoring.base.frame_indices`). vLLM accepts at most
             ``--limit-mm-per-prompt`` images per request (1 by default for many models).
         api_key: sent as ``Authorization: Bearer <api_key>`` if given.
         max_concurrency: requests in flight at once (one clip per request).

@@ -31,7 +31,7 @@ from torchrl_vlm.hf_vlm import (
     to_pil_images,
     user_turn,
 )
-from torchrl_vlm.scoring.base import check_scores, clip_missions, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, validate_clips
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -39,7 +39,6 @@ __all__ = [
     "DEFAULT_YES_TOKENS",
     "DEFAULT_NO_TOKENS",
     "TransformersScorer",
-    "frame_indices",
 ]
 
 #: The paper's task-agnostic question.
@@ -48,25 +47,6 @@ DEFAULT_PROMPT = "Does this clip contain a clear instance of goal satisfaction a
 MISSION_TEMPLATE = "The agent's mission: {mission}. "
 DEFAULT_YES_TOKENS = ("Yes", " Yes", "yes", " yes", "YES")
 DEFAULT_NO_TOKENS = ("No", " No", "no", " no", "NO")
-
-
-def frame_indices(mask: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Indices of at most ``num_frames`` real steps of one clip, evenly spaced, first and last included.
-
-    ``mask`` is the clip's bool ``[L]`` mask. A clip with fewer real steps than
-    ``num_frames`` gives all of them; a request for one frame gives the last real
-    step (where a clip cut at success shows the goal).
-    """
-    real = torch.nonzero(mask, as_tuple=False).flatten()
-    n = real.numel()
-    if n == 0:
-        raise ValueError("mask has no real step")
-    k = min(num_frames, n)
-    if k == 1:
-        return real[-1:]
-    # k <= n makes the spacing (n - 1) / (k - 1) >= 1, so rounded positions are distinct.
-    pos = torch.linspace(0, n - 1, k).round().long()
-    return real[pos]
 
 
 class PromptedClipScorer:
