@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -193,3 +194,27 @@ def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
         if failed and not running:
             raise RuntimeError(f"benchmark cell(s) failed: {failed}")
         time.sleep(0.5)
+
+
+def tiny_vlm_path() -> str:
+    """The tiny offline Idefics3 of ``torchrl_vlm.testing`` (built once, under ``$TORCHRL_VLM_CACHE`` or the temp folder)."""
+    from torchrl_vlm.testing import make_tiny_vlm
+
+    cache = Path(os.environ.get("TORCHRL_VLM_CACHE", tempfile.gettempdir()))
+    return str(make_tiny_vlm(cache / "torchrl_vlm-tiny-idefics3-seed0", seed=0))
+
+
+def minigrid_like_clips(n: int, clip_len: int, size: int, seed: int = 0) -> TensorDict:
+    """Clips of blocky frames: random colours on a grid of 8-px tiles, like MiniGrid renders."""
+    g = torch.Generator().manual_seed(seed)
+    tiles = max(1, size // 8)
+    palette = torch.tensor(
+        [[0, 0, 0], [100, 100, 100], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [112, 39, 195]],
+        dtype=torch.uint8,
+    )
+    grid = torch.randint(0, len(palette), (n, clip_len, tiles, tiles), generator=g)
+    frames = palette[grid]  # [n, L, tiles, tiles, 3]
+    rep = -(-size // tiles)
+    frames = frames.repeat_interleave(rep, 2).repeat_interleave(rep, 3)[:, :, :size, :size].contiguous()
+    mask = torch.ones(n, clip_len, dtype=torch.bool)
+    return TensorDict({"frames": frames, "mask": mask}, batch_size=[n])

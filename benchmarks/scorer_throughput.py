@@ -29,8 +29,6 @@ only). The table there (the tiny model, CPU) came from
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +36,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from common import markdown_table, record_results
+from common import markdown_table, minigrid_like_clips, record_results, tiny_vlm_path
 from torchrl_vlm.scoring.transformers import TransformersScorer
-from torchrl_vlm.testing import TINY_VLM_MARKER, make_tiny_vlm
+from torchrl_vlm.testing import TINY_VLM_MARKER
 
 TINY_NOTE = (
     "The tiny random model measures the scoring pipeline's overhead (frame selection, PIL, chat template, "
@@ -48,22 +46,6 @@ TINY_NOTE = (
     "(`--model facebook/Perception-LM-1B --device cuda`) this script gives the paper's kind of figure "
     "(69 FPS for a 1B model on an RTX 4090)."
 )
-
-
-def minigrid_like_clips(n: int, clip_len: int, size: int, seed: int = 0) -> TensorDict:
-    """Clips of blocky frames: random colours on a grid of 8-px tiles, like MiniGrid renders."""
-    g = torch.Generator().manual_seed(seed)
-    tiles = max(1, size // 8)
-    palette = torch.tensor(
-        [[0, 0, 0], [100, 100, 100], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [112, 39, 195]],
-        dtype=torch.uint8,
-    )
-    grid = torch.randint(0, len(palette), (n, clip_len, tiles, tiles), generator=g)
-    frames = palette[grid]  # [n, L, tiles, tiles, 3]
-    rep = -(-size // tiles)
-    frames = frames.repeat_interleave(rep, 2).repeat_interleave(rep, 3)[:, :, :size, :size].contiguous()
-    mask = torch.ones(n, clip_len, dtype=torch.bool)
-    return TensorDict({"frames": frames, "mask": mask}, batch_size=[n])
 
 
 def run(scorer: TransformersScorer, clips: TensorDict, per_call: int):
@@ -116,8 +98,7 @@ def main() -> None:
 
     model = args.model
     if model is None:
-        cache = Path(os.environ.get("TORCHRL_VLM_CACHE", tempfile.gettempdir()))
-        model = str(make_tiny_vlm(cache / "torchrl_vlm-tiny-idefics3-seed0", seed=0))
+        model = tiny_vlm_path()
     tiny = (Path(model) / TINY_VLM_MARKER).is_file()
 
     t0 = time.perf_counter()

@@ -5,27 +5,16 @@ The success path (P(yes) from a real server's logprobs) is tested only through
 logprobs for a VLM (vLLM has no CPU wheel; ``transformers serve`` ignores them).
 """
 import math
-import os
 import pickle
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from tensordict import TensorDict
 
+from torchrl_vlm import loopback
+from torchrl_vlm.loopback import free_port
 from torchrl_vlm.scoring.openai import OpenAIScorer, OpenAIScorerError, p_yes_from_top_logprobs
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_clips(b=2, length=4, mission=None) -> TensorDict:
@@ -136,51 +125,14 @@ def test_unreachable_server_fails_fast():
     assert scorer.stats()["openai_retries"] >= 2
 
 
-def _transformers_cli():
-    local = Path(sys.executable).parent / "transformers"
-    return str(local) if local.exists() else shutil.which("transformers")
-
-
 @pytest.fixture(scope="module")
 def transformers_server(tiny_vlm, tmp_path_factory):
-    """`transformers serve` with the tiny offline model on a free loopback port; killed afterwards."""
-    cli = _transformers_cli()
-    if cli is None:
-        pytest.skip("the `transformers` command (transformers serve) is not installed")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [cli, "serve", str(tiny_vlm), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
+    """`transformers serve` with the tiny offline model on a free loopback port; stopped afterwards."""
     try:
-        import httpx
-
-        base_url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`transformers serve` exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"`transformers serve` did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base_url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-        log.close()
+        with loopback.transformers_server(tiny_vlm, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as url:
+            yield url
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
 
 
 def test_transformers_serve_without_logprobs_is_a_clear_error(transformers_server, tiny_vlm):

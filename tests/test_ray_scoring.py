@@ -2,10 +2,11 @@
 namespace of its own, so that Ray can only listen on, and talk to, loopback."""
 import os
 import shutil
-import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
+
+from torchrl_vlm.loopback import ray_env, run_in_own_network
 
 TESTS = Path(__file__).resolve().parent
 
@@ -13,27 +14,19 @@ TESTS = Path(__file__).resolve().parent
 def test_the_ray_backend_in_its_own_network_namespace(tmp_path):
     # Ray's sockets live under its temp folder, and a Unix socket path is at most 107 bytes: a short one.
     short_tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    (tmp_path / "home").mkdir()
     env = {
         **os.environ,
+        **ray_env(tmp_path / "home", short_tmp),
         "TORCHRL_VLM_RAY_NETNS": "1",
         # Ray's worker processes import the test scorers (tests/_scorers.py) by name.
         "PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "HOME": str(tmp_path / "home"),
-        "TMPDIR": short_tmp,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        # Ray runs its workers at niceness 15: on a busy machine (the other test process, a benchmark)
-        # they would barely run. Tests want them at the priority of the test.
-        "RAY_worker_niceness": "0",
-        # Without it Ray probes an outside address (8.8.8.8:53) to find its own IP.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
-    (tmp_path / "home").mkdir()
-    script = 'ip link set lo up && exec "$0" -m pytest -q -x -p no:cacheprovider -p no:xdist "$1"'
     try:
-        proc = subprocess.run(
-            ["unshare", "-rn", "bash", "-c", script, sys.executable, str(TESTS / "ray_suite.py")],
-            cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600,
+        proc = run_in_own_network(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist",
+             str(TESTS / "ray_suite.py")],
+            env=env, cwd=TESTS.parent, timeout=600,
         )
     finally:
         shutil.rmtree(short_tmp, ignore_errors=True)

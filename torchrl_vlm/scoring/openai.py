@@ -298,8 +298,9 @@ class OpenAIScorer(PromptedClipScorer):
             self._client = httpx.Client(headers=headers, timeout=self.timeout_s, limits=limits)
         return self._client
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One clip's request with retries; the reply's JSON, or an :class:`OpenAIScorerError`."""
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Sends one request body (:meth:`request_body`) with retries; returns the reply's JSON, or raises
+        :class:`OpenAIScorerError`. The reply is not read for logprobs here."""
         import httpx
 
         url = f"{self.base_url}/chat/completions"
@@ -399,7 +400,7 @@ class OpenAIScorer(PromptedClipScorer):
         return p
 
     def _score_one(self, body: dict[str, Any]) -> float:
-        return self._score_reply(self._post(body))
+        return self._score_reply(self.complete(body))
 
     # ------------------------------------------------------------------ scoring
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
