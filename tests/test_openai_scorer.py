@@ -172,3 +172,16 @@ def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(tra
         dqn_minigrid.train(cfg, tmp_path)
     with pytest.raises(ValueError, match="vlm.scorer=openai needs vlm.base_url"):
         dqn_minigrid.scorer_factory(config("vlm.scorer=openai"))
+
+
+def test_the_probe_with_a_server_without_logprobs_stops_with_the_reason(transformers_server, tiny_vlm, tmp_path,
+                                                                          capsys):
+    from torchrl_vlm.probe.cli import main as probe_main
+
+    with pytest.raises(SystemExit) as stop:
+        probe_main(["--env", "MiniGrid-DoorKey-5x5-v0", "--clips", "4", "--scorer", "openai", "--base-url",
+                    transformers_server, "--model", str(tiny_vlm), "--num-frames", "2", "--out", str(tmp_path),
+                    "--quiet"])
+    assert stop.value.code == 2
+    assert "returned no logprobs" in capsys.readouterr().err
+
