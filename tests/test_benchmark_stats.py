@@ -317,3 +317,21 @@ def test_record_results_writes_one_current_section_per_title(tmp_path):
     assert "second run" in text and "first run" not in text and "### Sampling\n\nsampler table" in text
     assert "- machine: " in text and "- command: `python " in text
     assert sorted(p.name for p in tmp_path.iterdir()) == [".RESULTS.md.lock", "RESULTS.md"]  # no temp file left
+
+
+def test_noisy_sweep_gain_and_its_table_for_the_probe(tmp_path, monkeypatch):
+    import noisy_sweep
+
+    assert noisy_sweep.gain([200e3, 250e3, 300e3], [300e3, 350e3, 400e3]) == pytest.approx(1 - 250 / 350)
+    assert noisy_sweep.gain([math.inf, math.inf, 1], [1, 1, 1]) is None  # the median seed never got there
+    assert noisy_sweep.CELL.match(noisy_sweep.cell_name(0.1, 0.3))["fnr"] == "0.3"
+    # The merged table is what the probe reads: the nearest cell to a measured (fpr, fnr).
+    from torchrl_vlm.probe.report import place_on_gain_table
+
+    table = tmp_path / "gain.json"
+    table.write_text(json.dumps({"env": "E", "definition": "first_progress", "cells": [
+        {"fpr": 0.0, "fnr": 0.0, "gain": 0.3, "p": 0.05, "seeds": 3},
+        {"fpr": 0.3, "fnr": 0.6, "gain": -0.1, "p": 0.8, "seeds": 3}]}))
+    cell = place_on_gain_table(0.25, 0.5, table)
+    assert (cell["fpr"], cell["fnr"], cell["gain"], cell["env"]) == (0.3, 0.6, -0.1, "E")
+    assert place_on_gain_table(0.1, 0.1, tmp_path / "none.json") is None
