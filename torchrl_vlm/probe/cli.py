@@ -156,6 +156,9 @@ def _notes(args, report: dict, clipset) -> list[str]:
     if args.scorer == "events":
         notes.append("the event scorer is the labeller itself: precision = recall = 1 by construction")
     notes.append(f"base rate {report['base_rate']:.3f}: a scorer saying yes to every clip has this precision")
+    if not math.isnan(report["length_auc"]):
+        notes.append(f"clip length alone (shorter = positive) has ROC-AUC {report['length_auc']:.3f} on these clips: "
+                     "a scorer has to beat that to show it reads the frames")
     from torchrl_vlm.probe.report import place_on_gain_table
 
     cell = place_on_gain_table(report["fpr"], report["fnr"])
@@ -173,7 +176,7 @@ def _notes(args, report: dict, clipset) -> list[str]:
 def run(args) -> dict:
     """The probe as the options describe it; returns the report (what ``--json`` writes)."""
     from torchrl_vlm.probe.clipset import ClipSet, collect_clips, domain_of
-    from torchrl_vlm.probe.metrics import reliability_diagram
+    from torchrl_vlm.probe.metrics import reliability_diagram, roc_auc
     from torchrl_vlm.probe.report import build_report, format_report, score_clips
 
     _check(args)
@@ -207,6 +210,8 @@ def run(args) -> dict:
     scored = score_clips(scorer, clipset.clips(), batch_size=args.batch_size, threshold=args.threshold,
                          vote=args.vote, votes=args.votes, prompts=prompts, progress=not args.quiet)
     report = build_report(scored, labels, threshold=args.threshold)
+    # A trivial rival: shorter clips are more often positive where episodes end at the goal.
+    report["length_auc"] = roc_auc(-clipset.mask.sum(-1).double(), labels)[0]
     report.update({
         "env": clipset.env_name, "definition": args.definition, "scorer": args.scorer, "scorer_repr": repr(scorer),
         "clip_len": clipset.clip_len, "stride": clipset.stride, "windows": args.windows,
