@@ -197,11 +197,11 @@ def test_a_damaged_cache_is_an_error_or_is_not_trusted(tmp_path):
     good = tmp_path / "good.sqlite"
     clips = make_clips(64)
     expected = FrameMeanScorer()(clips)
-    CachedScorer(FrameMeanScorer(), good)(clips)
+    CachedScorer(FrameMeanScorer(), good, thumbnails=2)(clips)
     size = good.stat().st_size
     rng = random.Random(0)
     outcomes = {"error": 0, "answered": 0}
-    for trial in range(30):
+    for trial in range(60):
         bad = tmp_path / f"bad{trial}.sqlite"
         shutil.copy(good, bad)
         with open(bad, "r+b") as f:
@@ -216,7 +216,11 @@ def test_a_damaged_cache_is_an_error_or_is_not_trusted(tmp_path):
             continue
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         outcomes["answered"] += 1
-    assert sum(outcomes.values()) == 30
+        try:  # the audit reader too: rows, or the same clear error
+            assert all(not r["trusted"] or 0 <= r["score"] <= 1 for r in read_verdicts(bad))
+        except VerdictCacheError as err:
+            assert str(bad) in str(err)
+    assert sum(outcomes.values()) == 60
     assert outcomes["error"] and outcomes["answered"]  # both paths were taken (fixed seed)
 
     not_a_db = tmp_path / "notes.sqlite"

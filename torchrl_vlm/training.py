@@ -191,6 +191,12 @@ def with_verdict_cache(factory, cfg):
                   thumbnails=cfg.vlm.cache_thumbnails)
 
 
+def _plain(value):
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
 def vlm_service_options(vlm) -> dict[str, Any]:
     """The :class:`~torchrl_vlm.ScoringService` arguments of a VLM-RB recipe's ``vlm`` group."""
     return {
@@ -204,6 +210,7 @@ def vlm_service_options(vlm) -> dict[str, Any]:
         "backend": vlm.backend,
         "num_replicas": vlm.num_replicas,
         "ray_address": vlm.ray_address,
+        "replica_options": _plain(vlm.get("replica_options")) or None,
     }
 
 

@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 """
 
 
+# What sqlite raises on a damaged file: its own errors, and undecodable text where a damaged page held a string.
+_UNREADABLE = (sqlite3.Error, UnicodeDecodeError)
+
+
 class VerdictCacheError(RuntimeError):
     """A verdict cache file that cannot be used: not a sqlite database, damaged, or of another schema."""
 
@@ -216,7 +220,7 @@ class CachedScorer:
                         out[key] = score
                     else:
                         self.corrupt += 1
-        except sqlite3.DatabaseError as err:
+        except _UNREADABLE as err:
             raise VerdictCacheError(f"{self.path} could not be read ({err}); delete it or pass another path") from None
         return out
 
@@ -241,7 +245,7 @@ class CachedScorer:
                 # A key can only be missing here, or held by a row that failed its checksum: replace it.
                 self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
                 self._db.executemany("INSERT OR REPLACE INTO thumbnails VALUES (?,?,?)", strips)
-        except sqlite3.DatabaseError as err:
+        except _UNREADABLE as err:
             raise VerdictCacheError(f"{self.path} could not be written ({err}); delete it or pass another path") \
                 from None
 
@@ -274,7 +278,7 @@ def _open(path: Path, timeout_s: float) -> sqlite3.Connection:
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    except sqlite3.DatabaseError as err:
+    except _UNREADABLE as err:
         raise VerdictCacheError(f"{path} is not a readable verdict cache ({err}); {hint}") from None
     if version != str(_SCHEMA_VERSION):
         db.close()
@@ -337,7 +341,7 @@ def read_verdicts(path: str | os.PathLike, *, order: str = "score", limit: int |
         sql = (f"SELECT v.*, {frames} AS thumbnail_frames FROM verdicts v{join}{where} ORDER BY {orders[order]}"
                + (f" LIMIT {limit}" if limit else ""))
         rows = [dict(row) for row in db.execute(sql, params).fetchall()]
-    except sqlite3.DatabaseError as err:
+    except _UNREADABLE as err:
         raise VerdictCacheError(f"{path} is not a readable verdict cache ({err})") from None
     finally:
         db.close()
@@ -374,7 +378,7 @@ def verdict_gallery(path: str | os.PathLike, out: str | os.PathLike, *, rows: in
             sql = ("SELECT v.key, v.score, v.step, v.run, v.checksum, t.frames, t.png FROM verdicts v "
                    f"JOIN thumbnails t ON t.key = v.key{where} ORDER BY v.score {{}}, v.created LIMIT {4 * half}")
             found = [db.execute(sql.format(direction), params).fetchall() for direction in ("DESC", "ASC")]
-    except sqlite3.DatabaseError as err:
+    except _UNREADABLE as err:
         raise VerdictCacheError(f"{path} is not a readable verdict cache ({err})") from None
     finally:
         db.close()
