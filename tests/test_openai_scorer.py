@@ -1,12 +1,14 @@
 """OpenAIScorer against real servers only (no mocks), plus the P(yes) arithmetic.
 
-The success path (P(yes) from a real server's logprobs) is tested only through
-``p_yes_from_top_logprobs`` on hand-written lists: no server available here returns
-logprobs for a VLM (vLLM has no CPU wheel; ``transformers serve`` ignores them).
+Two real servers on loopback: ``transformers serve`` (which ignores logprobs: the error
+paths) and vLLM's CPU build (``make vllm``, an environment of its own: the success path,
+P(yes) read off real logprobs, in the scorer and in the DQN recipe). Where vLLM could not be
+installed, its tests are skipped and say so.
 """
 import math
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from tensordict import TensorDict
 
 from torchrl_vlm import loopback
 from torchrl_vlm.loopback import free_port
+from torchrl_vlm.testing import make_tiny_vlm
 from torchrl_vlm.scoring.openai import OpenAIScorer, OpenAIScorerError, p_yes_from_top_logprobs
 
 
@@ -184,4 +187,82 @@ def test_the_probe_with_a_server_without_logprobs_stops_with_the_reason(transfor
                     "--quiet"])
     assert stop.value.code == 2
     assert "returned no logprobs" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- vLLM: the success path
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def vllm_tiny(tmp_path_factory):
+    # vLLM's CPU attention needs heads of 32 or more: the same tiny Idefics3 with 2 heads of 32.
+    return make_tiny_vlm(tmp_path_factory.mktemp("vlm32") / "tiny-idefics3-h32", seed=0, head_dim=32)
+
+
+@pytest.fixture(scope="module")
+def vllm_url(vllm_tiny, tmp_path_factory):
+    if not (VLLM_PYTHON.parent.parent / ".installed").is_file():
+        pytest.skip("vLLM's CPU build is not installed (make vllm): the success path against vLLM is not tested here")
+    with loopback.vllm_server(vllm_tiny, VLLM_PYTHON, log_path=tmp_path_factory.mktemp("vllm") / "vllm.log") as url:
+        yield url
+
+
+def _top(reply) -> list[tuple[str, float]]:
+    return [(e["token"], e["logprob"]) for e in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
+
+
+def test_vllm_logprobs_give_p_yes_and_top_k_stays_within_its_bound(vllm_url, vllm_tiny):
+    """P(yes) from vLLM's real logprobs: with the whole vocabulary listed it is exact for the served model;
+    with the top 20 the exact value lies inside the bound the docstring states."""
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(vllm_tiny))
+    clips = make_clips(b=8, length=6)
+    exact = OpenAIScorer(vllm_url, str(vllm_tiny), num_frames=2, top_logprobs=vocab, max_concurrency=4,
+                         timeout_s=120.0)
+    scores = exact(clips)
+    stats = exact.stats()
+    assert stats["openai_requests"] == 8 and stats["openai_no_answer"] == 0 and stats["openai_retries"] == 0
+    assert bool(((scores > 0) & (scores < 1)).all()) and scores.unique().numel() > 1  # the frames matter
+
+    short = OpenAIScorer(vllm_url, str(vllm_tiny), num_frames=2, top_logprobs=20, timeout_s=120.0)
+    yes = {t.strip() for t in short.yes_tokens}
+    no = {t.strip() for t in short.no_tokens}
+    checked = 0
+    for b in range(8):
+        frames = clips["frames"][b][:2]
+        full = dict(_top(exact.complete(exact.request_body(frames))))
+        true_yes = sum(math.exp(lp) for t, lp in full.items() if t.strip() in yes)
+        true_no = sum(math.exp(lp) for t, lp in full.items() if t.strip() in no)
+        truth = true_yes / (true_yes + true_no)
+        top = _top(short.complete(short.request_body(frames)))
+        listed = {t for t, _ in top}
+        y = sum(math.exp(lp) for t, lp in top if t.strip() in yes)
+        n = sum(math.exp(lp) for t, lp in top if t.strip() in no)
+        if y + n == 0:
+            continue  # neither listed: the scorer says 0.5 and counts it
+        p_min = min(math.exp(lp) for _, lp in top)
+        tokens = {t for t in full if t.strip() in yes | no}
+        m_yes = sum(1 for t in tokens if t.strip() in yes and t not in listed)
+        m_no = sum(1 for t in tokens if t.strip() in no and t not in listed)
+        low, high = y / (y + n + m_no * p_min), (y + m_yes * p_min) / (y + m_yes * p_min + n)
+        assert low - 1e-6 <= truth <= high + 1e-6
+        assert p_yes_from_top_logprobs(top, short.yes_tokens, short.no_tokens) == pytest.approx(y / (y + n))
+        checked += 1
+    assert checked >= 2  # clips whose top 20 list an answer (the rest score 0.5, counted)
+    assert exact.stats()["openai_requests"] == 16
+
+
+def test_the_dqn_recipe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
+    """vlm.scorer=openai end to end against vLLM: frames rendered, clips sent, P(yes) from logprobs in the buffer."""
+    from test_recipes import _stored, config, dqn_minigrid
+
+    cfg = config("buffer.sampler=vlm", "vlm.scorer=openai", f"vlm.base_url={vllm_url}", f"vlm.model={vllm_tiny}",
+                 "vlm.num_frames=2", "vlm.score_lag=1", "collector.total_frames=256", "logger.gallery_interval=0")
+    summary = dqn_minigrid.train(cfg, tmp_path)
+    stats = summary["buffer_stats"]
+    assert stats["clips_scored"] > 0 and stats["clips_lost"] == 0 and stats["openai_requests"] >= stats["clips_scored"]
+    scores = _stored(summary["checkpoint"])["vlm_score"][: summary["frames"]]
+    scores = scores[~scores.isnan()]
+    assert scores.numel() > 0 and bool(((scores >= 0) & (scores <= 1)).all())
 

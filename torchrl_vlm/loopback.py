@@ -1,10 +1,11 @@
 """Servers on loopback only, for tests and benchmarks: ``transformers serve``, and Ray in its own network.
 
-Two real components the scoring tests and benchmarks need, set up so that nothing
+Real components the scoring tests and benchmarks need, set up so that nothing
 listens on, or talks to, any address but 127.0.0.1:
 
 - :func:`transformers_server` starts ``transformers serve MODEL`` (an OpenAI-compatible
-  server) on a free loopback port and stops it afterwards;
+  server, which ignores logprobs) on a free loopback port and stops it afterwards;
+  :func:`vllm_server` does the same with vLLM's CPU build, which returns them;
 - :func:`run_in_own_network` runs a command in a network namespace of its own with only
   ``lo`` up (``unshare -rn``), with :func:`ray_env`'s settings: Ray binds to the machine's
   outward interface otherwise, probes an outside address to find its IP, reports usage
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "ray_env", "run_in_own_network", "transformers_server"]
+__all__ = ["free_port", "ray_env", "run_in_own_network", "transformers_server", "vllm_server"]
 
 
 def free_port() -> int:
@@ -40,44 +41,26 @@ def _transformers_cli() -> str | None:
 
 
 @contextlib.contextmanager
-def transformers_server(model: str | os.PathLike, *, timeout_s: float = 120.0,
-                        log_path: str | os.PathLike | None = None) -> Iterator[str]:
-    """``transformers serve MODEL`` on a free loopback port (CPU, offline); yields its base URL (``.../v1``).
-
-    Raises ``FileNotFoundError`` if the ``transformers`` command is not installed (the
-    ``transformers[serving]`` extra), and ``RuntimeError`` with the end of the server's log
-    if it exits or does not answer ``/v1/models`` within ``timeout_s``. The server's whole
-    process group is stopped on exit.
-    """
+def _server(argv: Sequence[str], base_url: str, name: str, *, timeout_s: float, log_path: Path,
+            env: Mapping[str, str]) -> Iterator[str]:
+    """Starts ``argv`` (an OpenAI-compatible server), waits for ``{base_url}/models``, yields ``base_url``, stops it."""
     import httpx
 
-    cli = _transformers_cli()
-    if cli is None:
-        raise FileNotFoundError("the `transformers` command (transformers serve) is not installed; "
-                                "pip install 'transformers[serving]'")
-    port = free_port()
-    log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="serve")) / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [cli, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env),
+                                start_new_session=True)
         try:
-            base_url = f"http://127.0.0.1:{port}/v1"
             deadline = time.monotonic() + timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"`transformers serve` exited with {proc.returncode}:\n"
-                                       f"{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
                 try:
                     if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"`transformers serve` did not answer within {timeout_s:g} s:\n"
-                                       f"{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"{name} did not answer within {timeout_s:g} s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
             yield base_url
         finally:
@@ -88,6 +71,53 @@ def transformers_server(model: str | os.PathLike, *, timeout_s: float = 120.0,
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=15)
+
+
+def _log_path(log_path, prefix: str) -> Path:
+    return Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix=prefix)) / "serve.log"
+
+
+def transformers_server(model: str | os.PathLike, *, timeout_s: float = 120.0,
+                        log_path: str | os.PathLike | None = None):
+    """``transformers serve MODEL`` on a free loopback port (CPU, offline): a context manager yielding its
+    base URL (``.../v1``).
+
+    Raises ``FileNotFoundError`` if the ``transformers`` command is not installed (the
+    ``transformers[serving]`` extra), and ``RuntimeError`` with the end of the server's log
+    if it exits or does not answer ``/v1/models`` within ``timeout_s``. The server's whole
+    process group is stopped on exit. It ignores ``logprobs``.
+    """
+    cli = _transformers_cli()
+    if cli is None:
+        raise FileNotFoundError("the `transformers` command (transformers serve) is not installed; "
+                                "pip install 'transformers[serving]'")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    argv = [cli, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    return _server(argv, f"http://127.0.0.1:{port}/v1", "`transformers serve`", timeout_s=timeout_s,
+                   log_path=_log_path(log_path, "serve"), env=env)
+
+
+def vllm_server(model: str | os.PathLike, python: str | os.PathLike, *, max_images: int = 8,
+                max_logprobs: int = 1000, timeout_s: float = 300.0, log_path: str | os.PathLike | None = None):
+    """vLLM's OpenAI-compatible server for ``model`` on a free loopback port, run by ``python`` (an
+    environment with vLLM's CPU build, e.g. ``make vllm``'s ``.venv-vllm/bin/python``): a context
+    manager yielding its base URL (``.../v1``).
+
+    Float32, eager mode, up to ``max_images`` images a request and ``max_logprobs`` listed
+    alternatives (so a test can ask for the whole vocabulary). vLLM's CPU attention needs a head
+    size of at least 32 (``make_tiny_vlm(..., head_dim=32)``). Raises like :func:`transformers_server`.
+    """
+    if not Path(python).is_file():
+        raise FileNotFoundError(f"no Python with vLLM at {python} (build it with `make vllm`)")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+            "--port", str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
+            "--limit-mm-per-prompt", f'{{"image": {max_images}}}', "--max-logprobs", str(max_logprobs)]
+    return _server(argv, f"http://127.0.0.1:{port}/v1", "vLLM", timeout_s=timeout_s,
+                   log_path=_log_path(log_path, "vllm"), env=env)
 
 
 def ray_env(home: str | os.PathLike, tmpdir: str | os.PathLike) -> dict[str, str]:

