@@ -198,10 +198,11 @@ def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
 
 def tiny_vlm_path() -> str:
     """The tiny offline Idefics3 of ``torchrl_vlm.testing`` (built once, under ``$TORCHRL_VLM_CACHE`` or the temp folder)."""
-    from torchrl_vlm.testing import make_tiny_vlm
+    from torchrl_vlm.testing import _RECIPE_VERSION, make_tiny_vlm
 
     cache = Path(os.environ.get("TORCHRL_VLM_CACHE", tempfile.gettempdir()))
-    return str(make_tiny_vlm(cache / "torchrl_vlm-tiny-idefics3-seed0", seed=0))
+    # The recipe's version in the name: a folder built by an older recipe is not mistaken for this one.
+    return str(make_tiny_vlm(cache / f"torchrl_vlm-tiny-idefics3-r{_RECIPE_VERSION}-seed0", seed=0))
 
 
 def minigrid_like_clips(n: int, clip_len: int, size: int, seed: int = 0) -> TensorDict:

@@ -16,7 +16,9 @@ what each way of reaching a model costs, not a real model's speed:
    ``transformers serve`` (the same model, on loopback): the request body's serialisation
    (8 frames as base64 PNG, JSON) and the HTTP round trip, which includes the server's own
    processor and its one generated token. ``transformers serve`` returns no logprobs, so
-   the reply is timed, not scored (``OpenAIScorer.complete``).
+   its reply is timed, not scored (``OpenAIScorer.complete``); where vLLM's CPU build is
+   installed (``make vllm``) the same is measured against vLLM with P(yes) read off its
+   logprobs, on the tiny model with heads of 32 (vLLM's CPU attention needs them).
 
 Ray listens on loopback only: the script re-runs itself in a network namespace of its own
 (``unshare -rn``, ``lo`` up) with HOME in a temporary folder and Ray's usage stats off
@@ -127,20 +129,24 @@ def backends_table(model: str, clips, args) -> tuple[str, dict]:
     return markdown_table(header, rows), speeds
 
 
-def openai_table(model: str, clips, args) -> tuple[str, dict]:
+def http_path(model: str, server, label: str, clips, args, *, read_logprobs: bool) -> tuple[list[list], dict]:
+    """Per clip, in sequence: in-process scoring, the request body, the round trip (and reading P(yes) off the
+    reply's logprobs where the server returns them); then all clips at once with 8 requests in flight, against
+    in-process batches of 8."""
     from torchrl_vlm import OpenAIScorer, TransformersScorer
-    from torchrl_vlm.loopback import transformers_server
     from torchrl_vlm.scoring.base import frame_indices
 
     n = min(args.requests, clips.batch_size[0])
     local = TransformersScorer(model, num_frames=8, batch_size=1, device="cpu")
-    with transformers_server(model) as base_url:
-        remote = OpenAIScorer(base_url, model, num_frames=8, max_concurrency=1, timeout_s=120.0)
+    batched = TransformersScorer(model, num_frames=8, batch_size=8, device="cpu")
+    with server as base_url:
+        remote = OpenAIScorer(base_url, model, num_frames=8, max_concurrency=1, timeout_s=120.0, top_logprobs=20)
+        parallel = OpenAIScorer(base_url, model, num_frames=8, max_concurrency=8, timeout_s=120.0, top_logprobs=20)
         frames, mask = clips.get("frames"), clips.get("mask")
         shown = [frames[b][frame_indices(mask[b], 8)] for b in range(n)]
-        remote.complete(remote.request_body(shown[0]))  # warm-up: the server loads the model on first use
+        remote.complete(remote.request_body(shown[0]))  # warm-up: a server may load the model on first use
         local(clips[:1])
-        times = {"in-process": [], "serialise": [], "http": []}
+        times = {"in-process": [], "serialise": [], "http": [], "in-process x8": [], "http x8": []}
         sizes = []
         for r in range(args.rounds):
             for b in range(n):
@@ -149,28 +155,66 @@ def openai_table(model: str, clips, args) -> tuple[str, dict]:
                 t1 = time.perf_counter()
                 body = json.dumps(remote.request_body(shown[b]))
                 t2 = time.perf_counter()
-                remote.complete(json.loads(body))
+                reply = remote.complete(json.loads(body))
+                if read_logprobs:
+                    remote._score_reply(reply)
                 t3 = time.perf_counter()
                 times["in-process"].append(t1 - t0)
                 times["serialise"].append(t2 - t1)
                 times["http"].append(t3 - t2)
                 sizes.append(len(body))
-            print(f"  openai round {r + 1}: " + ", ".join(
+            t0 = time.perf_counter()
+            batched(clips[:n])
+            t1 = time.perf_counter()
+            if read_logprobs:
+                parallel(clips[:n])
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda f: parallel.complete(parallel.request_body(f)), shown))
+            t2 = time.perf_counter()
+            times["in-process x8"].append((t1 - t0) / n)
+            times["http x8"].append((t2 - t1) / n)
+            print(f"  {label} round {r + 1}: " + ", ".join(
                 f"{k} {1e3 * np.median(v[-n:]):.1f} ms" for k, v in times.items()), flush=True)
         remote.close()
+        parallel.close()
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     p95 = {k: 1e3 * float(np.percentile(v, 95)) for k, v in times.items()}
+    rel = lambda k, base="in-process": f"{med[k] / med[base]:.2f}"  # noqa: E731
+    trip = f"round trip to {label}" + (" and P(yes) from its logprobs" if read_logprobs else
+                                      " (no logprobs: the reply is not scored)")
     rows = [
-        ["TransformersScorer in-process, 1 clip a call", f"{med['in-process']:.1f}", f"{p95['in-process']:.1f}", "1.00"],
-        ["OpenAIScorer request body (8 PNG frames, base64, JSON)", f"{med['serialise']:.1f}",
-         f"{p95['serialise']:.1f}", f"{med['serialise'] / med['in-process']:.2f}"],
-        ["HTTP round trip to `transformers serve` (its processor + 1 generated token)", f"{med['http']:.1f}",
-         f"{p95['http']:.1f}", f"{med['http'] / med['in-process']:.2f}"],
-        ["OpenAI path in all (body + round trip)", f"{med['serialise'] + med['http']:.1f}", "",
+        [label, "TransformersScorer in-process, 1 clip a call", f"{med['in-process']:.1f}", f"{p95['in-process']:.1f}",
+         "1.00"],
+        [label, "OpenAIScorer request body (8 PNG frames, base64, JSON)", f"{med['serialise']:.1f}",
+         f"{p95['serialise']:.1f}", rel("serialise")],
+        [label, trip, f"{med['http']:.1f}", f"{p95['http']:.1f}", rel("http")],
+        [label, "OpenAI path in all (body + round trip)", f"{med['serialise'] + med['http']:.1f}", "",
          f"{(med['serialise'] + med['http']) / med['in-process']:.2f}"],
+        [label, "in-process, batches of 8 (per clip)", f"{med['in-process x8']:.1f}", "", rel("in-process x8")],
+        [label, "OpenAI path, 8 requests in flight (per clip)", f"{med['http x8']:.1f}", "", rel("http x8")],
     ]
-    table = markdown_table(["per clip", "ms (median)", "ms (p95)", "× in-process"], rows)
-    return table, {"median_ms": med, "request_kb": float(np.median(sizes)) / 1024, "requests": len(sizes)}
+    return rows, {"request_kb": float(np.median(sizes)) / 1024, "requests": len(sizes)}
+
+
+def openai_table(model: str, clips, args) -> tuple[str, dict]:
+    from torchrl_vlm.loopback import transformers_server, vllm_server
+    from torchrl_vlm.testing import make_tiny_vlm
+
+    rows, info = http_path(model, transformers_server(model), "`transformers serve`", clips, args,
+                           read_logprobs=False)
+    vllm_python = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    if vllm_python.is_file():
+        # vLLM's CPU attention needs heads of 32: the same tiny model with 2 heads of 32, both sides.
+        wide = str(make_tiny_vlm(Path(model).parent / f"{Path(model).name}-h32", seed=0, head_dim=32))
+        more, _ = http_path(wide, vllm_server(wide, vllm_python), "vLLM (CPU)", clips, args, read_logprobs=True)
+        rows += more
+    else:
+        print("  no .venv-vllm (make vllm): the vLLM rows are left out")
+    table = markdown_table(["server", "per clip", "ms (median)", "ms (p95)", "× in-process, 1 clip a call"], rows)
+    return table, info
 
 
 def main() -> int:
@@ -210,8 +254,10 @@ def main() -> int:
             "",
             "### The OpenAI path against in-process scoring",
             "",
-            f"{info['requests']} requests, one clip each, in sequence (max_concurrency 1); a request body is "
-            f"{info['request_kb']:.0f} KB.",
+            f"{info['requests']} requests per server, one clip each, in sequence (max_concurrency 1), then the "
+            f"same clips with 8 requests in flight against in-process batches of 8; a request body is "
+            f"{info['request_kb']:.0f} KB. Both servers run on the same 2 cores as this process, so the server's "
+            "own work is in the round trip.",
             "",
             openai,
         ]
