@@ -140,7 +140,7 @@ def build_scorer(args, domain: str):
         raise ProbeError(f"--scorer {args.scorer} could not be built{what}: {type(err).__name__}: {err}") from None
 
 
-def _notes(args, report: dict, clipset) -> list[str]:
+def _notes(args, report: dict) -> list[str]:
     from torchrl_vlm.testing import TINY_VLM_MARKER
 
     notes = []
@@ -185,12 +185,13 @@ def run(args) -> dict:
     if args.clips_from:
         clipset = ClipSet.load(args.clips_from)
         source = f"loaded from {args.clips_from}"
+        scorer = build_scorer(args, clipset.domain)
     else:
         try:
             domain = domain_of(args.env)
         except ValueError as err:
             raise ProbeError(f"--env: {err}") from None
-        build_scorer(args, domain)  # fail before collecting, not after
+        scorer = build_scorer(args, domain)  # a scorer that cannot be built fails before the collection
         clipset = collect_clips(args.env, args.clips, clip_len=args.clip_len, stride=args.stride,
                                 policies=args.policies, epsilon=args.epsilon, seed=args.seed,
                                 progress=not args.quiet)
@@ -204,7 +205,6 @@ def run(args) -> dict:
         labels = clipset.labels(args.definition)
     except ValueError as err:
         raise ProbeError(f"--definition: {err}") from None
-    scorer = build_scorer(args, clipset.domain)
     prompts = (args.prompt if args.prompt and len(args.prompt) > 1 else list(VOTE_PROMPTS)) \
         if args.vote == "prompts" else None
     scored = score_clips(scorer, clipset.clips(), batch_size=args.batch_size, threshold=args.threshold,
@@ -222,7 +222,7 @@ def run(args) -> dict:
     diagram = out / "reliability.png"
     reliability_diagram(report["calibration"], diagram, f"{args.scorer} on {clipset.env_name}")
     report["reliability_png"] = str(diagram)
-    report["notes"] = _notes(args, report, clipset)
+    report["notes"] = _notes(args, report)
     print(format_report(report, title=title, notes=report["notes"] + [f"reliability diagram: {diagram}"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
