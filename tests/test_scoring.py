@@ -279,3 +279,21 @@ def test_the_gallery_shows_the_highest_and_lowest_scored_clips(tmp_path):
     assert [cid for _, cid, _ in gallery.chosen(rows=20)] == [5, 7, 3, 4, 6, 2]  # each clip once
     assert gallery.save(tmp_path / "g.png", rows=4).stat().st_size > 0
     assert ClipGallery().save(tmp_path / "empty.png") is None
+
+
+def test_ray_batches_ship_only_their_own_clips():
+    """Ray pickles a tensor with its whole storage: a batch sliced out of a larger one is compacted first."""
+    from tensordict import TensorDict
+
+    from torchrl_vlm.scoring.ray_service import _compact
+
+    big = TensorDict({"frames": torch.zeros(64, 4, 8, 8, 3, dtype=torch.uint8),
+                      "mask": torch.ones(64, 4, dtype=torch.bool)}, batch_size=[64])
+    part = big[8:16]
+    compact = _compact(part)
+    for key in ("frames", "mask"):
+        t = compact[key]
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        assert torch.equal(t, part[key])
+    whole = big.clone()
+    assert _compact(whole) is whole  # nothing to compact: no copy

@@ -37,6 +37,15 @@ __all__ = ["RayScoringService"]
 logger = logging.getLogger(__name__)
 
 
+def _compact(clips: TensorDictBase) -> TensorDictBase:
+    """``clips`` with every tensor in storage of its own size (a clone where some tensor is a view of more)."""
+    leaves = clips.values(include_nested=True, leaves_only=True)
+    if all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in leaves
+           if isinstance(t, torch.Tensor)):
+        return clips
+    return clips.clone()
+
+
 class _Replica:
     """One scorer in a Ray actor process."""
 
@@ -140,7 +149,9 @@ class RayScoringService(ScoringService):
                 self._in_flight[ticket] = clips.batch_size[0]
                 tickets.append(ticket)
                 batches.append(clips)
-            ref = self._replicas[target].score.remote(batches)
+            # Ray pickles a tensor with its whole storage: clips sliced out of a larger batch would ship
+            # all of it (100 MB for 8 clips of a 256-clip batch). A clone holds only the clips.
+            ref = self._replicas[target].score.remote([_compact(b) for b in batches])
             self._calls[ref] = (target, tickets, time.monotonic())
             self._load[target] += n
 
