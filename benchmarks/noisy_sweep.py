@@ -54,9 +54,10 @@ def study_folder(args) -> Path:
 
 def recipe_args(args, fpr: float = 0.0, fnr: float = 0.0) -> SimpleNamespace:
     """What ``sample_efficiency.run_cell`` reads: the 8x8 study's settings, this sweep's budget and error rates."""
+    # The tag names each run's scratch folder: one per (fpr, fnr), so that two cells running at once never share it.
     return SimpleNamespace(env=args.env, frames=args.frames, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, definition=args.definition, fpr=fpr, fnr=fnr,
-                           override=[], tag=f"_sweep_{args.definition}_{args.frames // 1000}k")
+                           override=[], tag=f"_sweep_{args.definition}_{args.frames // 1000}k_f{fpr:g}_n{fnr:g}")
 
 
 def run_one(args, name: str, seed: int) -> Path:
