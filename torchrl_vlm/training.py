@@ -56,6 +56,7 @@ __all__ = [
     "set_rng_state",
     "timed_batches",
     "verify_checkpoint",
+    "file_sha256",
     "wandb_mode",
     "with_verdict_cache",
 ]
@@ -556,7 +557,8 @@ _MANIFEST = "manifest.json"
 _SAFE_SUFFIXES = (".pt", ".json", ".memmap")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (checkpoint manifests, saved clip sets)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -577,7 +579,7 @@ def _write_manifest(folder: Path) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != _MANIFEST):
         _fsync(path)
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     with open(folder / _MANIFEST, "w") as f:
         json.dump({"format": 1, "files": files}, f, indent=1)
         f.flush()
@@ -618,7 +620,7 @@ def verify_checkpoint(folder: str | os.PathLike) -> None:
         size = path.stat().st_size
         if size != expected["size"]:
             raise CheckpointError(f"{path} has {size} bytes; the checkpoint saved {expected['size']}")
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise CheckpointError(f"{path} was altered since it was saved (SHA-256 mismatch)")
 
 

@@ -27,7 +27,6 @@ Labels are not stored: they are read from the events under a definition
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import torch
 from tensordict import NonTensorStack, TensorDict
+
+from torchrl_vlm.training import file_sha256
 
 __all__ = ["ClipSet", "ClipSetError", "POLICIES", "collect_clips", "domain_of"]
 
@@ -138,7 +139,7 @@ class ClipSet:
             "format": FORMAT, "version": VERSION, "env_name": self.env_name, "domain": self.domain,
             "clip_len": self.clip_len, "stride": self.stride, "seed": self.seed, "policies": list(self.policies),
             "event_names": list(self.event_names), "missions": self.missions, "clips": len(self),
-            "sha256": _sha256(path / "clips.pt"),
+            "sha256": file_sha256(path / "clips.pt"),
         }
         (path / "clipset.json").write_text(json.dumps(meta, indent=1))
         return path
@@ -158,7 +159,7 @@ class ClipSet:
             raise ClipSetError(f"{meta_path} is not a {FORMAT} file")
         if meta.get("version") != VERSION:
             raise ClipSetError(f"{meta_path} has clip-set version {meta.get('version')}, this version reads {VERSION}")
-        if _sha256(data_path) != meta.get("sha256"):
+        if file_sha256(data_path) != meta.get("sha256"):
             raise ClipSetError(f"{data_path} does not match the checksum in {meta_path}: altered or truncated")
         tensors = torch.load(data_path, map_location="cpu", weights_only=True)
         n = meta["clips"]
@@ -171,14 +172,6 @@ class ClipSet:
         return cls(meta["env_name"], meta["domain"], int(meta["clip_len"]), int(meta["stride"]), int(meta["seed"]),
                    tuple(meta["policies"]), tuple(meta["event_names"]), missions=meta["missions"],
                    **{k: tensors[k] for k in expected})
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- collection
