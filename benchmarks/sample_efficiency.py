@@ -120,6 +120,8 @@ def run_cell(args, method: str, seed: int) -> dict:
     run_dir = RUNS_DIR / f"{args.env}{args.tag}" / f"{method}_s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # scratch of an earlier, killed attempt at this cell
     summary = recipe("dqn_minigrid").train(recipe_config("dqn_minigrid", overrides), run_dir)
+    if summary["interrupted"]:  # SIGTERM/Ctrl-C ends the run cleanly: short of the budget, it is no result
+        raise SystemExit(f"{method} seed {seed}: stopped at {summary['frames']} frames, not recorded; rerun the cell")
     return {
         "env": args.env,
         "method": method,

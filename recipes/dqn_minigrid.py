@@ -1,4 +1,4 @@
-"""Double DQN on MiniGrid with uniform, PER or VLM-RB replay (VLM-guided experience replay).
+"""Double DQN or IQN on MiniGrid with uniform, PER or VLM-RB replay (VLM-guided experience replay).
 
 The agent learns from the symbolic observation. With ``buffer.sampler=vlm`` the
 replay buffer is a :class:`~torchrl_vlm.VLMReplayBuffer`: each collector batch it
@@ -12,11 +12,15 @@ below has no branch on the sampler.
 
 The loop, written out: collect → extend → sample → loss → optimise → priorities → log.
 ``vlm.scorer=events`` is an *ideal* VLM that reads the simulator's events;
-``vlm.scorer=transformers vlm.model=...`` asks a real one.
+``vlm.scorer=transformers vlm.model=...`` asks a real one. ``algo=iqn`` swaps the
+Q-network and the loss for IQN's (:mod:`torchrl_vlm.objectives.iqn`): the policy still
+acts greedily on Q-values (the mean of ``iqn.num_policy_quantiles`` quantiles), so the
+collector, the replay options and the loop are the same.
 
     python recipes/dqn_minigrid.py                                  # VLM-RB, ideal scorer, DoorKey-8x8
     python recipes/dqn_minigrid.py buffer.sampler=uniform           # the UER baseline
     python recipes/dqn_minigrid.py buffer.sampler=per               # the PER baseline
+    python recipes/dqn_minigrid.py algo=iqn                         # IQN with VLM-RB
     python recipes/dqn_minigrid.py vlm.scorer=transformers vlm.model=HuggingFaceTB/SmolVLM-256M-Instruct
 """
 from __future__ import annotations
@@ -31,13 +35,14 @@ import numpy as np
 import torch
 import tqdm
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage
 from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, EGreedyModule, QValueActor
-from torchrl.objectives import DQNLoss, HardUpdate
+from torchrl.objectives import DQNLoss, HardUpdate, LossModule
 
 from torchrl_vlm import (
     EVENT_DEFINITIONS,
@@ -54,6 +59,7 @@ from torchrl_vlm import (
     make_minigrid_env,
     make_replay_buffer,
 )
+from torchrl_vlm.objectives import IQNLoss, IQNNetwork, IQNQValues
 from torchrl_vlm.training import (
     EpisodeMetrics,
     Every,
@@ -77,6 +83,7 @@ from torchrl_vlm.training import (
     with_verdict_cache,
 )
 
+ALGOS = ("dqn", "iqn")
 SAMPLERS = ("uniform", "per", "vlm")
 SCORERS = ("events", "noisy_events", "transformers", "openai")
 
@@ -112,6 +119,11 @@ RANGES = {
     "loss.target_update_frames": Range("int", 1),
     "eval.eps": Range("float", 0, 1),
     "logger.gallery_interval": Range("int", 0),
+    "iqn.num_quantiles": Range("int", 1),
+    "iqn.num_target_quantiles": Range("int", 1),
+    "iqn.num_policy_quantiles": Range("int", 1),
+    "iqn.kappa": Range("float", 0, open_low=True),
+    "iqn.num_cosines": Range("int", 1),
 }
 
 
@@ -120,6 +132,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.env.name not in MINIGRID_ENVS:
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(MINIGRID_ENVS)}")
     check_common_config(cfg, RANGES)
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"algo={cfg.algo!r}; choose one of {ALGOS}")
     if cfg.buffer.sampler not in SAMPLERS:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.buffer.sampler == "vlm" and cfg.vlm.scorer not in SCORERS:
@@ -135,7 +149,7 @@ def check_config(cfg: DictConfig) -> None:
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
 #: network or the returns already stored. The budget, logging and evaluation may change.
 RESUME_MUST_MATCH = (
-    "env.name", "env.num_envs", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
+    "env.name", "env.num_envs", "algo", "iqn", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
 )
 
 
@@ -212,14 +226,56 @@ def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
 
 
 def make_q_network(cfg: DictConfig, env) -> QValueActor:
+    """The acting network: an MLP of Q-values (DQN), or IQN's quantile network averaged into Q-values."""
     action_spec = env.full_action_spec_unbatched["action"]
-    net = MLP(
-        in_features=env.observation_spec["observation"].shape[-1],
-        out_features=action_spec.n,
-        num_cells=list(cfg.network.hidden),
-        activation_class=torch.nn.ReLU,
-    )
+    in_features = env.observation_spec["observation"].shape[-1]
+    if cfg.algo == "iqn":
+        net = IQNQValues(
+            IQNNetwork(in_features, action_spec.n, hidden=list(cfg.network.hidden), num_cosines=cfg.iqn.num_cosines),
+            num_quantiles=cfg.iqn.num_policy_quantiles,
+        )
+    else:
+        net = MLP(
+            in_features=in_features,
+            out_features=action_spec.n,
+            num_cells=list(cfg.network.hidden),
+            activation_class=torch.nn.ReLU,
+        )
     return QValueActor(net, in_keys=["observation"], spec=action_spec).to(cfg.device)
+
+
+def make_loss(cfg: DictConfig, q_net: QValueActor) -> LossModule:
+    """DQN's loss (squared TD error) or IQN's (quantile Huber), sharing the acting network's parameters.
+
+    Both weight each sample by ``priority_weight`` when the sampler returns it (PER;
+    ``MixtureSampler`` with importance weights) and write ``td_error`` for PER and TD boosting.
+    """
+    if cfg.algo == "iqn":
+        network = next(m for m in q_net.modules() if isinstance(m, IQNNetwork))
+        return IQNLoss(
+            network,
+            num_quantiles=cfg.iqn.num_quantiles,
+            num_target_quantiles=cfg.iqn.num_target_quantiles,
+            num_policy_quantiles=cfg.iqn.num_policy_quantiles,
+            kappa=cfg.iqn.kappa,
+            gamma=cfg.loss.gamma,
+            double_dqn=cfg.loss.double_dqn,
+        )
+    loss_module = DQNLoss(q_net, loss_function="l2", delay_value=True, double_dqn=cfg.loss.double_dqn)
+    loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+    return loss_module
+
+
+def update(sample: TensorDictBase, loss_module: LossModule, optimizer: torch.optim.Optimizer,
+           target_updater: HardUpdate, max_grad_norm: float) -> torch.Tensor:
+    """One gradient step (gradient norm clipped), then the target network's update counter; returns the loss."""
+    loss = loss_module(sample)["loss"]  # also writes the batch's "td_error", the priorities of PER and TD boosting
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(loss_module.parameters(), max_grad_norm)
+    optimizer.step()
+    target_updater.step()
+    return loss.detach()
 
 
 def make_buffer(cfg: DictConfig, gallery: ClipGallery | None = None):
@@ -297,8 +353,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         policy = TensorDictSequential(q_net, explore)
         eps_policy = TensorDictSequential(q_net, EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps))
 
-        loss_module = DQNLoss(q_net, loss_function="l2", delay_value=True, double_dqn=cfg.loss.double_dqn)
-        loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+        loss_module = make_loss(cfg, q_net)
         updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
         target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
         optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
@@ -335,7 +390,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         )
         logger = make_logger(
             cfg.logger.backend,
-            algo="DQN",
+            algo=cfg.algo.upper(),
             exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
             log_dir=out_dir / "logs",
             config=OmegaConf.to_container(cfg, resolve=True),
@@ -395,19 +450,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         with timeit("sample"):
                             sample = rb.sample().to(cfg.device)
                         with timeit("update"):
-                            # DQNLoss weights each sample by "priority_weight" when the
-                            # sampler returns it (PER; MixtureSampler with importance_weights).
-                            loss = loss_module(sample)["loss"]
-                            optimizer.zero_grad(set_to_none=True)
-                            loss.backward()
-                            torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.optim.max_grad_norm)
-                            optimizer.step()
-                            target_updater.step()
+                            loss = update(sample, loss_module, optimizer, target_updater, cfg.optim.max_grad_norm)
                             updates += 1
                         with timeit("priorities"):
                             # PER: TD errors become priorities; TD boosting: its |δ|; otherwise nothing.
                             rb.update_tensordict_priority(sample)
-                        losses.append(float(loss.detach()))
+                        losses.append(float(loss))
                     budget -= int(budget)
 
                 collector.update_policy_weights_()  # a no-op in-process (shared policy); kept for remote collectors
