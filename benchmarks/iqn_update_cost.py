@@ -21,6 +21,8 @@ import torch
 from torchrl.collectors import Collector
 from torchrl.objectives import HardUpdate
 
+from torchrl_vlm.training import make_adam
+
 from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results
 
 #: (name, overrides): DQN, then IQN from the paper's sample counts down.
@@ -63,7 +65,7 @@ def main():
         q_net = dqn.make_q_network(vcfg, env)
         loss_module = dqn.make_loss(vcfg, q_net)
         target_updater = HardUpdate(loss_module, value_network_update_interval=250)
-        optimizer = torch.optim.Adam(loss_module.parameters(), lr=vcfg.optim.lr)
+        optimizer = make_adam(loss_module.parameters(), vcfg.optim.lr)
         steps[name] = (lambda s=sample, lm=loss_module, o=optimizer, t=target_updater, g=vcfg.optim.max_grad_norm:
                        dqn.update(s.clone(), lm, o, t, g))
     env.close()

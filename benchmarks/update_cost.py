@@ -9,7 +9,7 @@ transitions, in alternating rounds in one process, for:
 - ``three_adams``: the textbook layout, one (unfused, for-each) Adam per part, as
   TorchRL's sota-implementations/sac writes it;
 - ``recipe``: what the recipe runs, one fused Adam over the three parts
-  (``utils_ogbench.make_adam``);
+  (``torchrl_vlm.training.make_adam``);
 - ``recipe_2_threads``: the same with two torch threads instead of one;
 - ``compiled`` (with ``--compile``): ``torch.compile`` of the whole update.
 

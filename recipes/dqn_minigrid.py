@@ -73,6 +73,7 @@ from torchrl_vlm.training import (
     get_rng_state,
     load_checkpoint,
     log_metrics,
+    make_adam,
     make_logger,
     phase_seconds,
     restore_training_state,
@@ -356,7 +357,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         loss_module = make_loss(cfg, q_net)
         updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
         target_updater = HardUpdate(loss_module, value_network_update_interval=updates_per_target)
-        optimizer = torch.optim.Adam(loss_module.parameters(), lr=cfg.optim.lr)
+        optimizer = make_adam(loss_module.parameters(), cfg.optim.lr)
 
         vlm = cfg.buffer.sampler == "vlm"
         gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None

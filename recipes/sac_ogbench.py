@@ -35,7 +35,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 import utils_ogbench
 from utils_ogbench import (
-    SHARED_RANGES, evaluate, make_adam, make_buffer, make_env, restore_run, save_run, wants_frames,
+    SHARED_RANGES, evaluate, make_buffer, make_env, restore_run, save_run, wants_frames,
 )
 from torchrl_vlm.training import (
     EpisodeMetrics,
@@ -46,6 +46,7 @@ from torchrl_vlm.training import (
     close_all,
     load_checkpoint,
     log_metrics,
+    make_adam,
     make_logger,
     phase_seconds,
     seed_everything,

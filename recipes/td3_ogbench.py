@@ -34,7 +34,7 @@ from torchrl.objectives import SoftUpdate, TD3Loss
 
 import utils_ogbench
 from utils_ogbench import (
-    SHARED_RANGES, evaluate, make_adam, make_buffer, make_env, restore_run, save_run, wants_frames,
+    SHARED_RANGES, evaluate, make_buffer, make_env, restore_run, save_run, wants_frames,
 )
 from torchrl_vlm.training import (
     EpisodeMetrics,
@@ -45,6 +45,7 @@ from torchrl_vlm.training import (
     close_all,
     load_checkpoint,
     log_metrics,
+    make_adam,
     make_logger,
     phase_seconds,
     seed_everything,

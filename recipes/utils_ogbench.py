@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from omegaconf import DictConfig
 from torchrl.data import LazyTensorStorage
 
@@ -110,12 +108,6 @@ def make_buffer(cfg: DictConfig):
             f"vlm.model={cfg.vlm.model!r} could not be loaded. Without hub access, point vlm.model at a local "
             f"folder holding the model, or run with vlm.scorer=events. The scoring process said:\n{err}"
         ) from None
-
-
-def make_adam(params, lr: float) -> torch.optim.Optimizer:
-    """Adam with its fused kernel: at 256x256 on a CPU an update is mostly per-tensor overhead, and the fused
-    step does every tensor's update in one call (benchmarks/update_cost.py measures what it saves)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 # --------------------------------------------------------------------------- what both loops do alike

@@ -143,6 +143,8 @@ RESULTS_ROWS = [
     cell("uniform", 2, [1.0, 1.0, 1.0, 1.0]),  # no VLM-RB run with env seed 2
     cell("vlm_events", 1, [0.0, 0.8, 0.8, 0.8]),  # never 0.9, last three 0.8
     cell("per", 5, [1.0, 1.0, 1.0, 1.0]),  # shares no seed with uniform
+    cell("iqn_uniform", 0, [0.0, 0.0, 0.0, 0.9]),  # IQN's baseline: 0.9 at 400
+    cell("iqn_vlm_events", 0, [0.0, 0.9, 1.0, 1.0]),  # 0.9 at 200: half of IQN's uniform, not of DQN's
 ]
 
 
@@ -161,7 +163,14 @@ def test_compare_with_uses_only_the_paired_seeds():
     # Late success, negated: (-1.0, -0.8 | -0.7, -0.4) ranks (1, 2 | 3, 4): only 1 split of 6 as low, p = 0.17.
     # Seeds 2 and 3 would change both if they were paired with anything; PER shares no seed, so it has no row.
     rows = compare_with(RESULTS_ROWS, ["uniform", "per", "vlm_events"])
-    assert rows == [["vlm_events", "s0: 0.50, s1: > 1 (never)", "0.67", "0.17"]]
+    assert rows == [["vlm_events", "uniform", "s0: 0.50, s1: > 1 (never)", "0.67", "0.17"]]
+
+
+def test_an_iqn_method_is_compared_with_iqn_uniform_replay():
+    # One paired seed: 200 / 400 = 0.50 (against DQN's uniform seed 0 it would read 200 / 200 = 1.00).
+    # One seed an arm: the candidate ranks first in 1 of the 2 splits, p = 0.50 on both tests.
+    rows = compare_with(RESULTS_ROWS, ["iqn_uniform", "iqn_vlm_events"])
+    assert rows == [["iqn_vlm_events", "iqn_uniform", "s0: 0.50", "0.50", "0.50"]]
 
 
 # --- distillation: steps to solve, speed-ups, curves, the study's cells ----------------------------------------------

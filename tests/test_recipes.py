@@ -221,6 +221,7 @@ LEARNS_5X5 = [
     ],
     ids=["dqn", "iqn"],
 )
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core machine (the suite's 300 s is for everything else)
 def test_the_agent_learns_doorkey_5x5_under_score_lag(algo, tmp_path):
     """A short learning smoke test: DQN and IQN with VLM-RB (event scorer) learn DoorKey-5x5.
 

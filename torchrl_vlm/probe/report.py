@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,13 +27,15 @@ VOTES = ("frames", "prompts")
 GAIN_TABLE = Path(__file__).resolve().parent / "noisy_gain_doorkey8x8.json"
 
 
+@dataclass
 class ScoredClips:
-    """What :func:`score_clips` returns: per clip ``scores`` (mean P(yes)) and bool ``verdicts``,
-    and per scorer call its ``latencies_s`` and clip count ``call_clips``."""
+    """What :func:`score_clips` returns."""
 
-    def __init__(self, scores, verdicts, latencies_s, call_clips, seconds):
-        self.scores, self.verdicts = scores, verdicts
-        self.latencies_s, self.call_clips, self.seconds = latencies_s, call_clips, seconds
+    scores: torch.Tensor  #: per clip, P(yes) (the mean over votes)
+    verdicts: torch.Tensor  #: per clip, bool
+    latencies_s: list[float]  #: per scorer call, seconds
+    call_clips: list[int]  #: per scorer call, clips in it
+    seconds: float  #: all the calls together
 
 
 def _frame_subset(clips, j: int, votes: int):
