@@ -163,6 +163,28 @@ def test_resume_refuses_a_different_replay_setup(tmp_path):
         )
 
 
+def test_iqn_resumes_its_networks_and_refuses_another_algorithm(tmp_path):
+    iqn = ("algo=iqn", "buffer.sampler=uniform", "iqn.num_quantiles=8", "iqn.num_target_quantiles=8")
+    first = dqn_minigrid.train(config(*iqn, "collector.total_frames=128"), tmp_path / "a")
+    ckpt = first["checkpoint"]
+    saved = dqn_minigrid.load_checkpoint(ckpt)["loss_module"]
+    assert any(k.startswith("target_value_network_params") for k in saved)
+    # With a learning rate of 0 the online network stays the restored one (a fresh one would differ).
+    resumed = dqn_minigrid.train(config(*iqn, "collector.total_frames=256", "optim.lr=0.0",
+                                        f"checkpoint.resume={ckpt}"), tmp_path / "b")
+    assert resumed["start_frames"] == 128 and resumed["updates"] > first["updates"]
+    after = dqn_minigrid.load_checkpoint(resumed["checkpoint"])["loss_module"]
+    for key, value in saved.items():
+        if key.startswith("value_network_params"):
+            torch.testing.assert_close(after[key], value)
+    with pytest.raises(ValueError, match="algo"):
+        dqn_minigrid.train(config("algo=dqn", "buffer.sampler=uniform", "collector.total_frames=256",
+                                  f"checkpoint.resume={ckpt}"), tmp_path / "c")
+    with pytest.raises(ValueError, match="iqn"):
+        dqn_minigrid.train(config("algo=iqn", "buffer.sampler=uniform", "collector.total_frames=256",
+                                  f"checkpoint.resume={ckpt}"), tmp_path / "d")
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
