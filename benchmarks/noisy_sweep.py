@@ -5,7 +5,12 @@ VLM-RB a scorer with a chosen false-positive rate (P(yes | no progress)) and
 false-negative rate (P(no | progress)). The sweep runs the DQN recipe on DoorKey-8x8
 with each (fpr, fnr) of a grid, ``--seeds`` seeds a cell, against uniform replay on the
 same seeds and budget. The budget, 600k steps, comes from the 8x8 study: learning happens
-at 250–350k steps there (λ reaches 0.5 at 300k).
+at 250–350k steps there. That study ran 1M steps, and the recipe's ε and λ schedules are
+fractions of the budget, so a shorter run would decay ε and raise λ sooner and learn
+differently (a first try at 600k with the default fractions: uniform seed 0 reached 0.9
+only at its last evaluation). The sweep therefore keeps the schedules of a
+``--schedule-frames`` (1M) run, ε over its first 200k steps and λ to 0.5 over its first
+500k, and stops at ``--frames``: its cells are the 8x8 study's runs, cut at 600k.
 
 Each (cell, seed) is one run of ``recipes/dqn_minigrid.py`` in its own process, with the
 settings of ``sample_efficiency.py``'s 8x8 study; it writes
@@ -35,7 +40,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from common import markdown_table, record_results, run_cells, write_atomic
+from common import markdown_table, recipe_config, record_results, run_cells, write_atomic
 from sample_efficiency import first_reach, late_success, median_steps, permutation_p, run_cell, seed_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +54,28 @@ def cell_name(fpr: float, fnr: float) -> str:
 
 
 def study_folder(args) -> Path:
-    return RESULTS_DIR / f"{args.env}_{args.definition}_{args.frames // 1000}k"
+    return RESULTS_DIR / f"{args.env}_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
+
+
+def schedule_overrides(frames: int, schedule_frames: int) -> list[str]:
+    """ε's decay and λ's warm-up of a ``schedule_frames`` run (the recipe's fractions of it), for a
+    ``frames`` run: the same steps, as fractions of the shorter budget."""
+    cfg = recipe_config("dqn_minigrid", [])
+    scale = schedule_frames / frames
+    eps, warmup = cfg.collector.eps_fraction * scale, cfg.buffer.warmup_fraction * scale
+    if eps > 1 or warmup > 1:
+        raise ValueError(f"--frames {frames} is too short for the schedules of a {schedule_frames}-step run "
+                         f"(ε over {cfg.collector.eps_fraction:g} of it, λ over {cfg.buffer.warmup_fraction:g})")
+    return [f"collector.eps_fraction={eps:.6g}", f"buffer.warmup_fraction={warmup:.6g}"]
 
 
 def recipe_args(args, fpr: float = 0.0, fnr: float = 0.0) -> SimpleNamespace:
     """What ``sample_efficiency.run_cell`` reads: the 8x8 study's settings, this sweep's budget and error rates."""
     # The tag names each run's scratch folder: one per (fpr, fnr), so that two cells running at once never share it.
+    tag = f"_sweep_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k_f{fpr:g}_n{fnr:g}"
     return SimpleNamespace(env=args.env, frames=args.frames, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, definition=args.definition, fpr=fpr, fnr=fnr,
-                           override=[], tag=f"_sweep_{args.definition}_{args.frames // 1000}k_f{fpr:g}_n{fnr:g}")
+                           override=schedule_overrides(args.frames, args.schedule_frames), tag=tag)
 
 
 def run_one(args, name: str, seed: int) -> Path:
@@ -115,9 +133,10 @@ def merge(args) -> None:
     folder = study_folder(args)
     def load(name: str, seed: int) -> dict:
         cell = json.loads((folder / f"{name}_s{seed}.json").read_text())
-        expected = {f"eval.interval={args.eval_interval}", f"eval.episodes={args.eval_episodes}"}
+        expected = {f"eval.interval={args.eval_interval}", f"eval.episodes={args.eval_episodes}",
+                    *schedule_overrides(args.frames, args.schedule_frames)}
         if not expected <= set(cell["overrides"]):
-            raise SystemExit(f"{folder / name}_s{seed}.json was run with other evaluation settings than "
+            raise SystemExit(f"{folder / name}_s{seed}.json was run with other evaluation or schedule settings than "
                              f"{sorted(expected)}: delete it or pass its settings")
         return cell
 
@@ -149,15 +168,18 @@ def merge(args) -> None:
                          median_steps(steps), "—" if g is None else f"{100 * g:+.0f}%",
                          ", ".join(seed_ratio(c, b) for c, b in zip(steps, base)), f"{p:.2f}",
                          f"{np.median(late):.2f}"])
-    title = f"{args.env} ({args.definition}), {args.frames:,} steps: VLM-RB with a noisy scorer vs uniform"
+    budget = f"{args.frames:,} steps of a {args.schedule_frames:,}-step schedule"
+    title = f"{args.env} ({args.definition}), {budget}: VLM-RB with a noisy scorer vs uniform"
     png = folder / "gain_heatmap.png"
     heatmap(cells, list(args.fpr), list(args.fnr), png,
-            f"VLM-RB with a noisy scorer vs uniform\n{args.env} ({args.definition}), {args.frames:,} steps")
+            f"VLM-RB with a noisy scorer vs uniform\n{args.env} ({args.definition}), {budget}")
     table = markdown_table(["cell", "fpr", "fnr", "seeds", "steps to 0.9 greedy, per seed", "median",
                             "gain vs uniform", "per seed / uniform", "p (faster)", "late success (median)"], rows)
     body = (
-        f"{title}. The DQN recipe with the settings of the 8x8 study (Double DQN, 8 envs, 3-step returns, λmax 0.5 "
-        f"over the first half); the VLM-RB scorer is `NoisyScorer(MiniGridEventScorer('{args.definition}'), fpr, "
+        f"{title}. The DQN recipe with the settings of the 8x8 study (Double DQN, 8 envs, 3-step returns, λmax 0.5; ε's decay and "
+        f"λ's warm-up those of a {args.schedule_frames:,}-step run: "
+        f"`{' '.join(schedule_overrides(args.frames, args.schedule_frames))}`); "
+        f"the VLM-RB scorer is `NoisyScorer(MiniGridEventScorer('{args.definition}'), fpr, "
         f"fnr)`. Evaluation every {args.eval_interval:,} steps on {args.eval_episodes} episodes; gain = 1 − median "
         f"steps to 0.9 greedy success / uniform's; p: exact one-sided permutation test, seed by seed, that the cell "
         f"is faster (3 seeds an arm: the smallest p possible is 0.05).\n\n{table}\n\nHeatmap: "
@@ -167,7 +189,7 @@ def merge(args) -> None:
     if not args.no_record:
         record_results(f"Gain against scorer error: {folder.name}", body)
         write_atomic(GAIN_TABLE, json.dumps({"env": args.env, "definition": args.definition, "frames": args.frames,
-                                             "cells": cells}, indent=1, default=float))
+                                             "schedule_frames": args.schedule_frames, "cells": cells}, indent=1, default=float))
 
 
 def _k(steps: float) -> str:
@@ -179,6 +201,8 @@ def main() -> None:
     parser.add_argument("--env", default="MiniGrid-DoorKey-8x8-v0")
     parser.add_argument("--definition", default="first_progress")
     parser.add_argument("--frames", type=int, default=600_000)
+    parser.add_argument("--schedule-frames", type=int, default=1_000_000,
+                        help="ε and λ follow the schedules of a run of this many steps (the 8x8 study's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fpr", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     parser.add_argument("--fnr", type=float, nargs="+", default=[0.0, 0.3, 0.6])
@@ -204,6 +228,7 @@ def main() -> None:
         todo = [(n, s) for s in range(args.seeds) for n in names
                 if not (study_folder(args) / f"{n}_s{s}.json").is_file()]
         common = ["--env", args.env, "--definition", args.definition, "--frames", str(args.frames),
+                  "--schedule-frames", str(args.schedule_frames),
                   "--eval-interval", str(args.eval_interval), "--eval-episodes", str(args.eval_episodes)]
         commands = [[sys.executable, __file__, "--cell", f"{n}:{s}", *common] for n, s in todo]
         print(f"{len(names) * args.seeds - len(todo)} of {len(names) * args.seeds} runs on disk; running "
