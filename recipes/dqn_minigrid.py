@@ -119,6 +119,8 @@ RANGES = {
     "loss.double_dqn": Range("bool"),
     "loss.target_update_frames": Range("int", 1),
     "eval.eps": Range("float", 0, 1),
+    "eval.solved_success": Range("float", 0, 1),
+    "eval.stop_when_solved": Range("bool"),
     "logger.gallery_interval": Range("int", 0),
     "iqn.num_quantiles": Range("int", 1),
     "iqn.num_target_quantiles": Range("int", 1),
@@ -363,10 +365,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         gallery = ClipGallery() if (vlm and render and cfg.logger.gallery_interval > 0) else None
         collected = updates = 0
         state = None
+        solved_at = None
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
             check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
             collected, updates = state["collected_frames"], state["updates"]
+            solved_at = state.get("solved_at")
             if total_frames <= collected:
                 raise ValueError(
                     f"nothing to do: the checkpoint is at {collected} frames, collector.total_frames={total_frames}"
@@ -402,11 +406,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         evals: list[dict[str, float]] = []
 
         def evaluate() -> dict[str, float]:
+            nonlocal solved_at
             greedy = evaluate_success(eval_env, q_net, max_steps=eval_steps)
             eps = evaluate_success(eval_env, eps_policy, max_steps=eval_steps, exploration=ExplorationType.RANDOM)
             row = {"frames": collected, "success_greedy": greedy["success"], "success_eps": eps["success"],
                    "return_greedy": greedy["return"]}
             evals.append(row)
+            if solved_at is None and eps["success"] >= cfg.eval.solved_success:  # ε=0.05: greedy flickers
+                solved_at = collected
             log_metrics(logger, {f"eval/{k}": v for k, v in row.items() if k != "frames"}, collected)
             return row
 
@@ -420,6 +427,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 "rng": get_rng_state(),
                 "collected_frames": collected,
                 "updates": updates,
+                "solved_at": solved_at,
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }
             save_checkpoint(folder, state, rb)  # a VLMReplayBuffer waits for its clips in flight first
@@ -435,6 +443,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         t_start = time.perf_counter()
         last_eval = {"success_greedy": float("nan"), "success_eps": float("nan")}
         budget = 0.0  # fractional gradient steps carried between batches
+        stopped = False  # solved, with eval.stop_when_solved
 
         with StopRequest() as stop:
             for batch in timed_batches(collector):
@@ -466,7 +475,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if eval_every.due(collected):
                     with timeit("eval"):
                         last_eval = evaluate()
-                if log_every.due(collected) or collected >= total_frames or stop.requested:
+                    stopped = solved_at is not None and cfg.eval.stop_when_solved
+                if log_every.due(collected) or collected >= total_frames or stopped or stop.requested:
                     metrics = episodes.pop()
                     metrics.update({"train/sps": sps, "train/epsilon": float(explore.eps), "train/updates": updates})
                     if losses:
@@ -482,7 +492,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     gallery.save(out_dir / "gallery" / f"clips_{collected:09d}.png")
                 if ckpt_every.due(collected):
                     checkpoint(out_dir / "checkpoint")
-                if stop.requested:  # Ctrl-C or SIGTERM: end as a finished run does
+                if stopped or stop.requested:  # solved, or Ctrl-C / SIGTERM: end as a finished run does
                     break
 
             loop_seconds = time.perf_counter() - t_start
@@ -509,6 +519,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "buffer_stats": buffer_stats,
         "lambda": buffer_stats.get("lambda"),
         "epsilon": float(explore.eps),
+        "solved_at": solved_at,  # frames at the first evaluation with ε=0.05 success >= eval.solved_success
+        "stopped_when_solved": stopped,
         "interrupted": stop.requested,  # "SIGINT" or "SIGTERM" if a signal ended the run early
         "out_dir": str(out_dir),
         "gallery": str(out_dir / "gallery") if gallery is not None else None,
@@ -520,7 +532,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n=== run summary ===")
     print(f"frames {summary['frames']}  updates {summary['updates']}  SPS {summary['sps']:.0f}")
     print(f"final eval success: greedy {summary['final_success_greedy']:.2f}, "
-          f"eps=0.05 {summary['final_success_eps']:.2f}")
+          f"eps=0.05 {summary['final_success_eps']:.2f}; solved "
+          + ("never" if summary["solved_at"] is None else f"at {summary['solved_at']} frames"))
     if summary["lambda"] is not None:
         print(f"lambda {summary['lambda']:.3f}")
     stats = summary["buffer_stats"]

@@ -251,9 +251,14 @@ def test_the_agent_learns_doorkey_5x5_under_score_lag(algo, tmp_path):
     verdict lands exactly one extend after its clip completed), so the bar below is
     met or missed the same way on every machine; an agent that learnt nothing scores ~0.
     """
-    summary = dqn_minigrid.train(config(*algo, *LEARNS_5X5), tmp_path)
-    best = max(row["success_eps"] for row in summary["evals"])
-    assert best >= 0.5, summary["evals"]
+    summary = dqn_minigrid.train(
+        config(*algo, *LEARNS_5X5, "eval.solved_success=0.5", "eval.stop_when_solved=true"), tmp_path
+    )
+    assert summary["solved_at"] is not None and summary["stopped_when_solved"], summary["evals"]
+    # It stopped at the first evaluation at the bar, and none before it reached the bar.
+    assert summary["frames"] == summary["solved_at"] == summary["evals"][-1]["frames"]
+    assert summary["evals"][-1]["success_eps"] >= 0.5
+    assert all(row["success_eps"] < 0.5 for row in summary["evals"][:-1]), summary["evals"]
 
 
 def test_score_lag_makes_two_runs_identical_under_different_scorer_latencies(tmp_path):
