@@ -40,8 +40,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from common import markdown_table, recipe_config, record_results, run_cells, write_atomic
-from sample_efficiency import first_reach, late_success, median_steps, permutation_p, run_cell, seed_ratio
+from common import markdown_table, record_results, run_cells, write_atomic
+from sample_efficiency import (
+    first_reach, late_success, median_steps, permutation_p, run_cell, schedule_overrides, seed_ratio,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "noisy_sweep"
@@ -57,25 +59,13 @@ def study_folder(args) -> Path:
     return RESULTS_DIR / f"{args.env}_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
 
 
-def schedule_overrides(frames: int, schedule_frames: int) -> list[str]:
-    """ε's decay and λ's warm-up of a ``schedule_frames`` run (the recipe's fractions of it), for a
-    ``frames`` run: the same steps, as fractions of the shorter budget."""
-    cfg = recipe_config("dqn_minigrid", [])
-    scale = schedule_frames / frames
-    eps, warmup = cfg.collector.eps_fraction * scale, cfg.buffer.warmup_fraction * scale
-    if eps > 1 or warmup > 1:
-        raise ValueError(f"--frames {frames} is too short for the schedules of a {schedule_frames}-step run "
-                         f"(ε over {cfg.collector.eps_fraction:g} of it, λ over {cfg.buffer.warmup_fraction:g})")
-    return [f"collector.eps_fraction={eps:.6g}", f"buffer.warmup_fraction={warmup:.6g}"]
-
-
 def recipe_args(args, fpr: float = 0.0, fnr: float = 0.0) -> SimpleNamespace:
     """What ``sample_efficiency.run_cell`` reads: the 8x8 study's settings, this sweep's budget and error rates."""
     # The tag names each run's scratch folder: one per (fpr, fnr), so that two cells running at once never share it.
     tag = f"_sweep_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k_f{fpr:g}_n{fnr:g}"
     return SimpleNamespace(env=args.env, frames=args.frames, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, definition=args.definition, fpr=fpr, fnr=fnr,
-                           override=schedule_overrides(args.frames, args.schedule_frames), tag=tag)
+                           schedule_frames=args.schedule_frames, override=[], tag=tag)
 
 
 def run_one(args, name: str, seed: int) -> Path:

@@ -44,8 +44,11 @@ The tables in RESULTS.md, one command each:
     python benchmarks/sample_efficiency.py --quick      # DoorKey-5x5, 'any', 60k steps, 3 seeds (~15 min on 2 cores)
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-6x6-v0 --frames 300000 --seeds 5 \\
         --definition first_progress --methods uniform vlm_events vlm_pure:3
-    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1000000 --seeds 5 \\
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 1000000 --seeds 10 \\
         --definition first_progress --eval-interval 25000 --methods uniform per:2 vlm_events
+    python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 600000 --schedule-frames 1000000 \\
+        --seeds 3 --definition first_progress --eval-interval 25000 --methods uniform vlm_events \\
+        vlm_lam0.25 vlm_lam0.75 vlm_lam1 vlm_pure vlm_L8 vlm_L16 vlm_L64 iqn_uniform iqn_vlm_events
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-12x12-v0 --frames 2000000 --seeds 1 \\
         --definition first_progress --eval-interval 100000 --methods uniform per vlm_events
 """
@@ -109,8 +112,22 @@ def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS_DIR / f"{env}{tag}" / f"{method}_s{seed}.json"
 
 
+def schedule_overrides(frames: int, schedule_frames: int) -> list[str]:
+    """ε's decay and λ's warm-up of a ``schedule_frames`` run (the recipe's fractions of it), for a
+    ``frames`` run: the same steps, as fractions of the shorter budget. A run cut short this way
+    is the longer run stopped early, where the recipe's own fractions would decay ε and raise λ sooner."""
+    cfg = recipe_config("dqn_minigrid", [])
+    scale = schedule_frames / frames
+    eps, warmup = cfg.collector.eps_fraction * scale, cfg.buffer.warmup_fraction * scale
+    if eps > 1 or warmup > 1:
+        raise ValueError(f"{frames} frames is too short for the schedules of a {schedule_frames}-step run "
+                         f"(ε over {cfg.collector.eps_fraction:g} of it, λ over {cfg.buffer.warmup_fraction:g})")
+    return [f"collector.eps_fraction={eps:.6g}", f"buffer.warmup_fraction={warmup:.6g}"]
+
+
 def cell_overrides(args, method: str, seed: int) -> list[str]:
     """The recipe overrides of one cell: what makes two cells comparable (or the same cell)."""
+    schedule = getattr(args, "schedule_frames", None)
     return [
         f"env.name={args.env}",
         f"env.seed={seed}",
@@ -125,6 +142,7 @@ def cell_overrides(args, method: str, seed: int) -> list[str]:
         "logger.gallery_interval=0",
         "checkpoint.at_end=false",
         *METHODS[method],
+        *(schedule_overrides(args.frames, schedule) if schedule and schedule != args.frames else []),
         *args.override,
     ]
 
@@ -333,6 +351,8 @@ def main():
                         help="what the event scorer counts as meaningful (see above)")
     parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
     parser.add_argument("--fnr", type=float, default=0.1, help="vlm_noisy: false-negative rate")
+    parser.add_argument("--schedule-frames", type=int, default=None,
+                        help="ε and λ follow the schedules of a run this long, stopped at --frames (default: --frames)")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
@@ -349,8 +369,11 @@ def main():
     args.seeds = args.seeds or (3 if args.quick else 5)
     if args.eval_interval is None:
         args.eval_interval = max(1000, args.frames // 30)
-    if args.definition != "any":
-        args.tag = args.tag or f"_{args.definition}"
+    if not args.tag:
+        if args.definition != "any":
+            args.tag = f"_{args.definition}"
+        if args.schedule_frames and args.schedule_frames != args.frames:
+            args.tag += f"_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
     try:
         cells = study_cells(args.methods, args.seeds)
     except ValueError as e:
@@ -381,6 +404,8 @@ def main():
                    "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
                    "--eval-episodes", str(args.eval_episodes), "--definition", args.definition,
                    "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
+            if args.schedule_frames:
+                cmd += ["--schedule-frames", str(args.schedule_frames)]
             if args.override:
                 cmd += ["--override", *args.override]
             commands.append(cmd)
