@@ -23,15 +23,36 @@ from distill_efficiency import (  # noqa: E402
 )
 from sample_efficiency import (  # noqa: E402
     average_ranks,
+    cell_overrides,
     compare_with,
     first_reach,
     load_cell,
     median_steps,
     pair_by_seed,
     permutation_p,
+    schedule_overrides,
     seed_ratio,
     study_cells,
 )
+
+
+def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
+    # The recipe: ε over 0.2 of the budget, λ over 0.5. A 1M-step run: 200k and 500k steps; at 600k
+    # the same steps are 1/3 and 5/6 of the budget.
+    eps, warmup = schedule_overrides(600_000, 1_000_000)
+    assert int(float(eps.split("=")[1]) * 600_000) == pytest.approx(200_000, abs=1)
+    assert int(float(warmup.split("=")[1]) * 600_000) == pytest.approx(500_000, abs=1)
+    assert (eps.split("=")[0], warmup.split("=")[0]) == ("collector.eps_fraction", "buffer.warmup_fraction")
+    with pytest.raises(ValueError, match="too short"):
+        schedule_overrides(400_000, 1_000_000)  # λ would need 5/4 of the budget
+    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=600_000, eval_interval=25_000, eval_episodes=16,
+                           definition="first_progress", fpr=0.1, fnr=0.1, override=[], schedule_frames=None)
+    plain = cell_overrides(args, "uniform", 0)
+    assert not any("fraction" in o for o in plain)
+    args.schedule_frames = 600_000  # the run's own budget: the recipe's fractions
+    assert cell_overrides(args, "uniform", 0) == plain
+    args.schedule_frames = 1_000_000
+    assert cell_overrides(args, "uniform", 0) == plain + [eps, warmup]
 
 
 def test_ties_share_their_mean_rank_and_never_ranks_last():
