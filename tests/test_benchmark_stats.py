@@ -23,7 +23,6 @@ from distill_efficiency import (  # noqa: E402
 )
 from sample_efficiency import (  # noqa: E402
     average_ranks,
-    cell_overrides,
     compare_with,
     first_reach,
     load_cell,
@@ -34,6 +33,7 @@ from sample_efficiency import (  # noqa: E402
     seed_ratio,
     study_cells,
 )
+from sample_efficiency import cell_overrides as dqn_cell_overrides  # noqa: E402  (distill_efficiency has one too)
 
 
 def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
@@ -47,12 +47,12 @@ def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
         schedule_overrides(400_000, 1_000_000)  # λ would need 5/4 of the budget
     args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=600_000, eval_interval=25_000, eval_episodes=16,
                            definition="first_progress", fpr=0.1, fnr=0.1, override=[], schedule_frames=None)
-    plain = cell_overrides(args, "uniform", 0)
+    plain = dqn_cell_overrides(args, "uniform", 0)
     assert not any("fraction" in o for o in plain)
     args.schedule_frames = 600_000  # the run's own budget: the recipe's fractions
-    assert cell_overrides(args, "uniform", 0) == plain
+    assert dqn_cell_overrides(args, "uniform", 0) == plain
     args.schedule_frames = 1_000_000
-    assert cell_overrides(args, "uniform", 0) == plain + [eps, warmup]
+    assert dqn_cell_overrides(args, "uniform", 0) == plain + [eps, warmup]
 
 
 def test_ties_share_their_mean_rank_and_never_ranks_last():
