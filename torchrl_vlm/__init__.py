@@ -4,7 +4,7 @@ The public names below are the contract that recipes, tests and users rely on.
 Each is imported the first time it is read (``torchrl_vlm._lazy``): a scoring
 process then imports only what its scorer needs, and ``import torchrl_vlm`` is cheap.
 """
-from torchrl_vlm import envs, replay, scoring, teacher
+from torchrl_vlm import envs, objectives, replay, scoring, teacher
 from torchrl_vlm._lazy import lazy_exports
 
 __version__ = "0.1.0"
@@ -14,6 +14,7 @@ _EXPORTS = {
         "EVENT_NAMES", "LVLM2P_ENVS", "MINIGRID_ACTIONS", "MINIGRID_ENVS", "RenderClips", "decode_mission",
         "episode_step_limit", "make_minigrid_env", "OGBENCH_ENVS", "OGBENCH_EVENT_NAMES", "make_ogbench_env",
     )},
+    **objectives._EXPORTS,
     **replay._EXPORTS,
     **{name: module for name, module in scoring._EXPORTS.items() if name not in ("check_scores", "validate_clips")},
     **teacher._EXPORTS,
