@@ -232,3 +232,33 @@ def test_the_probe_on_ogbench_scene(tmp_path, capsys):
         probe_main(["--clips-from", str(out / "clips"), "--scorer", "events", "--prompt-variant", "goal_conditioned",
                     "--out", str(out), "--quiet"])
     assert "OGBench's clips have none" in capsys.readouterr().err
+
+
+def test_a_measured_scorer_is_placed_on_the_nearest_sweep_cell(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from torchrl_vlm.probe import cli, report
+
+    table = {"env": "MiniGrid-DoorKey-8x8-v0", "definition": "first_progress", "frames": 600_000, "cells": [
+        {"fpr": 0.0, "fnr": 0.0, "gain": 0.25, "p": 0.05, "seeds": 3},
+        {"fpr": 0.1, "fnr": 0.3, "gain": -0.1, "p": 0.8, "seeds": 3},
+        {"fpr": 0.3, "fnr": 0.6, "gain": None, "p": 0.5, "seeds": 3},
+    ]}
+    path = tmp_path / "gain.json"
+    path.write_text(json.dumps(table))
+    cell = report.place_on_gain_table(0.12, 0.25, path)
+    assert (cell["fpr"], cell["fnr"], cell["frames"], cell["env"]) == (0.1, 0.3, 600_000, table["env"])
+    assert cell["distance"] == pytest.approx(math.hypot(0.02, 0.05))
+    assert report.place_on_gain_table(0.1, 0.3, tmp_path / "absent.json") is None
+    assert report.place_on_gain_table(math.nan, 0.3, path) is None  # a scorer that never said yes or no
+
+    # The probe's note reads the cell's sign and budget, and says when no gain was measurable.
+    measured = {"roc_auc": 0.9, "roc_auc_se": 0.01, "near_chance": False, "base_rate": 0.2, "length_auc": math.nan}
+    args = SimpleNamespace(scorer="noisy_events", model=None)
+    place = report.place_on_gain_table
+    monkeypatch.setattr(report, "place_on_gain_table", lambda fpr, fnr: place(fpr, fnr, path))
+    for (fpr, fnr), expected in [((0.01, 0.02), "25% fewer steps than uniform replay"),
+                                 ((0.1, 0.31), "10% more steps than uniform replay"),
+                                 ((0.3, 0.6), "no gain could be measured")]:
+        note = cli._notes(args, {**measured, "fpr": fpr, "fnr": fnr})[-1]
+        assert expected in note and "600,000 steps" in note, note

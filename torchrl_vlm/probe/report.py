@@ -108,8 +108,8 @@ def place_on_gain_table(fpr: float, fnr: float, table_path: Path = GAIN_TABLE) -
     """The measured sweep cell nearest to ``(fpr, fnr)``, or ``None`` when no sweep has been recorded.
 
     The cell holds ``fpr``, ``fnr``, ``gain`` (fewer steps to 0.9 greedy success than uniform,
-    as a fraction; negative: slower), ``seeds`` and ``p`` (the permutation test), and the table's
-    ``env`` and ``definition``.
+    as a fraction; negative: slower; ``None``: a median seed never got there), ``seeds`` and ``p``
+    (the permutation test), and the table's ``env``, ``definition`` and ``frames`` (the budget).
     """
     if not table_path.is_file() or math.isnan(fpr) or math.isnan(fnr):
         return None
@@ -118,7 +118,7 @@ def place_on_gain_table(fpr: float, fnr: float, table_path: Path = GAIN_TABLE) -
     if not cells:
         return None
     nearest = min(cells, key=lambda c: (c["fpr"] - fpr) ** 2 + (c["fnr"] - fnr) ** 2)
-    return {**nearest, "env": table.get("env"), "definition": table.get("definition"),
+    return {**nearest, "env": table.get("env"), "definition": table.get("definition"), "frames": table.get("frames"),
             "distance": math.hypot(nearest["fpr"] - fpr, nearest["fnr"] - fnr)}
 
 
