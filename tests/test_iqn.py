@@ -98,3 +98,27 @@ def test_the_loss_writes_td_errors_weights_samples_and_discounts_n_steps():
     assert loss(term.clone().set("steps_to_next_obs", torch.full((6, 1), 3)))["loss"].item() == pytest.approx(x.item())
     with pytest.raises(TypeError, match="IQNNetwork"):
         IQNLoss(torch.nn.Linear(3, 2))
+
+
+def test_the_keys_can_be_renamed_as_in_torchrl_losses():
+    torch.manual_seed(5)
+    net = IQNNetwork(3, 2, hidden=(8,))
+    loss = IQNLoss(net, num_quantiles=4, num_target_quantiles=4, num_policy_quantiles=4)
+    HardUpdate(loss, value_network_update_interval=1)
+    td = batch(torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5), torch.randn(5, 3),
+               torch.zeros(5, dtype=torch.bool))
+    assert set(loss.in_keys) == {"observation", "action", ("next", "observation"), ("next", "reward"),
+                                 ("next", "terminated")}
+    torch.manual_seed(6)
+    expected = loss(td.clone())["loss"]
+    renamed = td.rename_key_("observation", "state").rename_key_(("next", "observation"), ("next", "state"))
+    loss.set_keys(observation="state", priority="priority")
+    assert ("next", "state") in loss.in_keys
+    torch.manual_seed(6)
+    assert loss(renamed)["loss"].item() == pytest.approx(expected.item())
+    assert "priority" in renamed.keys() and "td_error" not in renamed.keys()
+    # TorchRL's switch for importance weights: off, a zero weight no longer zeroes the loss.
+    loss.use_prioritized_weights = False
+    assert loss(renamed.set("priority_weight", torch.zeros(5)))["loss"].item() > 0
+    with pytest.raises(ValueError, match="not an accepted tensordict key"):
+        loss.set_keys(pixels="frames")

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict import NestedKey, TensorDict, TensorDictBase, TensorDictParams
 from torch import nn
 from torchrl.objectives import LossModule
 
@@ -123,10 +124,27 @@ class IQNLoss(LossModule):
 
     Reads ``observation``, ``action`` (indices or one-hot), ``("next", "observation")``,
     ``("next", "reward")``, ``("next", "terminated")`` and, if present, ``steps_to_next_obs`` and
-    ``priority_weight`` (importance weights of PER or the mixture sampler). Writes ``td_error``
-    into the batch, the mean absolute quantile error per sample: PER's priority.
+    ``priority_weight`` (importance weights of PER or the mixture sampler; ``use_prioritized_weights``
+    as in TorchRL's losses). Writes ``td_error`` into the batch, the mean absolute quantile error per
+    sample: PER's priority. Every key can be renamed with ``loss.set_keys(...)``, as in TorchRL's losses.
     Returns ``TensorDict(loss=...)``.
     """
+
+    @dataclass
+    class _AcceptedKeys:
+        """The tensordict keys the loss reads and writes (``loss.set_keys(name=key)`` changes them)."""
+
+        observation: NestedKey = "observation"
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        terminated: NestedKey = "terminated"
+        steps_to_next_obs: NestedKey = "steps_to_next_obs"
+        priority: NestedKey = "td_error"
+        priority_weight: NestedKey = "priority_weight"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    out_keys = ["loss"]
 
     value_network: IQNNetwork
     value_network_params: TensorDictParams
@@ -150,16 +168,23 @@ class IQNLoss(LossModule):
         self.num_policy_quantiles = num_policy_quantiles
         self.kappa, self.gamma, self.double_dqn = float(kappa), float(gamma), bool(double_dqn)
 
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        return [keys.observation, keys.action, ("next", keys.observation), ("next", keys.reward),
+                ("next", keys.terminated)]
+
     def _quantiles(self, params, observation: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         taus = torch.rand(observation.shape[0], n, device=observation.device)
         with params.to_module(self.value_network):
             return self.value_network(observation, taus), taus
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        observation = tensordict.get("observation")
+        keys = self.tensor_keys
+        observation = tensordict.get(keys.observation)
         obs = observation.reshape(-1, observation.shape[-1])
         b = obs.shape[0]
-        action = tensordict.get("action")
+        action = tensordict.get(keys.action)
         n_actions = self.value_network.num_actions
         if n_actions > 1 and action.ndim == observation.ndim and action.shape[-1] == n_actions:
             action = action.float().argmax(-1)  # one-hot
@@ -168,21 +193,21 @@ class IQNLoss(LossModule):
         z = z.gather(-1, action.view(b, 1, 1).expand(b, self.num_quantiles, 1)).squeeze(-1)  # [B, N]
 
         with torch.no_grad():
-            next_obs = tensordict.get(("next", "observation")).reshape(b, -1)
+            next_obs = tensordict.get(("next", keys.observation)).reshape(b, -1)
             chooser = self.value_network_params.data if self.double_dqn else self.target_value_network_params
             q_next = self._quantiles(chooser, next_obs, self.num_policy_quantiles)[0].mean(-2)  # [B, A]
             best = q_next.argmax(-1)
             z_next = self._quantiles(self.target_value_network_params, next_obs, self.num_target_quantiles)[0]
             z_next = z_next.gather(-1, best.view(b, 1, 1).expand(b, self.num_target_quantiles, 1)).squeeze(-1)
-            reward = tensordict.get(("next", "reward")).reshape(b, 1).float()
-            alive = 1.0 - tensordict.get(("next", "terminated")).reshape(b, 1).float()
-            steps = tensordict.get("steps_to_next_obs", None)
+            reward = tensordict.get(("next", keys.reward)).reshape(b, 1).float()
+            alive = 1.0 - tensordict.get(("next", keys.terminated)).reshape(b, 1).float()
+            steps = tensordict.get(keys.steps_to_next_obs, None)
             discount = self.gamma if steps is None else self.gamma ** steps.reshape(b, 1).float()
             target = reward + discount * alive * z_next  # [B, N']
         td_errors = target.unsqueeze(-2) - z.unsqueeze(-1)  # [B, N, N']
         per_sample = quantile_huber_loss(td_errors, taus, self.kappa)
-        weights = tensordict.get("priority_weight", None)
+        weights = self._maybe_get_priority_weight(tensordict)
         if weights is not None:
             per_sample = per_sample * weights.reshape(b).to(per_sample.dtype)
-        tensordict.set("td_error", td_errors.detach().abs().mean((-1, -2)).reshape(tensordict.shape))
+        tensordict.set(keys.priority, td_errors.detach().abs().mean((-1, -2)).reshape(tensordict.shape))
         return TensorDict(loss=per_sample.mean())
