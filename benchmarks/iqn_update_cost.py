@@ -1,8 +1,8 @@
 """What one IQN gradient step costs against DQN's, by number of sampled quantile levels.
 
 IQN evaluates its head once per sampled level ``τ``: ``N`` online levels (with gradients),
-``K`` to choose the next action and ``N'`` target levels, per transition. DQN evaluates its
-MLP once. This times ``dqn_minigrid.update`` (loss, backward, gradient clip, Adam step,
+``K`` to choose the next action and ``N'`` target levels, per transition. Double DQN evaluates
+its MLP three times (online, the next action's choice, the target). This times ``dqn_minigrid.update`` (loss, backward, gradient clip, Adam step,
 target counter), the exact step the recipe's loop runs, on one fixed replay batch of
 DoorKey-8x8 transitions (random actions through the recipe's uniform buffer: 3-step
 returns, batch 128), in alternating rounds in one process, one torch thread, for DQN and

@@ -168,7 +168,7 @@ def merge(args) -> None:
     body = (
         f"{title}. The DQN recipe with the settings of the 8x8 study (Double DQN, 8 envs, 3-step returns, λmax 0.5; ε's decay and "
         f"λ's warm-up those of a {args.schedule_frames:,}-step run: "
-        f"`{' '.join(schedule_overrides(args.frames, args.schedule_frames))}`); "
+        f"`{' '.join(schedule_overrides(args.frames, args.schedule_frames)) or 'the recipe defaults'}`); "
         f"the VLM-RB scorer is `NoisyScorer(MiniGridEventScorer('{args.definition}'), fpr, "
         f"fnr)`. Evaluation every {args.eval_interval:,} steps on {args.eval_episodes} episodes; gain = 1 − median "
         f"steps to 0.9 greedy success / uniform's; p: exact one-sided permutation test, seed by seed, that the cell "

@@ -152,7 +152,7 @@ def check_config(cfg: DictConfig) -> None:
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
 #: network or the returns already stored. The budget, logging and evaluation may change.
 RESUME_MUST_MATCH = (
-    "env.name", "env.num_envs", "algo", "iqn", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
+    "env.name", "env.num_envs", "algo", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
 )
 
 
@@ -368,7 +368,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         solved_at = None
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
-            check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
+            # A checkpoint from before algo existed is DQN's; IQN's settings matter to IQN runs only.
+            check_resumable({"algo": "dqn", **state["config"]}, cfg,
+                            RESUME_MUST_MATCH + (("iqn",) if cfg.algo == "iqn" else ()))
             collected, updates = state["collected_frames"], state["updates"]
             solved_at = state.get("solved_at")
             if total_frames <= collected:

@@ -31,6 +31,7 @@ from sample_efficiency import (  # noqa: E402
     permutation_p,
     schedule_overrides,
     seed_ratio,
+    settings_differ,
     study_cells,
 )
 from sample_efficiency import cell_overrides as dqn_cell_overrides  # noqa: E402  (distill_efficiency has one too)
@@ -53,6 +54,17 @@ def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
     assert dqn_cell_overrides(args, "uniform", 0) == plain
     args.schedule_frames = 1_000_000
     assert dqn_cell_overrides(args, "uniform", 0) == plain + [eps, warmup]
+
+
+def test_a_stored_cell_with_other_scorer_settings_is_refused_for_every_vlm_rb_method():
+    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=600_000, eval_interval=25_000, eval_episodes=16,
+                           definition="first_progress", fpr=0.1, fnr=0.1, override=[], schedule_frames=None)
+    stored = {m: {"method": m, "seed": 0, "overrides": dqn_cell_overrides(args, m, 0)}
+              for m in ("uniform", "iqn_uniform", "vlm_events", "iqn_vlm_events")}
+    args.override = ["vlm.clip_len=16"]  # this call's scorer settings differ from the stored cells'
+    assert settings_differ(stored["uniform"], args) == settings_differ(stored["iqn_uniform"], args) == []
+    assert settings_differ(stored["vlm_events"], args) == ["vlm.clip_len=16"]
+    assert settings_differ(stored["iqn_vlm_events"], args) == ["vlm.clip_len=16"]  # IQN with VLM-RB too
 
 
 def test_ties_share_their_mean_rank_and_never_ranks_last():

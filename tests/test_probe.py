@@ -239,7 +239,8 @@ def test_a_measured_scorer_is_placed_on_the_nearest_sweep_cell(tmp_path, monkeyp
 
     from torchrl_vlm.probe import cli, report
 
-    table = {"env": "MiniGrid-DoorKey-8x8-v0", "definition": "first_progress", "frames": 600_000, "cells": [
+    table = {"env": "MiniGrid-DoorKey-8x8-v0", "definition": "first_progress", "frames": 600_000,
+             "schedule_frames": 1_000_000, "cells": [
         {"fpr": 0.0, "fnr": 0.0, "gain": 0.25, "p": 0.05, "seeds": 3},
         {"fpr": 0.1, "fnr": 0.3, "gain": -0.1, "p": 0.8, "seeds": 3},
         {"fpr": 0.3, "fnr": 0.6, "gain": None, "p": 0.5, "seeds": 3},
@@ -261,4 +262,6 @@ def test_a_measured_scorer_is_placed_on_the_nearest_sweep_cell(tmp_path, monkeyp
                                  ((0.1, 0.31), "10% more steps than uniform replay"),
                                  ((0.3, 0.6), "no gain could be measured")]:
         note = cli._notes(args, {**measured, "fpr": fpr, "fnr": fnr})[-1]
-        assert expected in note and "600,000 steps" in note, note
+        assert expected in note and "600,000 steps of a 1,000,000-step run" in note, note
+    note = cli._notes(args, {**measured, "fpr": math.nan, "fnr": 0.1})[-1]
+    assert "cannot be placed" in note, note

@@ -185,6 +185,13 @@ def test_iqn_resumes_its_networks_and_refuses_another_algorithm(tmp_path):
                                   f"checkpoint.resume={ckpt}"), tmp_path / "d")
 
 
+def test_iqn_settings_do_not_bind_a_dqn_resume(tmp_path):
+    first = dqn_minigrid.train(config("buffer.sampler=uniform", "collector.total_frames=128"), tmp_path / "a")
+    resumed = dqn_minigrid.train(config("buffer.sampler=uniform", "collector.total_frames=192", "iqn.kappa=2.0",
+                                        f"checkpoint.resume={first['checkpoint']}"), tmp_path / "b")
+    assert resumed["start_frames"] == 128 and resumed["frames"] == 192
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -238,7 +245,7 @@ LEARNS_5X5 = [
     [
         ["algo=dqn"],
         # 8 sampled levels instead of the paper's 64 (K = 32 kept): the setting of the CPU
-        # studies, where the paper's costs ~20 DQN updates (benchmarks/iqn_update_cost.py)
+        # studies, where the paper's costs ~17 DQN updates (benchmarks/iqn_update_cost.py)
         ["algo=iqn", "iqn.num_quantiles=8", "iqn.num_target_quantiles=8"],
     ],
     ids=["dqn", "iqn"],

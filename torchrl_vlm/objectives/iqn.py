@@ -126,7 +126,9 @@ class IQNLoss(LossModule):
     ``("next", "reward")``, ``("next", "terminated")`` and, if present, ``steps_to_next_obs`` and
     ``priority_weight`` (importance weights of PER or the mixture sampler; ``use_prioritized_weights``
     as in TorchRL's losses). Writes ``td_error`` into the batch, the mean absolute quantile error per
-    sample: PER's priority. Every key can be renamed with ``loss.set_keys(...)``, as in TorchRL's losses.
+    sample, ``mean_ij |δ_ij|``: PER's priority and TD boosting's ``|δ|``. Unlike TorchRL's ``DQNLoss``,
+    which writes ``(Q − target)²``, it is an absolute error, and it does not fall to zero at the fixed
+    point: it keeps the spread of the return distribution. Every key can be renamed with ``loss.set_keys(...)``, as in TorchRL's losses.
     Returns ``TensorDict(loss=...)``.
     """
 

@@ -162,19 +162,24 @@ def _notes(args, report: dict) -> list[str]:
     from torchrl_vlm.probe.report import place_on_gain_table
 
     cell = place_on_gain_table(report["fpr"], report["fnr"])
-    if cell is None:
+    if math.isnan(report["fpr"]) or math.isnan(report["fnr"]):
+        notes.append("gain against scorer error: this clip set lacks positives or negatives, so fpr or fnr is "
+                     "undefined and the scorer cannot be placed on the sweep")
+    elif cell is None:
         notes.append("gain against scorer error: no sweep recorded yet (benchmarks/noisy_sweep.py)")
     else:
         g = cell.get("gain")
         if g is None:
-            gain = "no gain could be measured (a median seed never reached 0.9 greedy success)"
+            gain = "no gain could be measured (a median seed of VLM-RB or of uniform never reached 0.9 greedy success)"
         else:
             gain = f"VLM-RB reached 0.9 greedy success in {abs(100 * g):.0f}% {'fewer' if g >= 0 else 'more'} steps " \
                    "than uniform replay"
         budget = f", {cell['frames']:,} steps" if cell.get("frames") else ""
+        if cell.get("schedule_frames") and cell["schedule_frames"] != cell.get("frames"):
+            budget += f" of a {cell['schedule_frames']:,}-step run's ε and λ schedules"
         notes.append(f"your scorer's (fpr, fnr) on these clips is ({report['fpr']:.2f}, {report['fnr']:.2f}); at the "
                      f"nearest measured error ({cell['fpr']:.2f}, {cell['fnr']:.2f}), {gain} on {cell['env']} "
-                     f"({cell['definition']}{budget}, {cell['seeds']} seeds, p = {cell['p']:.2f} that it is faster)")
+                     f"({cell['definition']}{budget}, {cell['seeds']} seeds; one-sided permutation p = {cell['p']:.2f})")
     return notes
 
 

@@ -109,7 +109,8 @@ def place_on_gain_table(fpr: float, fnr: float, table_path: Path = GAIN_TABLE) -
 
     The cell holds ``fpr``, ``fnr``, ``gain`` (fewer steps to 0.9 greedy success than uniform,
     as a fraction; negative: slower; ``None``: a median seed never got there), ``seeds`` and ``p``
-    (the permutation test), and the table's ``env``, ``definition`` and ``frames`` (the budget).
+    (the permutation test), and the table's ``env``, ``definition``, ``frames`` (the budget) and
+    ``schedule_frames`` (the run length whose ε and λ schedules the sweep followed).
     """
     if not table_path.is_file() or math.isnan(fpr) or math.isnan(fnr):
         return None
@@ -119,6 +120,7 @@ def place_on_gain_table(fpr: float, fnr: float, table_path: Path = GAIN_TABLE) -
         return None
     nearest = min(cells, key=lambda c: (c["fpr"] - fpr) ** 2 + (c["fnr"] - fnr) ** 2)
     return {**nearest, "env": table.get("env"), "definition": table.get("definition"), "frames": table.get("frames"),
+            "schedule_frames": table.get("schedule_frames"),
             "distance": math.hypot(nearest["fpr"] - fpr, nearest["fnr"] - fnr)}
 
 
