@@ -5,7 +5,7 @@ from statistics import NormalDist
 import pytest
 import torch
 from tensordict import TensorDict
-from torchrl.objectives import HardUpdate
+from torchrl.objectives import HardUpdate, SoftUpdate
 
 from torchrl_vlm.objectives import IQNLoss, IQNNetwork, IQNQValues, quantile_huber_loss
 
@@ -122,3 +122,32 @@ def test_the_keys_can_be_renamed_as_in_torchrl_losses():
     assert loss(renamed.set("priority_weight", torch.zeros(5)))["loss"].item() > 0
     with pytest.raises(ValueError, match="not an accepted tensordict key"):
         loss.set_keys(pixels="frames")
+
+
+@pytest.mark.parametrize("updater", ["hard", "soft"])
+def test_the_target_copy_moves_only_when_its_updater_steps(updater):
+    torch.manual_seed(7)
+    net = IQNNetwork(3, 2, hidden=(8,))
+    loss = IQNLoss(net, num_quantiles=4, num_target_quantiles=4, num_policy_quantiles=4)
+    update = (HardUpdate(loss, value_network_update_interval=2) if updater == "hard"
+              else SoftUpdate(loss, tau=0.5))
+    optim = torch.optim.SGD(loss.parameters(), lr=0.1)
+    td = batch(torch.randn(6, 3), torch.randint(0, 2, (6,)), torch.randn(6), torch.randn(6, 3),
+               torch.zeros(6, dtype=torch.bool))
+    target = lambda: loss.target_value_network_params.flatten_keys().clone()  # noqa: E731
+    online = lambda: loss.value_network_params.flatten_keys().clone()  # noqa: E731
+    before = target()
+    optim.zero_grad()
+    loss(td.clone())["loss"].backward()
+    optim.step()
+    assert (online() != before).any() and (target() == before).all()  # training moves the online copy only
+    update.step()
+    if updater == "soft":  # halfway to the online weights
+        torch.testing.assert_close(target(), 0.5 * before + 0.5 * online())
+    else:  # a copy once the interval has passed (TorchRL counts it out), never a partial one
+        steps = 1
+        while (target() == before).all() and steps < 5:
+            update.step()
+            steps += 1
+        assert steps <= 3
+        torch.testing.assert_close(target(), online())
