@@ -6,7 +6,9 @@ its MLP three times (online, the next action's choice, the target). This times `
 target counter), the exact step the recipe's loop runs, on one fixed replay batch of
 DoorKey-8x8 transitions (random actions through the recipe's uniform buffer: 3-step
 returns, batch 128), in alternating rounds in one process, one torch thread, for DQN and
-for IQN at the IQN paper's settings (N = N' = 64, K = 32) and at fewer levels.
+for IQN at the IQN paper's settings (N = N' = 64, K = 32) and at fewer levels. A second table
+times the quantile Huber loss alone (forward and backward, [128, 64, 64] errors) with its
+written-out gradient and through autograd, the cheap win it is.
 
 One command; it replaces the "IQN update cost" section of benchmarks/RESULTS.md
 (``--no-record``: print only):
@@ -21,6 +23,7 @@ import torch
 from torchrl.collectors import Collector
 from torchrl.objectives import HardUpdate
 
+from torchrl_vlm.objectives import iqn
 from torchrl_vlm.training import make_adam
 
 from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results
@@ -72,15 +75,28 @@ def main():
 
     torch.set_num_threads(1)
     medians = interleaved_medians(steps, args.rounds, args.per_round)
+    torch.manual_seed(0)
+    online = torch.randn(cfg.buffer.batch_size, 64, requires_grad=True)
+    target, taus = torch.randn(cfg.buffer.batch_size, 64), torch.rand(cfg.buffer.batch_size, 64)
+
+    def loss_step(fn):
+        fn(target.unsqueeze(-2) - online.unsqueeze(-1), taus).sum().backward()
+
+    loss_alone = interleaved_medians({"written-out gradient": lambda: loss_step(iqn.quantile_huber_loss),
+                                      "autograd": lambda: loss_step(iqn.quantile_huber_loss_autograd)},
+                                     args.rounds, args.per_round)
     ref = medians["dqn"]
     rows = [[name, f"{seconds * 1e3:.1f}", f"{seconds / ref:.1f}"] for name, seconds in medians.items()]
     table = markdown_table(["variant", "ms per update (median)", "vs DQN"], rows)
+    ref_loss = loss_alone["autograd"]
+    loss_table = markdown_table(["quantile Huber loss, N = N' = 64", "ms (median)", "vs autograd"],
+                                [[k, f"{v * 1e3:.1f}", f"{v / ref_loss:.2f}"] for k, v in loss_alone.items()])
     body = (
         f"One gradient step of recipes/dqn_minigrid.py (`update`: loss, backward, clip, Adam, target counter) "
         f"on one DoorKey-8x8 replay batch of {cfg.buffer.batch_size} (3-step returns), "
         f"{'x'.join(map(str, cfg.network.hidden))} hidden layers (IQN: the state torso, then the cosine "
         f"embedding's product and a head of the same width), one torch thread, {args.rounds} alternating rounds "
-        f"of {args.per_round} updates.\n\n{table}\n"
+        f"of {args.per_round} updates.\n\n{table}\n\n{loss_table}\n"
         + (f"\n{args.note}\n" if args.note else "")
     )
     print(body)

@@ -8,6 +8,7 @@ from tensordict import TensorDict
 from torchrl.objectives import HardUpdate, SoftUpdate
 
 from torchrl_vlm.objectives import IQNLoss, IQNNetwork, IQNQValues, quantile_huber_loss
+from torchrl_vlm.objectives.iqn import quantile_huber_loss_autograd
 
 
 def test_quantile_huber_loss_by_hand():
@@ -18,10 +19,29 @@ def test_quantile_huber_loss_by_hand():
     delta = torch.tensor([[[0.5, -2.0]]])
     taus = torch.tensor([[0.25]])
     assert quantile_huber_loss(delta, taus, kappa=1.0).item() == pytest.approx(0.578125)
+    assert quantile_huber_loss_autograd(delta, taus, kappa=1.0).item() == pytest.approx(0.578125)
     # kappa = 2 keeps -2.0 in the quadratic zone: 0.75 * 0.5 * 4 / 2 = 0.75; +0.5: 0.25 * 0.125 / 2.
     assert quantile_huber_loss(delta, taus, kappa=2.0).item() == pytest.approx((0.75 + 0.015625) / 2)
     with pytest.raises(ValueError, match="kappa must be > 0"):
         quantile_huber_loss(delta, taus, kappa=0.0)
+
+
+@pytest.mark.parametrize("kappa", [1.0, 0.3])
+def test_the_written_out_gradient_is_the_loss_s_gradient(kappa):
+    # Numerical gradients in float64, away from δ = 0 (where the weight jumps) and |δ| = κ.
+    torch.manual_seed(0)
+    delta = torch.randn(3, 4, 5, dtype=torch.float64)
+    delta = torch.where(delta.abs() < 0.05, delta + 0.1, delta)
+    delta = torch.where((delta.abs() - kappa).abs() < 0.05, delta * 1.2, delta).requires_grad_()
+    taus = torch.rand(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda d: quantile_huber_loss(d, taus, kappa), (delta,))
+    # and against autograd through the formula, in the loss's float32
+    d32 = delta.detach().float().requires_grad_()
+    reference = quantile_huber_loss_autograd(d32, taus.float(), kappa)
+    torch.testing.assert_close(quantile_huber_loss(d32, taus.float(), kappa), reference)
+    grad, = torch.autograd.grad(quantile_huber_loss(d32, taus.float(), kappa).sum(), d32)
+    ref_grad, = torch.autograd.grad(reference.sum(), d32)
+    torch.testing.assert_close(grad, ref_grad)
 
 
 def batch(obs, action, reward, next_obs, terminated):
