@@ -2,11 +2,12 @@
 
 IQN evaluates its head once per sampled level ``τ``: ``N`` online levels (with gradients),
 ``K`` to choose the next action and ``N'`` target levels, per transition. Double DQN evaluates
-its MLP three times (online, the next action's choice, the target). This times ``dqn_minigrid.update`` (loss, backward, gradient clip, Adam step,
-target counter), the exact step the recipe's loop runs, on one fixed replay batch of
-DoorKey-8x8 transitions (random actions through the recipe's uniform buffer: 3-step
-returns, batch 128), in alternating rounds in one process, one torch thread, for DQN and
-for IQN at the IQN paper's settings (N = N' = 64, K = 32) and at fewer levels. A second table
+its MLP three times (online, the next action's choice, the target). This times
+``dqn_minigrid.update`` (loss, backward, gradient clip, Adam step, target counter), the exact
+step the recipe's loop runs, on one fixed replay batch of DoorKey-8x8 transitions (random
+actions through the recipe's uniform buffer: 3-step returns, batch 128), in alternating rounds
+in one process, one torch thread, for DQN and for IQN at the IQN paper's settings
+(N = N' = 64, K = 32) and at fewer levels. A second table
 times the quantile Huber loss alone (forward and backward, [128, 64, 64] errors) with its
 written-out gradient and through autograd, the cheap win it is.
 

@@ -166,7 +166,8 @@ def merge(args) -> None:
     table = markdown_table(["cell", "fpr", "fnr", "seeds", "steps to 0.9 greedy, per seed", "median",
                             "gain vs uniform", "per seed / uniform", "p (faster)", "late success (median)"], rows)
     body = (
-        f"{title}. The DQN recipe with the settings of the 8x8 study (Double DQN, 8 envs, 3-step returns, λmax 0.5; ε's decay and "
+        f"{title}. The DQN recipe with the settings of the 8x8 study (Double DQN, 8 envs, 3-step returns, "
+        f"λmax 0.5; ε's decay and "
         f"λ's warm-up those of a {args.schedule_frames:,}-step run: "
         f"`{' '.join(schedule_overrides(args.frames, args.schedule_frames)) or 'the recipe defaults'}`); "
         f"the VLM-RB scorer is `NoisyScorer(MiniGridEventScorer('{args.definition}'), fpr, "
@@ -178,8 +179,9 @@ def merge(args) -> None:
     print(body)
     if not args.no_record:
         record_results(f"Gain against scorer error: {folder.name}", body)
-        write_atomic(GAIN_TABLE, json.dumps({"env": args.env, "definition": args.definition, "frames": args.frames,
-                                             "schedule_frames": args.schedule_frames, "cells": cells}, indent=1, default=float))
+        gain_table = {"env": args.env, "definition": args.definition, "frames": args.frames,
+                      "schedule_frames": args.schedule_frames, "cells": cells}
+        write_atomic(GAIN_TABLE, json.dumps(gain_table, indent=1, default=float))
 
 
 def _k(steps: float) -> str:

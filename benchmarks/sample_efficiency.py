@@ -363,7 +363,8 @@ def main():
     parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
     parser.add_argument("--fnr", type=float, default=0.1, help="vlm_noisy: false-negative rate")
     parser.add_argument("--schedule-frames", type=int, default=None,
-                        help="ε and λ follow the schedules of a run this long, stopped at --frames (default: --frames)")
+                        help="ε and λ follow the schedules of a run this long, stopped at --frames "
+                             "(default: --frames)")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")

@@ -152,7 +152,8 @@ def check_config(cfg: DictConfig) -> None:
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
 #: network or the returns already stored. The budget, logging and evaluation may change.
 RESUME_MUST_MATCH = (
-    "env.name", "env.num_envs", "algo", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len", "vlm.score_lag",
+    "env.name", "env.num_envs", "algo", "buffer", "network", "loss.n_steps", "loss.gamma", "vlm.clip_len",
+    "vlm.score_lag",
 )
 
 

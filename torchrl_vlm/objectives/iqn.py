@@ -163,7 +163,8 @@ class IQNLoss(LossModule):
     as in TorchRL's losses). Writes ``td_error`` into the batch, the mean absolute quantile error per
     sample, ``mean_ij |δ_ij|``: PER's priority and TD boosting's ``|δ|``. Unlike TorchRL's ``DQNLoss``,
     which writes ``(Q − target)²``, it is an absolute error, and it does not fall to zero at the fixed
-    point: it keeps the spread of the return distribution. Every key can be renamed with ``loss.set_keys(...)``, as in TorchRL's losses.
+    point: it keeps the spread of the return distribution. Every key can be renamed with
+    ``loss.set_keys(...)``, as in TorchRL's losses.
     Returns ``TensorDict(loss=...)``.
     """
 

@@ -179,7 +179,8 @@ def _notes(args, report: dict) -> list[str]:
             budget += f" of a {cell['schedule_frames']:,}-step run's ε and λ schedules"
         notes.append(f"your scorer's (fpr, fnr) on these clips is ({report['fpr']:.2f}, {report['fnr']:.2f}); at the "
                      f"nearest measured error ({cell['fpr']:.2f}, {cell['fnr']:.2f}), {gain} on {cell['env']} "
-                     f"({cell['definition']}{budget}, {cell['seeds']} seeds; one-sided permutation p = {cell['p']:.2f})")
+                     f"({cell['definition']}{budget}, {cell['seeds']} seeds; "
+                     f"one-sided permutation p = {cell['p']:.2f})")
     return notes
 
 
