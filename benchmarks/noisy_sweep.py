@@ -55,17 +55,22 @@ def cell_name(fpr: float, fnr: float) -> str:
     return f"noisy_f{fpr:g}_n{fnr:g}"
 
 
+def budget_name(args) -> str:
+    """The definition, the budget and the schedules' run length, as folder names spell them."""
+    return f"{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
+
+
 def study_folder(args) -> Path:
-    return RESULTS_DIR / f"{args.env}_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
+    return RESULTS_DIR / f"{args.env}_{budget_name(args)}"
 
 
 def recipe_args(args, fpr: float = 0.0, fnr: float = 0.0) -> SimpleNamespace:
     """What ``sample_efficiency.run_cell`` reads: the 8x8 study's settings, this sweep's budget and error rates."""
     # The tag names each run's scratch folder: one per (fpr, fnr), so that two cells running at once never share it.
-    tag = f"_sweep_{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k_f{fpr:g}_n{fnr:g}"
     return SimpleNamespace(env=args.env, frames=args.frames, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, definition=args.definition, fpr=fpr, fnr=fnr,
-                           schedule_frames=args.schedule_frames, override=[], tag=tag)
+                           schedule_frames=args.schedule_frames, override=[],
+                           tag=f"_sweep_{budget_name(args)}_f{fpr:g}_n{fnr:g}")
 
 
 def run_one(args, name: str, seed: int) -> Path:

@@ -122,7 +122,7 @@ def schedule_overrides(frames: int, schedule_frames: int) -> list[str]:
     """ε's decay and λ's warm-up of a ``schedule_frames`` run (the recipe's fractions of it), for a
     ``frames`` run: the same steps, as fractions of the shorter budget. A run cut short this way
     is the longer run stopped early, where the recipe's own fractions would decay ε and raise λ sooner.
-    None where the two budgets are one (the recipe's fractions as they are)."""
+    Empty where the two budgets are one (the recipe's fractions as they are)."""
     if schedule_frames == frames:
         return []
     cfg = recipe_config("dqn_minigrid", [])
@@ -136,7 +136,6 @@ def schedule_overrides(frames: int, schedule_frames: int) -> list[str]:
 
 def cell_overrides(args, method: str, seed: int) -> list[str]:
     """The recipe overrides of one cell: what makes two cells comparable (or the same cell)."""
-    schedule = getattr(args, "schedule_frames", None)
     return [
         f"env.name={args.env}",
         f"env.seed={seed}",
@@ -151,7 +150,7 @@ def cell_overrides(args, method: str, seed: int) -> list[str]:
         "logger.gallery_interval=0",
         "checkpoint.at_end=false",
         *METHODS[method],
-        *(schedule_overrides(args.frames, schedule) if schedule else []),
+        *(schedule_overrides(args.frames, args.schedule_frames) if args.schedule_frames else []),
         *args.override,
     ]
 
@@ -249,7 +248,7 @@ def pair_by_seed(results: list[dict], method: str, baseline: str) -> list[tuple[
 
 def baseline_of(method: str) -> str:
     """What a method is compared with: uniform replay with the same algorithm."""
-    return "iqn_uniform" if method.startswith("iqn_") else "uniform"
+    return "iqn_uniform" if "algo=iqn" in METHODS[method] else "uniform"
 
 
 def compare_with(results: list[dict], methods: list[str]) -> list[list]:

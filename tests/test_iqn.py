@@ -116,6 +116,16 @@ def test_the_loss_writes_td_errors_weights_samples_and_discounts_n_steps():
     x = loss(term)["loss"]
     torch.manual_seed(4)
     assert loss(term.clone().set("steps_to_next_obs", torch.full((6, 1), 3)))["loss"].item() == pytest.approx(x.item())
+    # A live one is discounted by gamma ** steps_to_next_obs: two steps at 0.5 are one step at 0.25.
+    two_steps = td.clone().set("steps_to_next_obs", torch.full((6, 1), 2))
+    torch.manual_seed(8)
+    y = loss(two_steps)["loss"]
+    loss.gamma = 0.25
+    torch.manual_seed(8)
+    assert loss(td.clone().set("steps_to_next_obs", torch.ones(6, 1)))["loss"].item() == pytest.approx(y.item())
+    torch.manual_seed(8)
+    assert loss(td.clone())["loss"].item() == pytest.approx(y.item())  # no steps_to_next_obs: one step
+    loss.gamma = 0.5
     with pytest.raises(TypeError, match="IQNNetwork"):
         IQNLoss(torch.nn.Linear(3, 2))
 

@@ -43,6 +43,7 @@ __all__ = [
     "check_resumable",
     "close_all",
     "evaluate_success",
+    "file_sha256",
     "get_rng_state",
     "load_checkpoint",
     "log_metrics",
@@ -57,7 +58,6 @@ __all__ = [
     "set_rng_state",
     "timed_batches",
     "verify_checkpoint",
-    "file_sha256",
     "wandb_mode",
     "with_verdict_cache",
 ]
@@ -69,8 +69,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 # --------------------------------------------------------------------------- run set-up
 def make_adam(params, lr: float) -> torch.optim.Optimizer:
     """Adam with its fused kernel. A CPU update of the recipes' small networks is mostly per-tensor overhead,
-    and the fused step updates every tensor in one call: the same algorithm, ~12% off a DQN update
-    (benchmarks/update_cost.py measures it on SAC's)."""
+    and the fused step updates every tensor in one call: the same algorithm, cheaper
+    (benchmarks/update_cost.py measures it on SAC's update)."""
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 

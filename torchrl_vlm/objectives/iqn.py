@@ -26,6 +26,12 @@ from torchrl.objectives import LossModule
 __all__ = ["CosineTauEmbedding", "IQNLoss", "IQNNetwork", "IQNQValues", "quantile_huber_loss"]
 
 
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 class CosineTauEmbedding(nn.Module):
     """φ(τ)_j = ReLU(Σ_{i=0}^{n-1} cos(π i τ) w_ij + b_j): IQN's embedding of a quantile level (eq. 4)."""
 
@@ -52,9 +58,7 @@ class IQNNetwork(nn.Module):
 
     def __init__(self, in_features: int, num_actions: int, hidden: Sequence[int] = (128, 128), num_cosines: int = 64):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_actions", num_actions), ("num_cosines", num_cosines)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _check_counts(in_features=in_features, num_actions=num_actions, num_cosines=num_cosines)
         hidden = [int(h) for h in hidden]
         if not hidden or min(hidden) < 1:
             raise ValueError(f"hidden must list at least one layer size >= 1, got {hidden!r}")
@@ -82,8 +86,7 @@ class IQNQValues(nn.Module):
 
     def __init__(self, network: IQNNetwork, num_quantiles: int = 32):
         super().__init__()
-        if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, int) or num_quantiles < 1:
-            raise ValueError(f"num_quantiles must be an int >= 1, got {num_quantiles!r}")
+        _check_counts(num_quantiles=num_quantiles)
         self.network = network
         self.num_quantiles = num_quantiles
 
@@ -193,10 +196,8 @@ class IQNLoss(LossModule):
         super().__init__()
         if not isinstance(network, IQNNetwork):
             raise TypeError(f"network must be an IQNNetwork, got {type(network).__name__}")
-        for name, value in (("num_quantiles", num_quantiles), ("num_target_quantiles", num_target_quantiles),
-                            ("num_policy_quantiles", num_policy_quantiles)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _check_counts(num_quantiles=num_quantiles, num_target_quantiles=num_target_quantiles,
+                      num_policy_quantiles=num_policy_quantiles)
         if not kappa > 0:
             raise ValueError(f"kappa must be > 0, got {kappa!r}")
         if not 0 <= gamma <= 1:
