@@ -167,7 +167,7 @@ def merge(args) -> None:
     title = f"{args.env} ({args.definition}), {budget}: VLM-RB with a noisy scorer vs uniform"
     png = folder / "gain_heatmap.png"
     heatmap(cells, list(args.fpr), list(args.fnr), png,
-            f"VLM-RB with a noisy scorer vs uniform\n{args.env} ({args.definition}), {budget}")
+            f"VLM-RB with a noisy scorer vs uniform\n{args.env} ({args.definition})\n{budget}")
     table = markdown_table(["cell", "fpr", "fnr", "seeds", "steps to 0.9 greedy, per seed", "median",
                             "gain vs uniform", "per seed / uniform", "p (faster)", "late success (median)"], rows)
     body = (
