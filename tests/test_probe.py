@@ -218,7 +218,7 @@ def test_clear_errors(argv, message, tmp_path, capsys):
 
 
 def test_the_probe_on_ogbench_scene(tmp_path, capsys):
-    """OGBench scene: random arm motions (no scripted policy), events from the simulator, frames rendered."""
+    """OGBench scene: random arm motions and the scripted policy, events from the simulator, frames rendered."""
     out = tmp_path / "scene"
     assert probe_main(["--env", "scene-singletask-task3-v0", "--clips", "8", "--clip-len", "4", "--scorer",
                        "noisy_events", "--fpr", "0.5", "--fnr", "0.5", "--definition", "any", "--out", str(out),
@@ -226,6 +226,7 @@ def test_the_probe_on_ogbench_scene(tmp_path, capsys):
     report = json.loads((out / "r.json").read_text())
     clips = ClipSet.load(out / "clips")
     assert report["clips"] == len(clips) == 8 and clips.domain == "ogbench" and clips.missions is None
+    assert clips.policies == ("random", "scripted") and clips.policy.bincount().tolist() == [4, 4]
     assert clips.frames.shape[1:] == (4, 64, 64, 3) and clips.frames.float().std() > 0
     torch.testing.assert_close(clips.labels("any"), OGBenchEventScorer("any")(clips.clips()))
     with pytest.raises(SystemExit):

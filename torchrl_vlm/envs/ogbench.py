@@ -116,6 +116,10 @@ class OGBenchObservation(gym.Wrapper):
     - ``pixels`` (uint8 ``[frame_size, frame_size, 3]``), only with
       ``render=True``: the scene from OGBench's ``front`` camera, without
       shadows or reflections. This is what the VLM sees.
+    - ``scripted_action`` (float32 ``[5]``), only with ``scripted=True``: what
+      :class:`~torchrl_vlm.envs.ogbench_scripted.SceneScriptedPolicy` (OGBench's
+      own oracles, working towards this task) would do in this state. The probe
+      collects clips with it; nothing makes the env take it.
 
     The env must be made with ``success_timing='post'`` (as
     :func:`make_ogbench_env` does), so that OGBench's own ``success``, reward and
@@ -126,9 +130,10 @@ class OGBenchObservation(gym.Wrapper):
         render: whether to render ``pixels``; without it nothing is rendered.
         frame_size: the side of the rendered frame, which must be the env's
             render width and height.
+        scripted: whether to compute ``scripted_action``.
     """
 
-    def __init__(self, env: gym.Env, *, render: bool = False, frame_size: int = 64):
+    def __init__(self, env: gym.Env, *, render: bool = False, frame_size: int = 64, scripted: bool = False):
         super().__init__(env)
         base = env.unwrapped
         if getattr(base, "_success_timing", None) != "post":
@@ -147,6 +152,12 @@ class OGBenchObservation(gym.Wrapper):
         }
         if render:
             spaces["pixels"] = gym.spaces.Box(0, 255, (frame_size, frame_size, 3), dtype=np.uint8)
+        self.scripted = None
+        if scripted:
+            from torchrl_vlm.envs.ogbench_scripted import SceneScriptedPolicy
+
+            self.scripted = SceneScriptedPolicy(env)
+            spaces["scripted_action"] = gym.spaces.Box(-1, 1, (5,), dtype=np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
         # Subgoals satisfied after the last step (or reset), and those that have
         # become satisfied at least once this episode.
@@ -163,7 +174,7 @@ class OGBenchObservation(gym.Wrapper):
             )
         return flat
 
-    def _encode(self, obs, events, success):
+    def _encode(self, obs, events, success, info):
         if obs.shape != (_OBSERVATION_SIZE,):
             raise RuntimeError(f"expected OGBench's {_OBSERVATION_SIZE}-d state observation, got {obs.shape}")
         out = {
@@ -173,6 +184,8 @@ class OGBenchObservation(gym.Wrapper):
         }
         if self.render_frames:
             out["pixels"] = self.env.unwrapped.render(scene_callback=_plain_scene)
+        if self.scripted is not None:
+            out["scripted_action"] = self.scripted.act(info, self._satisfied)
         return out
 
     def reset(self, **kwargs):
@@ -181,7 +194,9 @@ class OGBenchObservation(gym.Wrapper):
         # first step compares against them.
         self._satisfied = self.subgoals()
         self._achieved[:] = False
-        return self._encode(obs, np.zeros(len(OGBENCH_EVENT_NAMES), dtype=np.bool_), False), info
+        if self.scripted is not None:
+            self.scripted.reset(info, seed=kwargs.get("seed"))
+        return self._encode(obs, np.zeros(len(OGBENCH_EVENT_NAMES), dtype=np.bool_), False, info), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -195,7 +210,7 @@ class OGBenchObservation(gym.Wrapper):
         # success_timing='post': OGBench's success is all(subgoals) of this state.
         success = bool(info["success"])
         events = np.concatenate([became, first, [success]])
-        return self._encode(obs, events, success), reward, terminated, truncated, info
+        return self._encode(obs, events, success, info), reward, terminated, truncated, info
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -205,7 +220,7 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _make_gym_env(env_name: str, render: bool, frame_size: int) -> gym.Env:
+def _make_gym_env(env_name: str, render: bool, frame_size: int, scripted: bool = False) -> gym.Env:
     _load_triton_before_egl()
     import ogbench
 
@@ -225,7 +240,7 @@ def _make_gym_env(env_name: str, render: bool, frame_size: int) -> gym.Env:
         width=frame_size,
         height=frame_size,
     )
-    return OGBenchObservation(env, render=render, frame_size=frame_size)
+    return OGBenchObservation(env, render=render, frame_size=frame_size, scripted=scripted)
 
 
 def make_ogbench_env(
@@ -238,6 +253,7 @@ def make_ogbench_env(
     seed: int | None = None,
     device: str | torch.device = "cpu",
     worker_id: int | None = None,
+    scripted: bool = False,
 ) -> TransformedEnv:
     """Builds an OGBench ``scene`` TorchRL env that tags its steps with clip ids.
 
@@ -271,6 +287,10 @@ def make_ogbench_env(
         device: device of the output tensors.
         worker_id: a fixed salt for clip ids (see :class:`RenderClips`); leave it
             ``None`` unless each worker gets its own.
+        scripted: add ``scripted_action`` (float32 ``[5]``), the action of a
+            scripted policy built from OGBench's oracles
+            (:class:`~torchrl_vlm.envs.ogbench_scripted.SceneScriptedPolicy`), for
+            collecting experience in which subgoals get done.
 
     Examples:
         >>> env = make_ogbench_env("scene-singletask-task3-v0", num_envs=2, seed=0)
@@ -287,16 +307,18 @@ def make_ogbench_env(
         raise TypeError(f"render must be a bool, got {type(render).__name__} {render!r}")
     if seed is not None:
         _check_int("seed", seed, 0)
-    render = bool(render)
+    if not isinstance(scripted, (bool, np.bool_)):
+        raise TypeError(f"scripted must be a bool, got {type(scripted).__name__} {scripted!r}")
+    render, scripted = bool(render), bool(scripted)
 
     from torchrl.envs import GymWrapper
 
     from torchrl_vlm.envs.clips import with_clip_tags
 
     if num_envs == 1:
-        base = GymWrapper(_make_gym_env(env_name, render, frame_size), device=device)
+        base = GymWrapper(_make_gym_env(env_name, render, frame_size, scripted), device=device)
     else:
-        make_one = functools.partial(_make_gym_env, env_name, render, frame_size)
+        make_one = functools.partial(_make_gym_env, env_name, render, frame_size, scripted)
         vector = gym.vector.SyncVectorEnv(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )

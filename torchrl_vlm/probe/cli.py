@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--windows", choices=("all", "non_overlapping"), default="all",
                        help="non_overlapping: score only the clips training would cut")
     clips.add_argument("--policies", nargs="+", default=None,
-                       help="behaviour policies (MiniGrid: random planner; OGBench: random)")
-    clips.add_argument("--epsilon", type=float, default=0.3, help="the planner's share of random actions")
+                       help="behaviour policies (MiniGrid: random planner; OGBench: random scripted)")
+    clips.add_argument("--epsilon", type=float, default=0.3, help="the planner's or scripted policy's share of random actions")
     clips.add_argument("--seed", type=int, default=0, help="seeds the envs and the policies")
     clips.add_argument("--definition", default="first_progress", help="what a positive clip is: any, "
                        "first_progress or goal_only (the event scorer's definitions)")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tensordict import NonTensorStack, TensorDict
 
@@ -44,9 +45,11 @@ FORMAT = "torchrl_vlm.clipset"
 VERSION = 1
 
 #: Behaviour policies by domain: ``random`` (uniform actions) everywhere; ``planner`` on MiniGrid
-#: (:class:`~torchrl_vlm.PlannerTeacher`'s optimal actions, uniformly random ones with probability
-#: ``epsilon``), so that clips showing progress are not rare.
-POLICIES = {"minigrid": ("random", "planner"), "ogbench": ("random",)}
+#: (:class:`~torchrl_vlm.PlannerTeacher`'s optimal actions) and ``scripted`` on OGBench
+#: (:class:`~torchrl_vlm.envs.ogbench_scripted.SceneScriptedPolicy`, OGBench's own oracles working
+#: towards the task), each taking a uniformly random action with probability ``epsilon``, so that
+#: clips showing progress are not rare (random arm motions almost never complete a subgoal).
+POLICIES = {"minigrid": ("random", "planner"), "ogbench": ("random", "scripted")}
 
 
 class ClipSetError(ValueError):
@@ -259,7 +262,7 @@ def collect_clips(
         from torchrl_vlm.envs.ogbench import OGBENCH_EVENT_NAMES, make_ogbench_env
 
         env = make_ogbench_env(env_name, num_envs=num_envs, clip_len=clip_len, render=True, frame_size=frame_size,
-                               seed=seed)
+                               seed=seed, scripted="scripted" in policies)
         planner = None
         event_names = OGBENCH_EVENT_NAMES
     assignment = torch.arange(num_envs) % len(policies)
@@ -292,6 +295,7 @@ def collect_clips(
 
     try:
         torch.manual_seed(seed)
+        np.random.seed(seed)  # OGBench's oracles draw their resting poses from numpy's global generator
         td = env.reset()
         while min(taken) < quota:
             if domain == "minigrid":
@@ -301,6 +305,11 @@ def collect_clips(
                     action = torch.where(assignment == policies.index("planner"), planned, action)
             else:
                 action = torch.rand(num_envs, 5, generator=generator) * 2 - 1
+                if "scripted" in policies:
+                    scripted = td["scripted_action"].reshape(num_envs, 5)
+                    own = torch.rand(num_envs, generator=generator) >= epsilon
+                    use = (assignment == policies.index("scripted")) & own
+                    action = torch.where(use[:, None], scripted, action)
             td.set("action", action)
             stepped, td = env.step_and_maybe_reset(td)
             done = stepped["next", "done"].reshape(num_envs)
