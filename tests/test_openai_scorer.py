@@ -266,3 +266,21 @@ def test_the_dqn_recipe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     scores = scores[~scores.isnan()]
     assert scores.numel() > 0 and bool(((scores >= 0) & (scores <= 1)).all())
 
+
+
+def test_the_probe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
+    """The probe end to end with --scorer openai against vLLM: every clip answered, the figures written,
+    and the untrained model reported as such (its ROC-AUC sits within chance's interval)."""
+    import json
+
+    from torchrl_vlm.probe.cli import main as probe_main
+
+    out = tmp_path / "probe"
+    assert probe_main(["--env", "MiniGrid-DoorKey-5x5-v0", "--clips", "16", "--clip-len", "8", "--scorer", "openai",
+                       "--base-url", vllm_url, "--model", str(vllm_tiny), "--num-frames", "2", "--timeout-s", "120",
+                       "--definition", "any", "--out", str(out), "--json", str(out / "r.json"), "--quiet"]) == 0
+    report = json.loads((out / "r.json").read_text())
+    assert report["clips"] == 16 and report["clips_per_s"] > 0
+    assert {"precision", "recall", "f1", "roc_auc", "base_rate"} <= set(report)
+    assert 0 < report["base_rate"] < 1  # the planner's half of the clips makes progress
+    assert report["near_chance"]  # random weights: the report must not read skill into them

@@ -217,7 +217,7 @@ def test_clear_errors(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_the_probe_on_ogbench_scene(tmp_path, capsys):
+def test_the_probe_on_ogbench_scene(tmp_path, tiny_vlm, capsys):
     """OGBench scene: random arm motions and the scripted policy, events from the simulator, frames rendered."""
     out = tmp_path / "scene"
     assert probe_main(["--env", "scene-singletask-task3-v0", "--clips", "8", "--clip-len", "4", "--scorer",
@@ -229,6 +229,12 @@ def test_the_probe_on_ogbench_scene(tmp_path, capsys):
     assert clips.policies == ("random", "scripted") and clips.policy.bincount().tolist() == [4, 4]
     assert clips.frames.shape[1:] == (4, 64, 64, 3) and clips.frames.float().std() > 0
     torch.testing.assert_close(clips.labels("any"), OGBenchEventScorer("any")(clips.clips()))
+    # The same clips through the tiny HF model (no missions: the task-agnostic prompt).
+    assert probe_main(["--clips-from", str(out / "clips"), "--scorer", "transformers", "--model", str(tiny_vlm),
+                       "--device", "cpu", "--num-frames", "2", "--definition", "any", "--out", str(out),
+                       "--json", str(out / "hf.json"), "--quiet"]) == 0
+    assert json.loads((out / "hf.json").read_text())["clips"] == 8
+    assert "tiny random model" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         probe_main(["--clips-from", str(out / "clips"), "--scorer", "events", "--prompt-variant", "goal_conditioned",
                     "--out", str(out), "--quiet"])

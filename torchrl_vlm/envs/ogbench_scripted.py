@@ -13,7 +13,9 @@ task itself.
 :class:`SceneScriptedPolicy` keeps one oracle at a time. When it is done (its part is at
 the target, or its step budget is spent), the next part is drawn uniformly among the
 task's unsatisfied subgoals; a drawer or window locked by its button (state 0 locks,
-see ``SceneEnv._apply_button_states``) is first unlocked by pressing that button. This is
+see ``SceneEnv._apply_button_states``) is first unlocked by pressing that button, and a cube
+that is to go into the drawer (or come out of it) first has the drawer opened; the part whose
+prerequisite was done comes next. This is
 a behaviour policy for collecting clips, not a solver: it undoes satisfied subgoals on
 the way (unlocking a button the task wants locked), and its oracles sometimes miss.
 
@@ -57,7 +59,8 @@ class SceneScriptedPolicy:
         base = env.unwrapped
         if getattr(base, "_num_cubes", None) != 1 or getattr(base, "_num_buttons", None) != 2:
             raise ValueError("SceneScriptedPolicy needs OGBench's scene env (one cube, two buttons)")
-        # OGBench's data collection settings for the scene (max_step=100 for the cube).
+        # OGBench's data collection settings for the scene (its cube oracle's reset raises the
+        # max_step=100 given here back to 200, as in OGBench's own datasets).
         self._oracles = {
             "cube": CubeMarkovOracle(env=env, min_norm=min_norm, max_step=100),
             "button": ButtonMarkovOracle(env=env, min_norm=min_norm),
