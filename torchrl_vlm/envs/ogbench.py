@@ -195,7 +195,7 @@ class OGBenchObservation(gym.Wrapper):
         self._satisfied = self.subgoals()
         self._achieved[:] = False
         if self.scripted is not None:
-            self.scripted.reset(info, seed=kwargs.get("seed"))
+            self.scripted.reset(seed=kwargs.get("seed"))
         return self._encode(obs, np.zeros(len(OGBENCH_EVENT_NAMES), dtype=np.bool_), False, info), info
 
     def step(self, action):

@@ -69,13 +69,12 @@ class SceneScriptedPolicy:
         }
         self._rng = np.random.default_rng()
         self._oracle = None
-        self._targets: dict = {}
-        self._target = None
+        self._target = None  # the current part's target: a button state, a slide position, or None (the cube)
         self._pending: int | None = None  # the part whose prerequisite the current oracle works on
         #: The subgoal index the current oracle works on (a button's, while it unlocks a part).
         self.part: int | None = None
 
-    def reset(self, info: dict, seed: int | None = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """Starts a new episode; ``seed`` (the env's reset seed, if any) reseeds the part choice."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -87,7 +86,7 @@ class SceneScriptedPolicy:
         """The action for the state ``info`` describes; ``satisfied`` is which subgoals hold there."""
         if self._oracle is None or self._oracle.done:
             self._choose(satisfied)
-        full = {**info, **self._targets, **self._live_targets()}
+        full = {**info, **self._target_info()}
         return np.asarray(self._oracle.select_action(None, full), dtype=np.float32)
 
     def _choose(self, satisfied: np.ndarray) -> None:
@@ -130,30 +129,26 @@ class SceneScriptedPolicy:
     def _start(self, part: int, target) -> None:
         self.part, self._target = part, target
         self._oracle = self._oracles[_ORACLE_OF[part]]
-        if part in (_BUTTON_0, _BUTTON_1):
-            self._targets = {"privileged/target_button": part - _BUTTON_0, "privileged/target_button_state": target}
-        elif part in _LOCK_OF:
-            self._targets = {f"privileged/target_{_ORACLE_OF[part]}_pos": np.array([target])}
-        else:
-            self._targets = {"privileged/target_block": 0}
 
-    def _live_targets(self) -> dict:
-        """The target entries that follow the simulator (site and mocap positions), read now."""
+    def _target_info(self) -> dict:
+        """The ``privileged/target_*`` entries the current oracle reads (data-collection mode's), for now."""
         import ogbench.manipspace.lie as lie
 
         base = self.env.unwrapped
         data = base._data
         if self.part == _CUBE:
             mocap = base._cube_target_mocap_ids[0]
-            return {"privileged/target_block_pos": data.mocap_pos[mocap].copy(),
+            return {"privileged/target_block": 0, "privileged/target_block_pos": data.mocap_pos[mocap].copy(),
                     "privileged/target_block_yaw": np.array([lie.SO3(wxyz=data.mocap_quat[mocap]).compute_yaw_radians()])}
         if self.part in (_BUTTON_0, _BUTTON_1):
             button = self.part - _BUTTON_0
-            return {"privileged/target_button_top_pos": data.site_xpos[base._button_site_ids[button]].copy()}
+            return {"privileged/target_button": button, "privileged/target_button_state": self._target,
+                    "privileged/target_button_top_pos": data.site_xpos[base._button_site_ids[button]].copy()}
         # Where the handle would be with the slide at the target: it moves with the slide joint, along
         # the joint's axis in world coordinates (data.xaxis).
         name = _ORACLE_OF[self.part]
         joint = base._model.joint(f"{name}_slide").id
         handle = data.site_xpos[base._drawer_site_id if self.part == _DRAWER else base._window_site_id]
         shift = (self._target - data.qpos[base._model.jnt_qposadr[joint]]) * data.xaxis[joint]
-        return {f"privileged/target_{name}_handle_pos": handle + shift}
+        return {f"privileged/target_{name}_pos": np.array([self._target]),
+                f"privileged/target_{name}_handle_pos": handle + shift}
