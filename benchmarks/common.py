@@ -90,7 +90,11 @@ RESULTS_HEADER = (
     "history.\n"
 )
 #: A section starts at ``## <title> (<YYYY-MM-DD HH:MM>)``; ``###`` headings belong to the section above.
-SECTION_HEADING = re.compile(r"^## (?P<title>.+) \((?P<stamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2})\)$", re.MULTILINE)
+# Every level-2 heading starts a section, stamped or not: a hand-written analysis under its own
+# heading ("## ... (2026-12-02)") is a section of its own, and a rerun of the study above it keeps it.
+SECTION_HEADING = re.compile(
+    r"^## (?P<title>.+?)(?: \((?P<stamp>\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2})?)\))?$", re.MULTILINE
+)
 
 
 def replace_section(text: str, title: str, section: str) -> str:

@@ -157,8 +157,10 @@ def merge(args) -> None:
             late = [late_success(runs[s]["evals"]) for s in seeds]
             p = permutation_p(steps, base)
             g = gain(steps, base)
+            # null, not Infinity, for a seed that never got there: Infinity is not JSON.
             cells.append({"fpr": fpr, "fnr": fnr, "gain": g, "p": p, "seeds": len(seeds),
-                          "steps_to_0.9": steps, "uniform_steps_to_0.9": base, "late_success": late})
+                          "steps_to_0.9": _finite_or_none(steps), "uniform_steps_to_0.9": _finite_or_none(base),
+                          "late_success": late})
             rows.append([name, f"{fpr:g}", f"{fnr:g}", len(seeds), ", ".join(_k(v) for v in steps),
                          median_steps(steps), "—" if g is None else f"{100 * g:+.0f}%",
                          ", ".join(seed_ratio(c, b) for c, b in zip(steps, base)), f"{p:.2f}",
@@ -187,6 +189,10 @@ def merge(args) -> None:
         gain_table = {"env": args.env, "definition": args.definition, "frames": args.frames,
                       "schedule_frames": args.schedule_frames, "cells": cells}
         write_atomic(GAIN_TABLE, json.dumps(gain_table, indent=1, default=float))
+
+
+def _finite_or_none(steps: list[float]) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in steps]
 
 
 def _k(steps: float) -> str:

@@ -347,6 +347,16 @@ def test_replace_section_keeps_one_section_of_a_title_written_twice():
     assert new.index("new table") < new.index("## Distillation efficiency")
 
 
+def test_replace_section_keeps_a_hand_written_section_after_the_study():
+    # An analysis under its own heading, dated without a time, is not part of the study above it.
+    text = RESULTS_TEXT.replace("## Distillation", "## Sampler throughput: what it shows (2026-01-01)\n\nanalysis\n\n## Distillation")
+    new = replace_section(text, "Sampler throughput", "## Sampler throughput (2026-02-01 09:00)\n\nnew table")
+    assert "old sampler table" not in new
+    assert new.index("new table") < new.index("## Sampler throughput: what it shows (2026-01-01)\n\nanalysis")
+    again = replace_section(new, "Sampler throughput: what it shows", "## Sampler throughput: what it shows (2026-02-02)\n\nv2")
+    assert "analysis" not in again and again.index("new table") < again.index("v2") < again.index("## Distillation")
+
+
 def test_record_results_writes_one_current_section_per_title(tmp_path):
     path = tmp_path / "RESULTS.md"
     record_results("Pipeline overhead", "first run", path=path)
