@@ -1,10 +1,12 @@
 """Bad input to the library gets a clear error at the call, naming the argument, never a failure later."""
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage
 
 from torchrl_vlm import MixtureSampler, ScoringService, VLMReplayBuffer, make_minigrid_env, make_replay_buffer
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.scoring.base import check_scores
 
 
@@ -35,10 +37,33 @@ def test_bad_sampler_arguments(kwargs, error, match):
         MixtureSampler(**kwargs)
 
 
-@pytest.mark.parametrize("max_steps", [0, -5, 2.5, True])
-def test_a_step_limit_must_be_a_positive_int(max_steps):
-    with pytest.raises(ValueError, match="max_steps must be None"):
+@pytest.mark.parametrize("max_steps, error", [(0, ValueError), (-5, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_a_step_limit_must_be_a_positive_int(max_steps, error):
+    with pytest.raises(error, match=r"max_steps must be None \(the env's own limit\) or an int >= 1, got"):
         make_minigrid_env("MiniGrid-DoorKey-5x5-v0", max_steps=max_steps)
+
+
+@pytest.mark.parametrize(
+    "value, low, kwargs, error, match",
+    [
+        (0, 1, {}, ValueError, "n must be an int >= 1, got 0$"),
+        (-1, 0, {"meaning": "0 = never"}, ValueError, r"n must be an int >= 0 \(0 = never\), got -1$"),
+        (2.0, 1, {}, TypeError, "n must be an int >= 1, got float 2.0$"),
+        (True, 0, {}, TypeError, "n must be an int >= 0, got bool True$"),
+        ("3", 1, {}, TypeError, "n must be an int >= 1, got str '3'$"),
+        (None, 1, {}, TypeError, "n must be an int >= 1, got NoneType None$"),
+        (0, 1, {"none_means": "unlimited"}, ValueError, r"n must be None \(unlimited\) or an int >= 1, got 0$"),
+    ],
+)
+def test_a_count_is_refused_in_one_wording(value, low, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        check_int("n", value, low, **kwargs)
+
+
+def test_a_count_passes_as_a_python_int():
+    assert check_int("n", np.int64(3)) == 3 and type(check_int("n", np.int64(3))) is int
+    assert check_int("n", 0, 0) == 0
+    assert check_int("n", None, none_means="unlimited") is None
 
 
 def test_a_service_timeout_must_be_a_number():

@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchrl_vlm._checks import check_int
+
 __all__ = [
     "CHECKED_MODEL_TYPES",
     "DTYPES",
     "FAMILY_PROCESSOR_DEFAULTS",
     "HFVisionLanguageModel",
     "VLMBacked",
-    "positive_int",
     "resolve_device",
     "resolve_dtype",
     "resolve_image_size",
@@ -121,13 +122,6 @@ def resolve_image_size(image_size: Any) -> tuple[int, int] | None:
     ):
         return (int(image_size[0]), int(image_size[1]))
     raise ValueError(f"image_size must be None, a positive int or (height, width), got {image_size!r}")
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1, else a ``ValueError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def to_pil_images(frames: torch.Tensor, image_size: tuple[int, int] | None = None) -> list:
@@ -410,7 +404,7 @@ class HFVisionLanguageModel:
         prompt_len = kwargs["input_ids"].shape[1]
         out = self.model.generate(
             **kwargs,
-            max_new_tokens=positive_int("max_new_tokens", max_new_tokens),
+            max_new_tokens=check_int("max_new_tokens", max_new_tokens),
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
         )

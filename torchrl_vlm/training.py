@@ -28,6 +28,8 @@ from torchrl._utils import timeit
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.record.loggers import Logger, generate_exp_name, get_logger
 
+from torchrl_vlm._checks import check_int
+
 __all__ = [
     "CheckpointError",
     "EpisodeMetrics",
@@ -352,8 +354,7 @@ class Every:
     """
 
     def __init__(self, interval: int, start: int = 0):
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-            raise ValueError(f"interval must be an int >= 0 (0 = never), got {interval!r}")
+        check_int("interval", interval, 0, meaning="0 = never")
         self.interval = interval
         self.next = (start // interval + 1) * interval if interval else None
 

@@ -16,6 +16,8 @@ from tensordict import TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase, Transform
 
+from torchrl_vlm._checks import check_int
+
 __all__ = ["RenderClips", "render_gym_frames", "with_clip_tags"]
 
 # A clip id is (salt << _COUNTER_BITS) | counter: the counter keeps the ids of
@@ -160,8 +162,7 @@ class RenderClips(Transform):
         frame_shape: Sequence[int] | None = None,
         worker_id: int | None = None,
     ):
-        if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
-            raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
+        check_int("clip_len", clip_len)
         if frame_key is not None and not isinstance(frame_key, str):
             raise TypeError(f"frame_key must be a str or None, got {type(frame_key).__name__}")
         if worker_id is None:

@@ -23,6 +23,7 @@ from torchrl.data import NonTensor
 from torchrl.envs import GymWrapper, TransformedEnv
 from torchrl.envs.libs.gym import register_gym_spec_conversion
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.clips import with_clip_tags
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS, MISSION_BYTES, decode_mission, encode_mission
 
@@ -365,14 +366,9 @@ def make_minigrid_env(
             f"env_name={env_name!r} is a gymnasium env but not a MiniGrid one (entry point {entry_point!r}); "
             f"known MiniGrid choices: {', '.join(MINIGRID_ENVS)}"
         )
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-    if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
-        raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be None (the env's own limit) or an int >= 1, got {max_steps!r}")
+    for name, value in (("num_envs", num_envs), ("clip_len", clip_len), ("tile_size", tile_size)):
+        check_int(name, value)
+    check_int("max_steps", max_steps, none_means="the env's own limit")
 
     wrapper_kwargs = dict(tile_size=tile_size, render=render, state=state, mission_features=mission_features)
     if num_envs == 1:

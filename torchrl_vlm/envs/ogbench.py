@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
+from torchrl_vlm._checks import check_int
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torchrl.envs import TransformedEnv
@@ -213,13 +215,6 @@ class OGBenchObservation(gym.Wrapper):
         return self._encode(obs, events, success, info), reward, terminated, truncated, info
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 def _make_gym_env(env_name: str, render: bool, frame_size: int, scripted: bool = False) -> gym.Env:
     _load_triton_before_egl()
     import ogbench
@@ -300,13 +295,13 @@ def make_ogbench_env(
     """
     if not isinstance(env_name, str) or env_name not in OGBENCH_ENVS:
         raise ValueError(f"env_name={env_name!r} is not supported; choose one of {', '.join(OGBENCH_ENVS)}")
-    _check_int("num_envs", num_envs, 1)
-    _check_int("clip_len", clip_len, 1)
-    _check_int("frame_size", frame_size, 1)
+    check_int("num_envs", num_envs)
+    check_int("clip_len", clip_len)
+    check_int("frame_size", frame_size)
     if not isinstance(render, (bool, np.bool_)):
         raise TypeError(f"render must be a bool, got {type(render).__name__} {render!r}")
     if seed is not None:
-        _check_int("seed", seed, 0)
+        check_int("seed", seed, 0)
     if not isinstance(scripted, (bool, np.bool_)):
         raise TypeError(f"scripted must be a bool, got {type(scripted).__name__} {scripted!r}")
     render, scripted = bool(render), bool(scripted)

@@ -23,13 +23,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torchrl.objectives import LossModule
 
+from torchrl_vlm._checks import check_int
+
 __all__ = ["CosineTauEmbedding", "IQNLoss", "IQNNetwork", "IQNQValues", "quantile_huber_loss"]
-
-
-def _check_counts(**counts) -> None:
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class CosineTauEmbedding(nn.Module):
@@ -58,7 +54,8 @@ class IQNNetwork(nn.Module):
 
     def __init__(self, in_features: int, num_actions: int, hidden: Sequence[int] = (128, 128), num_cosines: int = 64):
         super().__init__()
-        _check_counts(in_features=in_features, num_actions=num_actions, num_cosines=num_cosines)
+        for name, value in (("in_features", in_features), ("num_actions", num_actions), ("num_cosines", num_cosines)):
+            check_int(name, value)
         hidden = [int(h) for h in hidden]
         if not hidden or min(hidden) < 1:
             raise ValueError(f"hidden must list at least one layer size >= 1, got {hidden!r}")
@@ -86,7 +83,7 @@ class IQNQValues(nn.Module):
 
     def __init__(self, network: IQNNetwork, num_quantiles: int = 32):
         super().__init__()
-        _check_counts(num_quantiles=num_quantiles)
+        check_int("num_quantiles", num_quantiles)
         self.network = network
         self.num_quantiles = num_quantiles
 
@@ -196,8 +193,9 @@ class IQNLoss(LossModule):
         super().__init__()
         if not isinstance(network, IQNNetwork):
             raise TypeError(f"network must be an IQNNetwork, got {type(network).__name__}")
-        _check_counts(num_quantiles=num_quantiles, num_target_quantiles=num_target_quantiles,
-                      num_policy_quantiles=num_policy_quantiles)
+        for name, value in (("num_quantiles", num_quantiles), ("num_target_quantiles", num_target_quantiles),
+                            ("num_policy_quantiles", num_policy_quantiles)):
+            check_int(name, value)
         if not kappa > 0:
             raise ValueError(f"kappa must be > 0, got {kappa!r}")
         if not 0 <= gamma <= 1:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tensordict import NonTensorStack, TensorDict
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.training import file_sha256
 
 __all__ = ["ClipSet", "ClipSetError", "POLICIES", "collect_clips", "domain_of"]
@@ -236,9 +237,8 @@ def collect_clips(
     from torchrl_vlm.envs.minigrid_names import decode_mission
 
     domain = domain_of(env_name)
-    for name, value, low in (("n_clips", n_clips, 1), ("clip_len", clip_len, 1), ("num_envs", num_envs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    for name, value in (("n_clips", n_clips), ("clip_len", clip_len), ("num_envs", num_envs)):
+        check_int(name, value)
     stride = clip_len if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= clip_len:
         raise ValueError(f"stride must be an int in [1, clip_len={clip_len}], got {stride!r}")

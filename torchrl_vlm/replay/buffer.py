@@ -31,6 +31,7 @@ from torchrl.data import (
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.replay.sampler import MixtureSampler
 
 __all__ = ["CollectorReplayBuffer", "DEFAULT_EXCLUDE_KEYS", "make_replay_buffer"]
@@ -223,10 +224,8 @@ def make_replay_buffer(
         >>> rb.extend(batch).shape, "pixels" in rb[:].keys()
         (torch.Size([100]), False)
     """
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
+    check_int("capacity", capacity)
+    check_int("batch_size", batch_size, none_means="sample(batch_size) gives it")
     if isinstance(sampler, str):
         if sampler == "uniform":
             sampler = RandomSampler()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 
+from torchrl_vlm._checks import check_int
+
 __all__ = ["ClipAssembler"]
 
 
@@ -35,10 +37,8 @@ class ClipAssembler:
     """
 
     def __init__(self, clip_len: int = 32, max_idle: int = 8):
-        if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
-            raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
-        if not isinstance(max_idle, int) or max_idle < 1:
-            raise ValueError(f"max_idle must be an int >= 1, got {max_idle!r}")
+        check_int("clip_len", clip_len)
+        check_int("max_idle", max_idle)
         self.clip_len = clip_len
         self.max_idle = max_idle
         self._carry: TensorDictBase | None = None  # steps of unfinished clips

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, validate_clips
 
 __all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"]
@@ -157,8 +158,7 @@ class CachedScorer:
             raise TypeError(f"run must be a string or None, got {run!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
             raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
-        if isinstance(thumbnails, bool) or not isinstance(thumbnails, int) or thumbnails < 0:
-            raise ValueError(f"thumbnails must be an int >= 0 (frames kept per clip), got {thumbnails!r}")
+        check_int("thumbnails", thumbnails, 0, meaning="frames kept per clip")
         self.base = base
         self.thumbnails = thumbnails
         self.needs_frames = base.needs_frames
@@ -330,8 +330,7 @@ def read_verdicts(path: str | os.PathLike, *, order: str = "score", limit: int |
     orders = {"score": "v.score DESC", "step": "v.step", "created": "v.created"}
     if order not in orders:
         raise ValueError(f"order={order!r}; choose one of {sorted(orders)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+    check_int("limit", limit, none_means="every verdict")
     path, db = _open_read_only(path)
     where, params = _model_filter(model)
     try:
@@ -365,8 +364,7 @@ def verdict_gallery(path: str | os.PathLike, out: str | os.PathLike, *, rows: in
     """
     from torchrl_vlm.scoring.gallery import save_clip_rows
 
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+    check_int("rows", rows)
     path, db = _open_read_only(path)
     where, params = _model_filter(model)
     half = max(1, rows // 2)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.scoring.base import check_scores, frame_indices, validate_clips
 from torchrl_vlm.scoring.transformers import (
     DEFAULT_NO_TOKENS,
@@ -119,14 +120,6 @@ def _number(name: str, value: Any, *, minimum: float, allow_equal: bool) -> floa
         rel = ">=" if allow_equal else ">"
         raise ValueError(f"{name} must be a finite number {rel} {minimum:g}, got {value!r}")
     return float(value)
-
-
-def _int(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _tokens(name: str, value: Any) -> tuple[str, ...]:
@@ -233,12 +226,12 @@ class OpenAIScorer(PromptedClipScorer):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.prompt = prompt
-        self.num_frames = _int("num_frames", num_frames, 1)
+        self.num_frames = check_int("num_frames", num_frames)
         self.api_key = api_key
-        self.max_concurrency = _int("max_concurrency", max_concurrency, 1)
+        self.max_concurrency = check_int("max_concurrency", max_concurrency)
         self.timeout_s = _number("timeout_s", timeout_s, minimum=0, allow_equal=False)
-        self.max_retries = _int("max_retries", max_retries, 0)
-        self.top_logprobs = _int("top_logprobs", top_logprobs, 1)
+        self.max_retries = check_int("max_retries", max_retries, 0)
+        self.top_logprobs = check_int("top_logprobs", top_logprobs)
         self.mission_in_prompt = mission_in_prompt
         self.yes_tokens = _tokens("yes_tokens", yes_tokens)
         self.no_tokens = _tokens("no_tokens", no_tokens)

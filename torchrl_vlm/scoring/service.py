@@ -46,6 +46,7 @@ import torch
 import torch.multiprocessing as mp
 from tensordict import TensorDictBase
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.scoring.base import check_scores
 
 __all__ = ["ScoredBatch", "ScoringService", "ScoringServiceError"]
@@ -249,8 +250,7 @@ class ScoringService:
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+        check_int("num_replicas", num_replicas)
         if replica_options is not None and not isinstance(replica_options, dict):
             raise TypeError(f"replica_options must be a dict of Ray actor options, got {replica_options!r}")
         if backend == "process" and (num_replicas != 1 or replica_options or ray_address is not None):
@@ -270,8 +270,7 @@ class ScoringService:
             ("max_restarts", max_restarts, 0),
             ("max_consecutive_errors", max_consecutive_errors, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(name, value, low)
         for name, value in (("start_timeout_s", start_timeout_s), ("hang_timeout_s", hang_timeout_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number of seconds, got {value!r}")

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.hf_vlm import (
     CHECKED_MODEL_TYPES,
     DTYPES,
     FAMILY_PROCESSOR_DEFAULTS,
     HFVisionLanguageModel,
     VLMBacked,
-    positive_int,
     resolve_device,
     resolve_dtype,
     resolve_image_size,
@@ -183,8 +183,8 @@ class TransformersScorer(PromptedClipScorer, VLMBacked):
         if isinstance(yes_tokens, str) or isinstance(no_tokens, str):
             raise TypeError("yes_tokens and no_tokens must be sequences of strings, not a single string")
         self.prompt = prompt
-        self.num_frames = positive_int("num_frames", num_frames)
-        self.batch_size = positive_int("batch_size", batch_size)
+        self.num_frames = check_int("num_frames", num_frames)
+        self.batch_size = check_int("batch_size", batch_size)
         self.image_size = resolve_image_size(image_size)
         self.mission_in_prompt = bool(mission_in_prompt)
         # Loading, padding side, image placeholder and the logits readout are

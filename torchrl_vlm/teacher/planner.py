@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS
 
 __all__ = ["NoisyTeacher", "PlannerTeacher", "TASKS"]
@@ -421,8 +422,7 @@ class PlannerTeacher:
             raise ValueError(f"num_actions must be an int in [1, {len(MINIGRID_ACTIONS)}], got {num_actions!r}")
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be None (auto-detect) or one of {TASKS}, got {task!r}")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        check_int("cache_size", cache_size, 0)
         self.epsilon = float(epsilon)
         self.temperature = None if temperature is None else float(temperature)
         self.num_actions = num_actions

@@ -25,10 +25,10 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS, decode_mission
+from torchrl_vlm._checks import check_int
 from torchrl_vlm.hf_vlm import (
     HFVisionLanguageModel,
     VLMBacked,
-    positive_int,
     resolve_image_size,
     text_turn,
     to_pil_images,
@@ -215,8 +215,8 @@ class VLMTeacher(VLMBacked):
         self.temperature = float(temperature)
         self.two_stage = bool(two_stage)
         self.analysis_prompt = analysis_prompt
-        self.max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_new_tokens = check_int("max_new_tokens", max_new_tokens)
+        self.batch_size = check_int("batch_size", batch_size)
         self.image_size = resolve_image_size(image_size)
         self.needs_mission = "mission" in fields or (self.two_stage and "mission" in analysis_fields)
         #: The scene analyses of the last call with ``two_stage=True`` (flat, one per state).
