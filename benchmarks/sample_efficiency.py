@@ -187,10 +187,30 @@ def load_cell(path: Path) -> dict:
     return cell
 
 
+RATES = ("vlm.false_positive_rate", "vlm.false_negative_rate")
+
+
+def run_settings(overrides: list[str]) -> set[str]:
+    """``overrides`` as the run they make. The error rates touch the noisy scorer only, and the noisy
+    scorer at fpr = fnr = 0 flips nothing: it is the event scorer (so noisy_sweep.py's ideal cell,
+    ``noisy_f0_n0``, is a ``vlm_events`` cell of the same budget)."""
+    pairs = [o.split("=", 1) for o in overrides]
+    scorer = next((v for k, v in pairs if k == "vlm.scorer"), None)
+    rates = {k: float(v) for k, v in pairs if k in RATES}
+    if scorer == "noisy_events" and all(r == 0 for r in rates.values()):
+        scorer = "events"
+    settings = {o for o, (k, _) in zip(overrides, pairs) if k not in (*RATES, "vlm.scorer")}
+    if scorer is not None:
+        settings.add(f"vlm.scorer={scorer}")
+    if scorer == "noisy_events":
+        settings |= {f"{k}={v:g}" for k, v in rates.items()}
+    return settings
+
+
 def settings_differ(cell: dict, args) -> list[str]:
     """The overrides of a cell on disk that this call would not use (empty: same settings)."""
     expected = cell_overrides(args, cell["method"], cell["seed"])
-    differ = set(cell["overrides"]) ^ set(expected)
+    differ = run_settings(cell["overrides"]) ^ run_settings(expected)
     if "buffer.sampler=vlm" not in METHODS.get(cell["method"], ()):  # the scorer's settings touch VLM-RB runs only
         differ = {o for o in differ if not o.startswith("vlm.")}
     return sorted(differ)

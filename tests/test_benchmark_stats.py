@@ -67,6 +67,28 @@ def test_a_stored_cell_with_other_scorer_settings_is_refused_for_every_vlm_rb_me
     assert settings_differ(stored["iqn_vlm_events"], args) == ["vlm.clip_len=16"]  # IQN with VLM-RB too
 
 
+def test_the_noisy_scorer_at_zero_error_is_the_event_scorer_and_rates_touch_the_noisy_scorer_only():
+    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=600_000, eval_interval=25_000, eval_episodes=16,
+                           definition="first_progress", fpr=0.1, fnr=0.1, override=[], schedule_frames=None)
+    events = dqn_cell_overrides(args, "vlm_events", 0)
+    noisy = dqn_cell_overrides(args, "vlm_noisy", 0)
+
+    def swapped(overrides, **values):  # the stored cell's overrides, with vlm.<name>=value for each name given
+        return [f"vlm.{o[4:].split('=')[0]}={values[o[4:].split('=')[0]]}"
+                if o.startswith("vlm.") and o[4:].split("=")[0] in values else o for o in overrides]
+
+    ideal = swapped(noisy, false_positive_rate="0.0", false_negative_rate="0.0")  # noisy_sweep's noisy_f0_n0
+    assert settings_differ({"method": "vlm_events", "seed": 0, "overrides": ideal}, args) == []
+    other_rates = swapped(events, false_positive_rate="0.3")  # the event scorer ignores the rates
+    assert settings_differ({"method": "vlm_events", "seed": 0, "overrides": other_rates}, args) == []
+    half_noisy = swapped(noisy, false_positive_rate="0.0")  # fnr 0.1 still flips verdicts
+    assert settings_differ({"method": "vlm_events", "seed": 0, "overrides": half_noisy}, args) != []
+    assert settings_differ({"method": "vlm_noisy", "seed": 0, "overrides": swapped(noisy, false_positive_rate="0.10")},
+                           args) == []  # the same rate, spelt another way
+    assert settings_differ({"method": "vlm_noisy", "seed": 0, "overrides": swapped(noisy, false_positive_rate="0.3")},
+                           args) == ["vlm.false_positive_rate=0.1", "vlm.false_positive_rate=0.3"]
+
+
 def test_ties_share_their_mean_rank_and_never_ranks_last():
     ranks = average_ranks(np.array([275.0, math.inf, 225.0, 275.0, math.inf]))
     np.testing.assert_allclose(ranks, [2.5, 4.5, 1.0, 2.5, 4.5])
