@@ -359,3 +359,34 @@ def test_timed_batches_passes_every_batch_through_even_none():
 
     # Collector(replay_buffer=rb) yields None for each batch it wrote into the buffer.
     assert list(timed_batches([None, None, 3])) == [None, None, 3]
+
+
+_PANDAS_PROBE = """
+import importlib.util, sys
+import torch
+from tensordict import TensorDict
+from torchrl_vlm.training import remember_absent_pandas
+remember_absent_pandas()
+found = importlib.util.find_spec("pandas") is not None
+try:
+    import pandas
+    imported = pandas.__name__
+except ImportError:
+    imported = None
+t = torch.zeros(2)
+print(found, imported, "pandas" in sys.modules and sys.modules["pandas"] is None, TensorDict.from_any(t) is t)
+"""
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_an_absent_pandas_is_remembered_and_an_installed_one_left_importable(installed, tmp_path):
+    import subprocess
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    if installed:  # a stand-in package named pandas, first on the path
+        (tmp_path / "pandas").mkdir()
+        (tmp_path / "pandas" / "__init__.py").write_text("class DataFrame:\n    pass\n")  # what from_any asks of it
+        env["PYTHONPATH"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _PANDAS_PROBE], env=env, capture_output=True, text=True, check=True)
+    expected = "True pandas False True" if installed else "False None True True"
+    assert out.stdout.split("\n")[-2] == expected, out.stdout + out.stderr
