@@ -89,9 +89,9 @@ RESULTS_HEADER = (
     "script replaces its study's section (found by title) when it records a run, notes included; git keeps the "
     "history.\n"
 )
-#: A section starts at ``## <title> (<YYYY-MM-DD HH:MM>)``; ``###`` headings belong to the section above.
-# Every level-2 heading starts a section, stamped or not: a hand-written analysis under its own
-# heading ("## ... (2026-12-02)") is a section of its own, and a rerun of the study above it keeps it.
+#: Every ``## <title>`` heading starts a section, with or without a `` (<YYYY-MM-DD[ HH:MM]>)`` stamp, so a
+#: hand-written analysis under its own heading survives a rerun of the study above it; ``###`` headings
+#: belong to the section above.
 SECTION_HEADING = re.compile(
     r"^## (?P<title>.+?)(?: \((?P<stamp>\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2})?)\))?$", re.MULTILINE
 )

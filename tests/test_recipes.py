@@ -380,9 +380,10 @@ print(found, imported, "pandas" in sys.modules and sys.modules["pandas"] is None
 
 @pytest.mark.parametrize("installed", [False, True])
 def test_an_absent_pandas_is_remembered_and_an_installed_one_left_importable(installed, tmp_path):
+    import os
     import subprocess
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if installed:  # a stand-in package named pandas, first on the path
         (tmp_path / "pandas").mkdir()
         (tmp_path / "pandas" / "__init__.py").write_text("class DataFrame:\n    pass\n")  # what from_any asks of it

@@ -109,7 +109,8 @@ def place_on_gain_table(fpr: float, fnr: float, table_path: Path = GAIN_TABLE) -
 
     The cell holds ``fpr``, ``fnr``, ``gain`` (fewer steps to 0.9 greedy success than uniform,
     as a fraction; negative: slower; ``None``: a median seed never got there), ``seeds``, ``p``
-    (the permutation test), the per-seed ``steps_to_0.9`` and ``uniform_steps_to_0.9`` (``None``: never), and the table's ``env``, ``definition``, ``frames`` (the budget) and
+    (the permutation test), the per-seed ``steps_to_0.9`` and ``uniform_steps_to_0.9`` (``None``:
+    never), and the table's ``env``, ``definition``, ``frames`` (the budget) and
     ``schedule_frames`` (the run length whose ε and λ schedules the sweep followed).
     """
     if not table_path.is_file() or math.isnan(fpr) or math.isnan(fnr):
