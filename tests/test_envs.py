@@ -190,8 +190,6 @@ def test_worker_salt_keeps_ids_unique_across_processes():
 
 
 def test_render_clips_renders_when_the_parent_gives_no_frame():
-    import torchrl_vlm  # noqa: F401  (registers the MissionSpace spec conversion)
-
     base = GymEnv("MiniGrid-DoorKey-5x5-v0", render_mode="rgb_array", categorical_action_encoding=True)
     env = TransformedEnv(base, RenderClips(clip_len=4, frame_shape=(160, 160, 3)))
     check_env_specs(env)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
@@ -65,14 +66,12 @@ def test_smoke(overrides, tmp_path):
         assert list((tmp_path / "gallery").glob("*.png"))
 
 
-def _stored(checkpoint) -> "TensorDict":
+def _stored(checkpoint) -> TensorDict:
     """The replay storage a checkpoint holds (TorchRL's dump, read back as memory maps).
 
     It has the buffer's capacity: only the first ``frames`` slots of a run that never
     wrapped around were written, the rest is whatever memory held.
     """
-    from tensordict import TensorDict
-
     return TensorDict.load_memmap(Path(checkpoint) / "replay_buffer" / "storage")
 
 

@@ -20,13 +20,8 @@ from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.hf_vlm import (
-    CHECKED_MODEL_TYPES,
-    DTYPES,
-    FAMILY_PROCESSOR_DEFAULTS,
     HFVisionLanguageModel,
     VLMBacked,
-    resolve_device,
-    resolve_dtype,
     resolve_image_size,
     to_pil_images,
     user_turn,
