@@ -42,7 +42,7 @@ import numpy as np
 
 from common import markdown_table, record_results, run_cells, write_atomic
 from sample_efficiency import (
-    first_reach, late_success, median_steps, permutation_p, run_cell, schedule_overrides, seed_ratio,
+    first_reach, gain, late_success, median_steps, permutation_p, run_cell, schedule_overrides, seed_ratio, steps_k,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,14 +83,6 @@ def run_one(args, name: str, seed: int) -> Path:
     path = study_folder(args) / f"{name}_s{seed}.json"
     write_atomic(path, json.dumps(result, indent=1, default=float))
     return path
-
-
-def gain(cell_steps: list[float], uniform_steps: list[float]) -> float | None:
-    """1 − median(cell) / median(uniform) of steps to 0.9; None where either median seed never got there."""
-    med_c, med_u = np.median(cell_steps), np.median(uniform_steps)
-    if not (math.isfinite(med_c) and math.isfinite(med_u)):
-        return None
-    return float(1 - med_c / med_u)
 
 
 def heatmap(cells: list[dict], fprs: list[float], fnrs: list[float], path: Path, title: str) -> None:
@@ -142,7 +134,7 @@ def merge(args) -> None:
         return
     u_steps = {s: first_reach(c["evals"], "success_greedy", 0.9) for s, c in uniform.items()}
     rows, cells = [], []
-    rows.append(["uniform", "—", "—", len(uniform), ", ".join(_k(u_steps[s]) for s in sorted(u_steps)),
+    rows.append(["uniform", "—", "—", len(uniform), ", ".join(steps_k(u_steps[s]) for s in sorted(u_steps)),
                  median_steps(list(u_steps.values())), "—", "—", "—",
                  f"{np.median([late_success(c['evals']) for c in uniform.values()]):.2f}"])
     for fpr in args.fpr:
@@ -161,7 +153,7 @@ def merge(args) -> None:
             cells.append({"fpr": fpr, "fnr": fnr, "gain": g, "p": p, "seeds": len(seeds),
                           "steps_to_0.9": _finite_or_none(steps), "uniform_steps_to_0.9": _finite_or_none(base),
                           "late_success": late})
-            rows.append([name, f"{fpr:g}", f"{fnr:g}", len(seeds), ", ".join(_k(v) for v in steps),
+            rows.append([name, f"{fpr:g}", f"{fnr:g}", len(seeds), ", ".join(steps_k(v) for v in steps),
                          median_steps(steps), "—" if g is None else f"{100 * g:+.0f}%",
                          ", ".join(seed_ratio(c, b) for c, b in zip(steps, base)), f"{p:.2f}",
                          f"{np.median(late):.2f}"])
@@ -193,10 +185,6 @@ def merge(args) -> None:
 
 def _finite_or_none(steps: list[float]) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in steps]
-
-
-def _k(steps: float) -> str:
-    return "never" if not math.isfinite(steps) else f"{steps / 1000:.0f}k"
 
 
 def main() -> None:

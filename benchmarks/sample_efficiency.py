@@ -97,6 +97,13 @@ METHODS = {
 }
 DEFAULT_METHODS = ("uniform", "per", "vlm_events", "vlm_noisy")
 
+#: The paper's ablations: per axis, the methods that vary it and the value each sets, in order (vlm_events runs
+#: the defaults, λmax 0.5 and L = 32; vlm_lam1 raises λ to 1 over the warm-up, vlm_pure prioritises from the start).
+ABLATIONS = {
+    "λmax": {"vlm_lam0.25": "0.25", "vlm_events": "0.5", "vlm_lam0.75": "0.75", "vlm_lam1": "1", "vlm_pure": "pure"},
+    "clip length L": {"vlm_L8": "8", "vlm_L16": "16", "vlm_events": "32", "vlm_L64": "64"},
+}
+
 
 def study_cells(methods: list[str], seeds: int, known=METHODS) -> list[tuple[str, int]]:
     """The (method, seed) cells of a study, seed by seed: ``seeds`` seeds of each method, N of one given as
@@ -292,6 +299,81 @@ def compare_with(results: list[dict], methods: list[str]) -> list[list]:
     return rows
 
 
+def steps_k(steps: float) -> str:
+    """Steps to a level in thousands, "never" beyond the budget."""
+    return "never" if not math.isfinite(steps) else f"{steps / 1000:.0f}k"
+
+
+def gain(cell_steps: list[float], uniform_steps: list[float]) -> float | None:
+    """1 − median(cell) / median(uniform) of steps to 0.9; None where either median seed never got there."""
+    med_c, med_u = np.median(cell_steps), np.median(uniform_steps)
+    if not (math.isfinite(med_c) and math.isfinite(med_u)):
+        return None
+    return float(1 - med_c / med_u)
+
+
+def ablation_points(results: list[dict]) -> dict[str, list[tuple[str, str, list[float], list[float]]]]:
+    """Per ablation axis with two or more of its values run: (value, method, steps to 0.9 greedy per seed,
+    uniform's on the same env seeds), in the axis's order."""
+    points = {}
+    for axis, values in ABLATIONS.items():
+        ran = []
+        for method, value in values.items():
+            pairs = pair_by_seed(results, method, "uniform")
+            if pairs:
+                steps = [first_reach(c["evals"], "success_greedy", 0.9) for _, c, _ in pairs]
+                base = [first_reach(b["evals"], "success_greedy", 0.9) for _, _, b in pairs]
+                ran.append((value, method, steps, base))
+        if len(ran) >= 2:
+            points[axis] = ran
+    return points
+
+
+def ablation_rows(points: dict) -> list[list]:
+    """The ablation table: per axis and value, steps to 0.9 per seed, their median, the gain over uniform's
+    median on the same seeds and the permutation p that it is faster."""
+    rows = []
+    for axis, ran in points.items():
+        for value, method, steps, base in ran:
+            g = gain(steps, base)
+            rows.append([axis, value, method, len(steps), ", ".join(map(steps_k, steps)), median_steps(steps),
+                         "—" if g is None else f"{100 * g:+.0f}%", f"{permutation_p(steps, base):.2f}"])
+    return rows
+
+
+def plot_ablations(points: dict, budget: int, path: Path, title: str) -> None:
+    """Steps to 0.9 per seed (dots, "never" on the top line) and their median (bar) along each ablation axis,
+    against uniform's median (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    never = 1.08 * budget
+    fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4), sharey=True, squeeze=False)
+    for ax, (axis, ran) in zip(axes[0], points.items()):
+        uniform = max((base for *_, base in ran), key=len)  # every value ran on these seeds, or on fewer
+        for x, (value, _, steps, _) in enumerate(ran):
+            ys = [min(v, never) for v in steps]
+            ax.scatter(x + np.linspace(-0.12, 0.12, len(ys)), ys, s=22, zorder=3)
+            ax.hlines(min(np.median(steps), never), x - 0.3, x + 0.3, color="k", lw=2)
+        ax.axhline(min(np.median(uniform), never), color="grey", ls="--",
+                   label=f"uniform, median ({', '.join(map(steps_k, uniform))})")
+        ax.axhline(never, color="lightgrey", lw=0.8)
+        ax.text(-0.45, never, "never", va="bottom", fontsize=7, color="grey")
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v / 1000:.0f}k")
+        ax.set_xticks(range(len(ran)), [value for value, *_ in ran])
+        ax.set_xlabel(axis)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(loc="lower right", fontsize=7)
+    axes[0][0].set_ylabel("env steps to 0.9 greedy success (top line: never)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def median_steps(values: list[float]) -> str:
     """Median steps to a level over seeds, in thousands, with (reached/seeds); "—" where the median seed never got there."""
     reached = [v for v in values if math.isfinite(v)]
@@ -318,7 +400,7 @@ def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict
         finals = [c["final_success_greedy"] for c in cells]
         finals_eps = [c["final_success_eps"] for c in cells]
         lates = [late_success(c["evals"]) for c in cells]
-        g90 = ", ".join("never" if not math.isfinite(v) else f"{v / 1000:.0f}k" for v in per_seed["g90"])
+        g90 = ", ".join(map(steps_k, per_seed["g90"]))
         rows.append(
             [
                 method,
@@ -492,9 +574,20 @@ def main():
             + markdown_table(["method", "baseline", "steps to 0.9 vs baseline, per seed", "p (faster)",
                               "p (higher late success)"], comparison)
         )
+    points = ablation_points(results)
+    if points:
+        ablation_png = folder / "ablations.png"
+        plot_ablations(points, args.frames, ablation_png, f"{title}: VLM-RB's ablations")
+        table += (
+            "\n\nThe ablations, one axis at a time (the other at its default), against uniform replay on the same env "
+            "seeds: gain = 1 − median steps to 0.9 greedy / uniform's; p as above. Figure: "
+            f"`{ablation_png.relative_to(ROOT)}`.\n\n"
+            + markdown_table(["ablation", "value", "method", "seeds", "steps to 0.9 greedy, per seed", "median",
+                              "gain vs uniform", "p (faster)"], ablation_rows(points))
+        )
     recipe_cfg = recipe_config("dqn_minigrid", cell_overrides(args, "uniform", 0))
-    eps_steps = int(recipe_cfg.collector.eps_fraction * args.frames)
-    lam_steps = int(recipe_cfg.buffer.warmup_fraction * args.frames)
+    eps_steps = round(recipe_cfg.collector.eps_fraction * args.frames)
+    lam_steps = round(recipe_cfg.buffer.warmup_fraction * args.frames)
     schedule_note = (f" (the schedules of a {args.schedule_frames:,}-step run, stopped at {args.frames:,})"
                      if args.schedule_frames and args.schedule_frames != args.frames else "")
     body = (

@@ -22,6 +22,8 @@ from distill_efficiency import (  # noqa: E402
     teacher_overrides,
 )
 from sample_efficiency import (  # noqa: E402
+    ablation_points,
+    ablation_rows,
     average_ranks,
     compare_with,
     first_reach,
@@ -35,6 +37,7 @@ from sample_efficiency import (  # noqa: E402
     study_cells,
 )
 from sample_efficiency import cell_overrides as dqn_cell_overrides  # noqa: E402  (distill_efficiency has one too)
+from sample_efficiency import cell_path as dqn_cell_path  # noqa: E402
 
 
 def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
@@ -108,10 +111,20 @@ def test_permutation_p_is_the_exact_share_of_splits_at_least_as_extreme(candidat
     assert permutation_p(candidate, baseline) == pytest.approx(expected)
 
 
-def test_the_8x8_seeds_do_not_establish_a_gain():
-    # DoorKey-8x8, first_progress, 1M steps (benchmarks/RESULTS.md): VLM-RB 600k, 275k, 225k; uniform 350k, 275k, never.
-    # Ranks 5, 2.5, 1 against 4, 2.5, 6: 5 of the 20 splits have a rank sum of 8.5 or less.
+def test_three_8x8_seeds_by_hand():
+    # DoorKey-8x8, first_progress, 1M steps, seeds 0-2 (benchmarks/RESULTS.md): VLM-RB 600k, 275k, 225k; uniform
+    # 350k, 275k, never. Ranks 5, 2.5, 1 against 4, 2.5, 6: 5 of the 20 splits have a rank sum of 8.5 or less.
     assert permutation_p([600e3, 275e3, 225e3], [350e3, 275e3, math.inf]) == pytest.approx(5 / 20)
+
+
+def test_the_8x8_study_s_stored_cells_are_what_its_command_merges():
+    # RESULTS.md's 8x8 claim rests on 10 + 10 committed cells (seeds 0-4 run on older code): each must carry the
+    # overrides its command would run with, or `--merge-only` would leave it out of the table.
+    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=1_000_000, eval_interval=25_000, eval_episodes=16,
+                           definition="first_progress", fpr=0.1, fnr=0.1, schedule_frames=None, override=[])
+    for method, seed in study_cells(["uniform", "vlm_events"], 10):
+        stored = load_cell(dqn_cell_path(args.env, method, seed, "_first_progress"))
+        assert settings_differ(stored, args) == [], (method, seed)
 
 
 def test_seed_ratio_says_which_arm_never_got_there():
@@ -219,6 +232,25 @@ def test_compare_with_uses_only_the_paired_seeds():
     # Seeds 2 and 3 would change both if they were paired with anything; PER shares no seed, so it has no row.
     rows = compare_with(RESULTS_ROWS, ["uniform", "per", "vlm_events"])
     assert rows == [["vlm_events", "uniform", "s0: 0.50, s1: > 1 (never)", "0.67", "0.17"]]
+
+
+def test_the_ablation_table_lines_each_axis_up_against_uniform_on_the_same_seeds():
+    # Uniform seeds 0, 1 reach 0.9 at 200k and 400k (seed 2 has no ablation partner). λmax: vlm_lam0.25 at 100k and
+    # 300k (median 200k against 300k: +33%), vlm_events (0.5) at 100k and never; vlm_pure shares no seed: no point.
+    # Clip length has one value run (vlm_events), so it is no axis yet.
+    results = [cell("uniform", s, g) for s, g in enumerate([[0, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]])]
+    results += [cell("vlm_lam0.25", 0, [1, 1, 1, 1]), cell("vlm_lam0.25", 1, [0, 0, 1, 1]),
+                cell("vlm_events", 0, [1, 1, 1, 1]), cell("vlm_events", 1, [0, 0, 0, 0]), cell("vlm_pure", 5, [1] * 4)]
+    for row in (row for c in results for row in c["evals"]):
+        row["frames"] *= 1000  # evaluations every 100k steps, so the table's thousands read
+    points = ablation_points(results)
+    assert list(points) == ["λmax"]
+    assert [(value, method) for value, method, *_ in points["λmax"]] == [("0.25", "vlm_lam0.25"), ("0.5", "vlm_events")]
+    # p: ranks (1, 3 | 2, 4) give 2 of 6 splits with a sum <= 4; (1, 4 | 2, 3) give 4 of 6 with a sum <= 5.
+    assert ablation_rows(points) == [
+        ["λmax", "0.25", "vlm_lam0.25", 2, "100k, 300k", "200k (2/2)", "+33%", "0.33"],
+        ["λmax", "0.5", "vlm_events", 2, "100k, never", "— (1/2)", "—", "0.67"],
+    ]
 
 
 def test_an_iqn_method_is_compared_with_iqn_uniform_replay():
