@@ -423,24 +423,55 @@ def summarise(results: list[dict], methods: list[str]) -> tuple[list[list], dict
     return rows, curves
 
 
+def curve_panels(methods: list[str]) -> list[tuple[str, list[str]]]:
+    """The methods' learning curves, one panel each: an ablation axis with two or more of its values run (with
+    uniform), the IQN methods, and the rest (with uniform); one panel of them all where that makes only one."""
+    panels, placed = [], set()
+    for axis, values in ABLATIONS.items():
+        ran = [m for m in values if m in methods]
+        if len(ran) >= 2:
+            panels.append((axis, ["uniform"] * ("uniform" in methods) + ran))
+            placed.update(ran)
+    iqn = [m for m in methods if baseline_of(m) == "iqn_uniform"]
+    if iqn:
+        panels.append(("IQN", iqn))
+        placed.update(iqn)
+    rest = [m for m in methods if m not in placed and m != "uniform"]
+    if rest:
+        panels.insert(0, ("replay", ["uniform"] * ("uniform" in methods) + rest))
+    return panels if len(panels) > 1 else [("", list(methods))]
+
+
+#: The baselines and VLM-RB at its defaults keep their colours from panel to panel.
+CURVE_COLORS = {"uniform": "k", "iqn_uniform": "k", "vlm_events": "C3", "iqn_vlm_events": "C3"}
+
+
 def plot(curves: dict, path: Path, title: str) -> None:
+    """Mean ± std success over seeds against env steps, greedy and ε=0.05, one row per :func:`curve_panels`
+    (eleven methods on one pair of axes read as noise)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, index, name in ((axes[0], 1, "greedy"), (axes[1], 2, "ε = 0.05")):
-        for method, curve in curves.items():
-            frames, values = curve[0], curve[index]
-            mean, std = values.mean(0), values.std(0)
-            ax.plot(frames, mean, label=f"{method} (n={values.shape[0]})")
-            ax.fill_between(frames, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
+    panels = curve_panels(list(curves))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4 if len(panels) == 1 else 3.4 * len(panels)),
+                             sharey=True, sharex=True, squeeze=False)
+    for row, (panel, methods) in zip(axes, panels):
+        for ax, index, name in ((row[0], 1, "greedy"), (row[1], 2, "ε = 0.05")):
+            others = iter(f"C{i}" for i in (0, 1, 2, 4, 5, 6, 8, 9))
+            for method in methods:
+                frames, values = curves[method][0], curves[method][index]
+                mean, std = values.mean(0), values.std(0)
+                color = CURVE_COLORS.get(method) or next(others)
+                ax.plot(frames, mean, color=color, label=f"{method} (n={values.shape[0]})")
+                ax.fill_between(frames, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=color, alpha=0.2)
+            ax.set_title(f"{panel + ': ' if panel else ''}eval success, {name}", fontsize=10)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("success (mean ± std over seeds)")
+        row[1].legend(loc="lower right", fontsize=8)
+    for ax in axes[-1]:
         ax.set_xlabel("env steps")
-        ax.set_title(f"eval success, {name}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("success rate (mean ± std over seeds)")
-    axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

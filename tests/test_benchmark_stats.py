@@ -26,6 +26,7 @@ from sample_efficiency import (  # noqa: E402
     ablation_rows,
     average_ranks,
     compare_with,
+    curve_panels,
     first_reach,
     load_cell,
     median_steps,
@@ -251,6 +252,22 @@ def test_the_ablation_table_lines_each_axis_up_against_uniform_on_the_same_seeds
         ["λmax", "0.25", "vlm_lam0.25", 2, "100k, 300k", "200k (2/2)", "+33%", "0.33"],
         ["λmax", "0.5", "vlm_events", 2, "100k, never", "— (1/2)", "—", "0.67"],
     ]
+
+
+def test_learning_curves_get_a_panel_per_ablation_axis_and_for_iqn_but_one_panel_for_a_plain_study():
+    ablation_study = ["uniform", "vlm_events", "vlm_pure", "vlm_lam0.25", "vlm_lam1", "vlm_L8", "vlm_L64",
+                      "iqn_uniform", "iqn_vlm_events"]
+    assert curve_panels(ablation_study) == [
+        ("λmax", ["uniform", "vlm_lam0.25", "vlm_events", "vlm_lam1", "vlm_pure"]),
+        ("clip length L", ["uniform", "vlm_L8", "vlm_events", "vlm_L64"]),
+        ("IQN", ["iqn_uniform", "iqn_vlm_events"]),
+    ]
+    # per and vlm_noisy belong to no axis, and vlm_events alone (one value of each) makes none: one panel.
+    assert curve_panels(["uniform", "per", "vlm_noisy", "vlm_events"]) == [
+        ("", ["uniform", "per", "vlm_noisy", "vlm_events"])]
+    assert curve_panels(["uniform", "per", "vlm_lam1", "vlm_events"]) == [
+        ("replay", ["uniform", "per"]), ("λmax", ["uniform", "vlm_events", "vlm_lam1"])]
+    assert curve_panels(["uniform", "vlm_events", "vlm_pure"]) == [("", ["uniform", "vlm_events", "vlm_pure"])]
 
 
 def test_an_iqn_method_is_compared_with_iqn_uniform_replay():
