@@ -128,6 +128,24 @@ def test_the_8x8_study_s_stored_cells_are_what_its_command_merges():
         assert settings_differ(stored, args) == [], (method, seed)
 
 
+ABLATION_STUDY = ["uniform", "vlm_events", "vlm_lam0.25", "vlm_lam0.75", "vlm_lam1", "vlm_pure", "vlm_L8", "vlm_L16",
+                  "vlm_L64", "iqn_uniform", "iqn_vlm_events"]
+
+
+def test_the_8x8_ablation_study_s_stored_cells_are_what_its_command_merges():
+    # The ablation study (600k steps of the 1M schedules) is resumed across sessions; its uniform and vlm_events
+    # cells are copies of the noisy sweep's. Every committed cell must match the study's command, or `--merge-only`
+    # would leave it out of RESULTS.md's ablation table without anyone noticing.
+    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=600_000, eval_interval=25_000, eval_episodes=16,
+                           definition="first_progress", fpr=0.1, fnr=0.1, schedule_frames=1_000_000, override=[])
+    paths = {(method, seed): dqn_cell_path(args.env, method, seed, "_first_progress_600k_of_1000k")
+             for method, seed in study_cells(ABLATION_STUDY, 3)}
+    stored = {cell: path for cell, path in paths.items() if path.exists()}
+    assert len(stored) >= 30, sorted(set(paths) - set(stored))
+    for cell, path in stored.items():
+        assert settings_differ(load_cell(path), args) == [], cell
+
+
 def test_seed_ratio_says_which_arm_never_got_there():
     assert seed_ratio(300.0, 600.0) == "0.50"
     assert seed_ratio(300.0, math.inf) == "< 1 (baseline never)"
