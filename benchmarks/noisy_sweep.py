@@ -42,7 +42,8 @@ import numpy as np
 
 from common import markdown_table, record_results, run_cells, write_atomic
 from sample_efficiency import (
-    first_reach, gain, late_success, median_steps, permutation_p, run_cell, schedule_overrides, seed_ratio, steps_k,
+    budget_suffix, first_reach, gain, late_success, median_steps, permutation_p, run_cell, schedule_overrides,
+    seed_ratio, steps_k,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def cell_name(fpr: float, fnr: float) -> str:
 
 def budget_name(args) -> str:
     """The definition, the budget and the schedules' run length, as folder names spell them."""
-    return f"{args.definition}_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
+    return f"{args.definition}_{budget_suffix(args.frames, args.schedule_frames)}"
 
 
 def study_folder(args) -> Path:

@@ -119,6 +119,11 @@ def study_cells(methods: list[str], seeds: int, known=METHODS) -> list[tuple[str
             for method, n in counts.items() if seed < n]
 
 
+def budget_suffix(frames: int, schedule_frames: int) -> str:
+    """A run cut short of its schedules' length, as results folders spell it: ``600k_of_1000k``."""
+    return f"{frames // 1000}k_of_{schedule_frames // 1000}k"
+
+
 def cell_path(env: str, method: str, seed: int, tag: str) -> Path:
     return RESULTS_DIR / f"{env}{tag}" / f"{method}_s{seed}.json"
 
@@ -515,7 +520,7 @@ def main():
         if args.definition != "any":
             args.tag = f"_{args.definition}"
         if args.schedule_frames and args.schedule_frames != args.frames:
-            args.tag += f"_{args.frames // 1000}k_of_{args.schedule_frames // 1000}k"
+            args.tag += f"_{budget_suffix(args.frames, args.schedule_frames)}"
     try:
         cells = study_cells(args.methods, args.seeds)
     except ValueError as e:

@@ -22,6 +22,7 @@ from distill_efficiency import (  # noqa: E402
     teacher_overrides,
 )
 from sample_efficiency import (  # noqa: E402
+    budget_suffix,
     ablation_points,
     ablation_rows,
     average_ranks,
@@ -124,7 +125,7 @@ def test_three_8x8_seeds_by_hand():
 # copied from the noisy sweep) is resumed across sessions, so it asks for the cells committed so far.
 STORED_8X8_STUDIES = {
     "1M": (1_000_000, None, "_first_progress", ["uniform", "vlm_events"], 10, 20),
-    "ablations": (600_000, 1_000_000, "_first_progress_600k_of_1000k",
+    "ablations": (600_000, 1_000_000, "_first_progress_" + budget_suffix(600_000, 1_000_000),
                   ["uniform", "vlm_events", "vlm_lam0.25", "vlm_lam0.75", "vlm_lam1", "vlm_pure", "vlm_L8", "vlm_L16",
                    "vlm_L64", "iqn_uniform", "iqn_vlm_events"], 3, 31),
 }
