@@ -49,8 +49,8 @@ The tables in RESULTS.md, one command each:
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-12x12-v0 --frames 2000000 --seeds 1 \\
         --definition first_progress --eval-interval 100000 --methods uniform per vlm_events
 
-The paper's ablations and IQN on 8x8, 600k steps of the 1M study's ε and λ schedules (run across sessions:
-RESULTS.md says which cells are in; the same command resumes the rest):
+The paper's ablations and IQN on 8x8, 600k steps of the 1M study's ε and λ schedules (33 cells, 20-90 min each on
+one core; run across four sessions, each resuming with the same command):
 
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 600000 --schedule-frames 1000000 \\
         --seeds 3 --definition first_progress --eval-interval 25000 --methods uniform vlm_events \\
