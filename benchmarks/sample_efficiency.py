@@ -485,7 +485,9 @@ def plot(curves: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line, with the defaults that depend on other arguments filled in (``--tag`` from the
+    definition and the budget, so that a command names its results folder)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None, help="a DoorKey id (default: 8x8; --quick: 5x5)")
     parser.add_argument("--frames", type=int, default=None, help="default: 1.5M (--quick: 60k)")
@@ -510,7 +512,7 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.env = args.env or ("MiniGrid-DoorKey-5x5-v0" if args.quick else "MiniGrid-DoorKey-8x8-v0")
     args.frames = args.frames or (60_000 if args.quick else 1_500_000)
     args.seeds = args.seeds or (3 if args.quick else 5)
@@ -521,6 +523,11 @@ def main():
             args.tag = f"_{args.definition}"
         if args.schedule_frames and args.schedule_frames != args.frames:
             args.tag += f"_{budget_suffix(args.frames, args.schedule_frames)}"
+    return parser, args
+
+
+def main():
+    parser, args = parse_args()
     try:
         cells = study_cells(args.methods, args.seeds)
     except ValueError as e:

@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import paired_slowdown, record_results, replace_section  # noqa: E402
+from common import RESULTS, paired_slowdown, record_results, replace_section  # noqa: E402
 from distill_efficiency import (  # noqa: E402
     STUDIES,
     cell_overrides,
@@ -22,7 +23,6 @@ from distill_efficiency import (  # noqa: E402
     teacher_overrides,
 )
 from sample_efficiency import (  # noqa: E402
-    budget_suffix,
     ablation_points,
     ablation_rows,
     average_ranks,
@@ -40,6 +40,7 @@ from sample_efficiency import (  # noqa: E402
 )
 from sample_efficiency import cell_overrides as dqn_cell_overrides  # noqa: E402  (distill_efficiency has one too)
 from sample_efficiency import cell_path as dqn_cell_path  # noqa: E402
+from sample_efficiency import parse_args as parse_sample_efficiency_args  # noqa: E402
 
 
 def test_a_short_run_on_a_long_runs_schedules_anneals_over_the_same_steps():
@@ -119,24 +120,26 @@ def test_three_8x8_seeds_by_hand():
     assert permutation_p([600e3, 275e3, 225e3], [350e3, 275e3, math.inf]) == pytest.approx(5 / 20)
 
 
-# The 8x8 studies' committed cells: every cell of each study's command must be on disk and carry the overrides
-# that command runs with, or `--merge-only` would leave it out of RESULTS.md's tables without anyone noticing. The 1M
-# study's claim rests on 10 + 10 cells (seeds 0-4 run on older code); the ablation study runs 600k steps of the 1M
-# schedules, its uniform and vlm_events cells copied from the noisy sweep.
-STORED_8X8_STUDIES = {
-    "1M": (1_000_000, None, "_first_progress", ["uniform", "vlm_events"], 10),
-    "ablations": (600_000, 1_000_000, "_first_progress_" + budget_suffix(600_000, 1_000_000),
-                  ["uniform", "vlm_events", "vlm_lam0.25", "vlm_lam0.75", "vlm_lam1", "vlm_pure", "vlm_L8", "vlm_L16",
-                   "vlm_L64", "iqn_uniform", "iqn_vlm_events"], 3),
-}
+def recorded_command(section: str) -> list[str]:
+    """The arguments of the command RESULTS.md records under the heading ``## <section> (<date>)``."""
+    text = RESULTS.read_text()
+    start = text.index(f"\n## {section} (")
+    command = re.search(r"^- command: `python benchmarks/sample_efficiency.py (.*)`$", text[start:], re.M)
+    return shlex.split(command.group(1))
 
 
-@pytest.mark.parametrize("study", sorted(STORED_8X8_STUDIES))
-def test_the_8x8_studies_stored_cells_are_what_their_commands_merge(study):
-    frames, schedule_frames, tag, methods, seeds = STORED_8X8_STUDIES[study]
-    args = SimpleNamespace(env="MiniGrid-DoorKey-8x8-v0", frames=frames, eval_interval=25_000, eval_episodes=16,
-                           definition="first_progress", fpr=0.1, fnr=0.1, schedule_frames=schedule_frames, override=[])
-    paths = {cell: dqn_cell_path(args.env, *cell, tag) for cell in study_cells(methods, seeds)}
+# Every sample-efficiency study in RESULTS.md: each cell of the command recorded for it must be on disk and carry
+# the overrides that command runs with, or `--merge-only` would leave it out of the tables without anyone noticing
+# (the 8x8 claim rests on 10 + 10 cells, seeds 0-4 run on older code; the ablation study's uniform and vlm_events
+# cells are copied from the noisy sweep).
+SAMPLE_EFFICIENCY_STUDIES = re.findall(r"^## Sample efficiency: (\S+) \(\d{4}-", RESULTS.read_text(), re.M)
+
+
+@pytest.mark.parametrize("folder", SAMPLE_EFFICIENCY_STUDIES)
+def test_a_sample_efficiency_studys_stored_cells_are_what_its_recorded_command_merges(folder):
+    _, args = parse_sample_efficiency_args(recorded_command(f"Sample efficiency: {folder}"))
+    assert f"{args.env}{args.tag}" == folder  # the command names the folder its section is about
+    paths = {cell: dqn_cell_path(args.env, *cell, args.tag) for cell in study_cells(args.methods, args.seeds)}
     assert [cell for cell, path in paths.items() if not path.exists()] == []
     for cell, path in paths.items():
         assert settings_differ(load_cell(path), args) == [], cell
