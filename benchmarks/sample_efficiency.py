@@ -49,12 +49,12 @@ The tables in RESULTS.md, one command each:
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-12x12-v0 --frames 2000000 --seeds 1 \\
         --definition first_progress --eval-interval 100000 --methods uniform per vlm_events
 
-The paper's ablations and IQN on 8x8, 600k steps of the 1M study's ε and λ schedules (35 cells, 20-90 min each on
+The paper's ablations and IQN on 8x8, 600k steps of the 1M study's ε and λ schedules (37 cells, 20-90 min each on
 one core; run across four sessions, each resuming with the same command):
 
     python benchmarks/sample_efficiency.py --env MiniGrid-DoorKey-8x8-v0 --frames 600000 --schedule-frames 1000000 \\
         --seeds 3 --definition first_progress --eval-interval 25000 --methods uniform vlm_events \\
-        vlm_lam0.25 vlm_lam0.75 vlm_lam1 vlm_pure vlm_L8 vlm_L16 vlm_L64 iqn_uniform:4 iqn_vlm_events:4
+        vlm_lam0.25 vlm_lam0.75 vlm_lam1 vlm_pure vlm_L8 vlm_L16 vlm_L64 iqn_uniform:5 iqn_vlm_events:5
 """
 from __future__ import annotations
 
