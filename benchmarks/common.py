@@ -97,6 +97,14 @@ SECTION_HEADING = re.compile(
 )
 
 
+def sections(text: str) -> list[tuple[re.Match, str]]:
+    """The sections of ``text`` (a RESULTS.md), in order: each heading's match and the section's text, heading
+    included, up to the next heading."""
+    headings = list(SECTION_HEADING.finditer(text))
+    ends = [h.start() for h in headings[1:]] + [len(text)]
+    return [(heading, text[heading.start():end]) for heading, end in zip(headings, ends)]
+
+
 def replace_section(text: str, title: str, section: str) -> str:
     """``text`` (a RESULTS.md) with the section titled ``title`` replaced by ``section``.
 
@@ -104,12 +112,11 @@ def replace_section(text: str, title: str, section: str) -> str:
     title (a duplicate) is dropped. Every other section keeps its text; sections are separated by
     one blank line.
     """
-    headings = list(SECTION_HEADING.finditer(text))
-    starts = [h.start() for h in headings] + [len(text)]
-    blocks, placed = [text[: starts[0]]], False
-    for heading, start, end in zip(headings, starts, starts[1:]):
+    first = SECTION_HEADING.search(text)
+    blocks, placed = [text[: first.start() if first else len(text)]], False
+    for heading, block in sections(text):
         if heading["title"] != title:
-            blocks.append(text[start:end])
+            blocks.append(block)
         elif not placed:
             blocks.append(section)
             placed = True

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import RESULTS, paired_slowdown, record_results, replace_section  # noqa: E402
+from common import RESULTS, paired_slowdown, record_results, replace_section, sections  # noqa: E402
 from distill_efficiency import (  # noqa: E402
     STUDIES,
     cell_overrides,
@@ -120,24 +120,27 @@ def test_three_8x8_seeds_by_hand():
     assert permutation_p([600e3, 275e3, 225e3], [350e3, 275e3, math.inf]) == pytest.approx(5 / 20)
 
 
-def recorded_command(section: str) -> list[str]:
-    """The arguments of the command RESULTS.md records under the heading ``## <section> (<date>)``."""
-    text = RESULTS.read_text()
-    start = text.index(f"\n## {section} (")
-    command = re.search(r"^- command: `python benchmarks/sample_efficiency.py (.*)`$", text[start:], re.M)
-    return shlex.split(command.group(1))
+def recorded_sample_efficiency_commands() -> dict[str, list[str]]:
+    """Each sample-efficiency study RESULTS.md records, by results folder: the arguments of its section's command
+    (a hand-written analysis under its own heading has none)."""
+    commands = {}
+    for heading, block in sections(RESULTS.read_text()):
+        command = re.search(r"^- command: `python benchmarks/sample_efficiency.py (.*)`$", block, re.M)
+        if heading["title"].startswith("Sample efficiency: ") and command:
+            commands[heading["title"].removeprefix("Sample efficiency: ")] = shlex.split(command.group(1))
+    return commands
 
 
 # Every sample-efficiency study in RESULTS.md: each cell of the command recorded for it must be on disk and carry
 # the overrides that command runs with, or `--merge-only` would leave it out of the tables without anyone noticing
 # (the 8x8 claim rests on 10 + 10 cells, seeds 0-4 run on older code; the ablation study's uniform and vlm_events
 # cells are copied from the noisy sweep).
-SAMPLE_EFFICIENCY_STUDIES = re.findall(r"^## Sample efficiency: (\S+) \(\d{4}-", RESULTS.read_text(), re.M)
+SAMPLE_EFFICIENCY_STUDIES = recorded_sample_efficiency_commands()
 
 
-@pytest.mark.parametrize("folder", SAMPLE_EFFICIENCY_STUDIES)
+@pytest.mark.parametrize("folder", sorted(SAMPLE_EFFICIENCY_STUDIES))
 def test_a_sample_efficiency_studys_stored_cells_are_what_its_recorded_command_merges(folder):
-    _, args = parse_sample_efficiency_args(recorded_command(f"Sample efficiency: {folder}"))
+    _, args = parse_sample_efficiency_args(SAMPLE_EFFICIENCY_STUDIES[folder])
     assert f"{args.env}{args.tag}" == folder  # the command names the folder its section is about
     paths = {cell: dqn_cell_path(args.env, *cell, args.tag) for cell in study_cells(args.methods, args.seeds)}
     assert [cell for cell, path in paths.items() if not path.exists()] == []
