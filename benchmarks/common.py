@@ -171,8 +171,13 @@ def recipe(name: str):
 
 
 def recipe_config(name: str, overrides: list[str]):
-    """The Hydra config of ``recipes/<name>.yaml`` with command-line style overrides."""
+    """The Hydra config of ``recipes/<name>.yaml`` with command-line style overrides.
+
+    The recipe is imported first: it registers the resolvers its YAML uses (``${family:...}``).
+    """
     from hydra import compose, initialize_config_dir
+
+    recipe(name)
 
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
         return compose(name, overrides=overrides)

@@ -13,6 +13,7 @@ _EXPORTS = {
     **{name: envs._EXPORTS[name] for name in (
         "EVENT_NAMES", "LVLM2P_ENVS", "MINIGRID_ACTIONS", "MINIGRID_ENVS", "RenderClips", "decode_mission",
         "episode_step_limit", "make_minigrid_env", "OGBENCH_ENVS", "OGBENCH_EVENT_NAMES", "make_ogbench_env",
+        "DMC_EVENT_NAMES", "DMC_GOALS", "make_dmc_env",
     )},
     **objectives._EXPORTS,
     **replay._EXPORTS,

@@ -301,12 +301,13 @@ class EpisodeMetrics:
     batches, so this is how episode metrics reach the logger there). :meth:`pop`
     returns the means over the episodes ended since the last pop, as ``train/...``
     metrics, and forgets them; :attr:`last_success` keeps the latest for a progress bar.
-    Reads ``("next", "done")``, ``episode_reward``, ``success`` and ``step_count``.
+    Reads ``("next", "done")``, ``episode_reward`` and ``step_count``, and ``success`` where the env has it
+    (an env without it, such as CartPole or a DMControl task without a goal, logs no success).
     """
 
     def __init__(self):
-        self._sums = {"episode_return": 0.0, "success": 0.0, "episode_length": 0.0}
-        self._episodes = 0
+        self._sums = {"episode_return": 0.0, "episode_length": 0.0}
+        self._episodes = self._success_episodes = 0
         self.last_success = float("nan")
 
     def __call__(self, batch: TensorDictBase) -> None:
@@ -315,20 +316,24 @@ class EpisodeMetrics:
         if not n:
             return
         nxt = batch["next"]
-        success = float(nxt["success"].reshape(-1)[done].float().sum())
+        if "success" in nxt.keys():
+            success = float(nxt["success"].reshape(-1)[done].float().sum())
+            self._sums["success"] = self._sums.get("success", 0.0) + success
+            self._success_episodes += n
+            self.last_success = success / n
         self._sums["episode_return"] += float(nxt["episode_reward"].reshape(-1)[done].sum())
-        self._sums["success"] += success
         self._sums["episode_length"] += float(nxt["step_count"].reshape(-1)[done].float().sum())
         self._episodes += n
-        self.last_success = success / n
 
     def pop(self) -> dict[str, float]:
         if not self._episodes:
             return {}
-        out = {f"train/{key}": value / self._episodes for key, value in self._sums.items()}
+        out = {f"train/{key}": value / self._episodes for key, value in self._sums.items() if key != "success"}
+        if self._success_episodes:
+            out["train/success"] = self._sums["success"] / self._success_episodes
         out["train/episodes"] = float(self._episodes)
-        self._sums = dict.fromkeys(self._sums, 0.0)
-        self._episodes = 0
+        self._sums = {"episode_return": 0.0, "episode_length": 0.0}
+        self._episodes = self._success_episodes = 0
         return out
 
 
@@ -426,8 +431,11 @@ def close_all(*things) -> None:
         if thing is None:
             continue
         try:
-            if hasattr(thing, "shutdown") and not isinstance(thing, EnvBase):
+            # isinstance first: a closed SerialEnv's attribute lookup recurses
+            if not isinstance(thing, EnvBase) and hasattr(thing, "shutdown"):
                 thing.shutdown()
+            elif isinstance(thing, EnvBase):
+                thing.close(raise_if_closed=False)  # a collector's shutdown may have closed it
             else:
                 thing.close()
         except Exception as err:  # noqa: BLE001 - the others must still be closed
@@ -501,6 +509,8 @@ def evaluate_success(
 ) -> dict[str, float]:
     """Runs one episode in each env of a batched ``env``; returns success rate, return and length.
 
+    ``success`` is NaN for an env without a ``success`` entry (a task that has no goal).
+
     Also ``final_reward``: the mean reward of each episode's last step (on OGBench's
     scene tasks, minus the number of subgoals still unsatisfied at the end).
 
@@ -509,6 +519,7 @@ def evaluate_success(
     are reset and ignored; ``max_steps`` bounds the loop (the env's step limit).
     """
     n = max(1, env.batch_size.numel())
+    has_success = "success" in env.full_observation_spec.keys()
     finished = torch.zeros(n, dtype=torch.bool)
     success = torch.zeros(n)
     returns = torch.zeros(n)
@@ -522,7 +533,8 @@ def evaluate_success(
             done = nxt["done"].reshape(n)
             new = done & ~finished
             if bool(new.any()):
-                success[new] = nxt["success"].reshape(n).float()[new]
+                if has_success:
+                    success[new] = nxt["success"].reshape(n).float()[new]
                 returns[new] = nxt["episode_reward"].reshape(n)[new]
                 lengths[new] = nxt["step_count"].reshape(n).float()[new]
                 final_reward[new] = nxt["reward"].reshape(n).float()[new]
@@ -531,7 +543,7 @@ def evaluate_success(
                 break
             td = td_next
     return {
-        "success": float(success.mean()),
+        "success": float(success.mean()) if has_success else float("nan"),
         "return": float(returns.mean()),
         "episode_length": float(lengths[finished].mean()) if bool(finished.any()) else float("nan"),
         "finished": float(finished.float().mean()),

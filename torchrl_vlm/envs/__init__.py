@@ -28,6 +28,20 @@ _EXPORTS = {
         ),
         "torchrl_vlm.envs.minigrid_names",
     ),
+    **dict.fromkeys(("DMCTaskState", "dmc_tasks", "make_dmc_env"), "torchrl_vlm.envs.dmc"),
+    **dict.fromkeys(
+        (
+            "DMC_ACTION_REPEAT",
+            "DMC_EVENT_DEFINITIONS",
+            "DMC_EVENT_NAMES",
+            "DMC_GOALS",
+            "DMCGoal",
+            "default_action_repeat",
+            "dmc_goal",
+            "dmc_mission",
+        ),
+        "torchrl_vlm.envs.dmc_tasks",
+    ),
     **dict.fromkeys(
         (
             "EPISODE_STEPS",

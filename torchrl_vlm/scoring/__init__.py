@@ -12,6 +12,7 @@ _EXPORTS = {
     "ClipGallery": "torchrl_vlm.scoring.gallery",
     **dict.fromkeys(
         (
+            "DMCEventScorer",
             "EVENT_DEFINITIONS",
             "DelayedScorer",
             "MiniGridEventScorer",

@@ -2,8 +2,8 @@
 
 They are named stand-ins, never silent fallbacks:
 
-- :class:`MiniGridEventScorer` (and :class:`OGBenchEventScorer` for OGBench's
-  ``scene`` tasks) reads the simulator's events and plays an *ideal* VLM, the
+- :class:`MiniGridEventScorer` (:class:`OGBenchEventScorer` for OGBench's
+  ``scene`` tasks, :class:`DMCEventScorer` for DeepMind Control) reads the simulator's events and plays an *ideal* VLM, the
   upper bound of what a scorer can give VLM-RB;
 - :class:`NoisyScorer` gives any scorer chosen false-positive and
   false-negative rates, which answers "how accurate must my VLM be?";
@@ -18,11 +18,13 @@ import time
 import torch
 from tensordict import TensorDictBase
 
+from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_DEFINITIONS, DMC_EVENT_NAMES
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES
 from torchrl_vlm.envs.ogbench import OGBENCH_EVENT_NAMES
 from torchrl_vlm.scoring.base import validate_clips
 
 __all__ = [
+    "DMCEventScorer",
     "DelayedScorer",
     "EVENT_DEFINITIONS",
     "MiniGridEventScorer",
@@ -161,6 +163,37 @@ class OGBenchEventScorer(_EventScorer):
     event_names = OGBENCH_EVENT_NAMES
     definitions = OGBENCH_EVENT_DEFINITIONS
     names_label = "OGBENCH_EVENT_NAMES"
+
+    def __init__(self, definition: str | tuple[str, ...] = "first_progress"):
+        super().__init__(definition)
+
+
+class DMCEventScorer(_EventScorer):
+    """An idealised VLM for DeepMind Control: P(yes) = 1 if the task's visible goal is reached in the clip.
+
+    It reads the clips' ``events`` entry (bool ``[B, L, 3]``, columns named by
+    :data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_NAMES`), only on real steps (``mask``). The tasks
+    with a visible goal (the ball in the cup, the pole upright over a centred cart, the fingertip
+    in the target, ...) are :data:`~torchrl_vlm.envs.dmc_tasks.DMC_GOALS`; a task without one has
+    no events and cannot be scored this way.
+
+    Args:
+        definition: which events make a clip meaningful: a name from
+            :data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_DEFINITIONS` or a tuple of event names:
+
+            - ``"any"``: the goal entered (each time it is, in an episode);
+            - ``"first_progress"`` (default): the goal entered for the first time in the episode;
+            - ``"goal_only"``: any step at which the goal holds.
+
+    Examples:
+        >>> scorer = DMCEventScorer("first_progress")
+        >>> scorer.columns.tolist()
+        [2]
+    """
+
+    event_names = DMC_EVENT_NAMES
+    definitions = DMC_EVENT_DEFINITIONS
+    names_label = "DMC_EVENT_NAMES"
 
     def __init__(self, definition: str | tuple[str, ...] = "first_progress"):
         super().__init__(definition)

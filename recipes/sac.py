@@ -1,0 +1,144 @@
+"""SAC with uniform, PER or VLM-RB replay (TD boosting), on DMControl or OGBench (``env.family``).
+
+The agent learns from the state. With ``buffer.sampler=vlm`` the replay buffer is a
+:class:`~torchrl_vlm.VLMReplayBuffer` whose :class:`~torchrl_vlm.MixtureSampler` draws
+q_t = λ_t·q_P + (1 − λ_t)·q_U with TD boosting, q_P(i) ∝ p_VLM(i)·(|δ_i| + ε) (VLM-RB's
+continuous-control variant): the VLM's verdicts say which clips matter, the TD errors
+which of their transitions the critic still gets wrong. ``vlm.scorer=events`` is the
+ideal VLM, reading the simulator's goal (DMControl) or subgoals (OGBench).
+
+The loop (``utils_actor_critic.train``, shared with ``td3.py``): collect → extend → sample →
+one update of critics, actor and temperature (:func:`update`) → soft target update → priorities → log.
+
+    python recipes/sac.py                                                  # VLM-RB on DMControl ball_in_cup-catch
+    python recipes/sac.py buffer.sampler=uniform env.name=cartpole-swingup_sparse   # the UER baseline
+    MUJOCO_GL=egl python recipes/sac.py env.family=ogbench                 # OGBench scene task 3, OGBench's settings
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torchrl.envs import ExplorationType
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import SACLoss, SoftUpdate
+
+import utils_actor_critic
+from utils_actor_critic import SHARED_RANGES, Algorithm, print_summary
+from torchrl_vlm.training import Range, make_adam
+
+__all__ = ["RANGES", "check_config", "make_actor_critic", "make_algorithm", "train", "update"]
+
+#: What each numeric key of sac.yaml allows (with training.COMMON_RANGES); tests check the YAML against it.
+RANGES = {
+    **SHARED_RANGES,
+    "loss.alpha_init": Range("float", 0, open_low=True),
+    "loss.target_entropy_scale": Range("float", 0),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    utils_actor_critic.check_config(cfg, RANGES)
+
+
+def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOperator]:
+    """A tanh-Gaussian actor and a Q-network on (observation, action), MLPs of ``network.hidden``."""
+    action_spec = env.full_action_spec_unbatched["action"]
+    n_act = action_spec.shape[-1]
+    hidden = list(cfg.network.hidden)
+    actor_net = torch.nn.Sequential(
+        MLP(out_features=2 * n_act, num_cells=hidden, activation_class=torch.nn.ReLU),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=action_spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high, "tanh_loc": False},
+        default_interaction_type=ExplorationType.RANDOM,
+        return_log_prob=False,
+    )
+    qvalue = ValueOperator(
+        MLP(out_features=1, num_cells=hidden, activation_class=torch.nn.ReLU), in_keys=["action", "observation"]
+    )
+    with torch.no_grad():  # the MLPs are lazy: one pass sizes them
+        td = env.fake_tensordict()
+        actor(td)
+        qvalue(td)
+    return actor.to(cfg.device), qvalue.to(cfg.device)
+
+
+def make_loss(cfg: DictConfig, env) -> tuple[SACLoss, SoftUpdate, dict[str, torch.optim.Optimizer]]:
+    """TorchRL's SACLoss (twin critics with soft-updated targets, learned temperature), its target updater,
+    and one fused Adam over actor, critics and temperature (``{"adam": ...}``, as checkpoints keep it)."""
+    actor, qvalue = make_actor_critic(cfg, env)
+    n_act = env.full_action_spec_unbatched["action"].shape[-1]
+    loss_module = SACLoss(
+        actor,
+        qvalue,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        delay_actor=False,
+        delay_qvalue=True,
+        alpha_init=cfg.loss.alpha_init,
+        target_entropy=-cfg.loss.target_entropy_scale * n_act,
+    )
+    loss_module.make_value_estimator(gamma=cfg.loss.gamma)
+    groups = [
+        {"params": list(loss_module.actor_network_params.flatten_keys().values())},
+        {"params": list(loss_module.qvalue_network_params.flatten_keys().values())},
+        {"params": [loss_module.log_alpha]},
+    ]
+    return loss_module, SoftUpdate(loss_module, tau=cfg.loss.tau), {"adam": make_adam(groups, cfg.optim.lr)}
+
+
+def update(sample: TensorDictBase, loss_module: SACLoss, optimizer: torch.optim.Optimizer,
+           target_updater: SoftUpdate) -> TensorDictBase:
+    """One gradient step of critics, actor and temperature, then the soft target update; returns the losses.
+
+    SACLoss writes each sampled transition's ``td_error`` into ``sample`` (for TD boosting and PER).
+    """
+    out = loss_module(sample)
+    # SACLoss detaches what each loss must not train (the critics in the actor's loss, the actor in the
+    # temperature's): one backward and one optimiser step serve the three.
+    optimizer.zero_grad(set_to_none=True)
+    (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
+    optimizer.step()
+    target_updater.step()
+    return out
+
+
+def make_algorithm(cfg: DictConfig, env) -> Algorithm:
+    """SAC for :func:`utils_actor_critic.train`: the actor explores by sampling; evaluation takes its mode."""
+    loss_module, target_updater, optimizers = make_loss(cfg, env)
+    actor = loss_module.actor_network  # its parameters are the ones the optimiser trains
+
+    def step(sample: TensorDictBase, updates: int) -> dict[str, float]:
+        out = update(sample, loss_module, optimizers["adam"], target_updater)
+        return {key: float(out[key].detach()) for key in ("loss_qvalue", "loss_actor", "loss_alpha", "alpha",
+                                                          "entropy")}
+
+    return Algorithm("SAC", loss_module, optimizers, actor=actor, explore=actor, update=step)
+
+
+def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Runs one training run; returns a summary of plain numbers (and paths as strings)."""
+    return utils_actor_critic.train(cfg, out_dir, make_algorithm, RANGES)
+
+
+@hydra.main(config_path=".", config_name="sac", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    print_summary(cfg, train(cfg, Path(HydraConfig.get().runtime.output_dir)))
+
+
+if __name__ == "__main__":
+    main()
