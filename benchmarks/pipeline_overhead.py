@@ -18,7 +18,7 @@ Target: VLM-RB at most 5% below uniform (the paper reports about 12% below PER).
 Slowdowns are paired round by round (``common.paired_slowdown``), then the
 median over rounds is reported.
 
-``--domain ogbench`` does the same for ``recipes/sac_ogbench.py`` on OGBench scene
+``--domain ogbench`` does the same for ``recipes/sac.py env.family=ogbench`` on OGBench scene
 (uniform, PER and VLM-RB with TD boosting and the event scorer; one update per env
 step), against a target of 10%.
 
@@ -59,12 +59,12 @@ DOMAINS = {
         "loop": "8 envs, batch 128, one update per 4 steps",
     },
     "ogbench": {
-        "recipe": "sac_ogbench",
+        "recipe": "sac",
         "env": "scene-singletask-task3-v0",
         # No frames: rendering one costs ~55 ms here (software EGL), which no replay choice can hide.
         "variants": {name: VARIANTS[name] for name in ("uniform", "per", "vlm")},
         "random_frames": 1024,
-        "extra": [],
+        "extra": ["env.family=ogbench"],
         "target": 0.10,
         "title": "Pipeline overhead: OGBench scene (SAC)",
         "loop": "SAC, 8 envs, batch 256, 256×256, one update per env step, TD boosting",

@@ -14,14 +14,14 @@ sys.path.insert(0, str(RECIPES))
 
 import dqn_minigrid  # noqa: E402
 import ppo_minigrid_distill  # noqa: E402
-import sac_ogbench  # noqa: E402
-import td3_ogbench  # noqa: E402
+import sac  # noqa: E402
+import td3  # noqa: E402
 
 RECIPE_MODULES = {
     "dqn_minigrid": dqn_minigrid,
     "ppo_minigrid_distill": ppo_minigrid_distill,
-    "sac_ogbench": sac_ogbench,
-    "td3_ogbench": td3_ogbench,
+    "sac": sac,
+    "td3": td3,
 }
 
 

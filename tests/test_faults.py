@@ -172,16 +172,22 @@ def test_a_resumed_run_gets_a_fresh_restart_budget_and_its_totals_continue():
         assert service.stats["clips_submitted"] == 10
 
 
-def test_ctrl_c_ends_the_run_with_a_checkpoint_and_no_orphan(tmp_path):
+CTRL_C_RUNS = {
+    "dqn_minigrid": ["env.name=MiniGrid-DoorKey-5x5-v0", "logger.gallery_interval=0"],
+    "sac": ["env.name=ball_in_cup-catch", "network.hidden=[32,32]", "buffer.batch_size=32"],
+}
+
+
+@pytest.mark.parametrize("recipe", list(CTRL_C_RUNS))
+def test_ctrl_c_ends_the_run_with_a_checkpoint_and_no_orphan(recipe, tmp_path):
     overrides = [
-        "env.name=MiniGrid-DoorKey-5x5-v0", "env.num_envs=2", "collector.total_frames=10000000",
+        *CTRL_C_RUNS[recipe], "env.num_envs=2", "collector.total_frames=10000000",
         "collector.frames_per_batch=32", "collector.init_random_frames=64", "buffer.capacity=2000",
         "buffer.sampler=vlm", "vlm.clip_len=8", "eval.interval=0", "eval.episodes=1", "logger.backend=csv",
-        "logger.log_interval=64", "logger.progress=false", "logger.gallery_interval=0",
-        f"hydra.run.dir={tmp_path}",
+        "logger.log_interval=64", "logger.progress=false", f"hydra.run.dir={tmp_path}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "RL_WARNINGS": "False"}
-    run = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "dqn_minigrid.py"), *overrides], env=env,
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "RL_WARNINGS": "False", "MUJOCO_GL": "egl"}
+    run = subprocess.Popen([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *overrides], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

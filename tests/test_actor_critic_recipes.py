@@ -1,0 +1,156 @@
+"""recipes/sac.py and td3.py at tiny budgets, on both env families: uniform, PER, VLM-RB with TD boosting;
+resume; the tiny VLM scoring rendered frames; configuration errors."""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+import sac  # noqa: E402
+import td3  # noqa: E402
+from torchrl_vlm.training import load_checkpoint  # noqa: E402
+
+TINY = [
+    "env.num_envs=2",
+    "collector.total_frames=256",
+    "collector.frames_per_batch=64",
+    "collector.init_random_frames=64",
+    "buffer.capacity=1000",
+    "buffer.batch_size=32",
+    "network.hidden=[32,32]",
+    "optim.updates_per_frame=0.25",
+    "vlm.clip_len=8",
+    "eval.interval=0",
+    "eval.episodes=1",
+    "logger.backend=csv",
+    "logger.log_interval=64",
+    "logger.progress=false",
+]
+RECIPE = {"sac": sac, "td3": td3}
+
+
+def config(*overrides, recipe="sac", family="dmc"):
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return compose(recipe, overrides=[*TINY, f"env.family={family}", *overrides])
+
+
+def logged_keys(folder: Path) -> set[str]:
+    return {f"{p.parent.name}/{p.stem}" for p in (folder / "logs").rglob("scalars/*/*.csv")}
+
+
+def td_errors_reached_the_sampler(summary) -> int:
+    state = torch.load(Path(summary["checkpoint"]) / "replay_buffer" / "sampler" / "mixture_sampler.pt",
+                       weights_only=True)
+    return int((~torch.isnan(state["td_error"][: summary["frames"]])).sum())
+
+
+@pytest.mark.parametrize(
+    "recipe, family, sampler",
+    [("sac", "dmc", "uniform"), ("sac", "dmc", "per"), ("sac", "dmc", "vlm"), ("sac", "ogbench", "vlm"),
+     ("td3", "dmc", "vlm"), ("td3", "ogbench", "uniform")],
+)
+def test_smoke(recipe, family, sampler, tmp_path):
+    summary = RECIPE[recipe].train(config(f"buffer.sampler={sampler}", recipe=recipe, family=family), tmp_path)
+    assert summary["frames"] == 256 and summary["updates"] == 256 // 4  # 0.25 updates a frame, from the first batch on
+    expected = {"train/loss_qvalue", "train/loss_actor", "train/sps", "train/env_steps", "eval/return",
+                "eval/success", "eval/env_steps"}
+    expected |= {"eval/subgoals"} if family == "ogbench" else set()
+    expected |= {"train/alpha"} if recipe == "sac" else set()
+    assert expected <= logged_keys(tmp_path)
+    (row,) = summary["evals"]
+    if family == "ogbench":
+        # Task 3 starts with one of its five subgoals satisfied; 64 updates do not solve it.
+        assert row["frames"] == row["env_steps"] == 256 and row["subgoals"] in {0, 1, 2, 3, 4}
+    else:
+        # ball_in_cup repeats each action 4 times: 256 agent steps are 1024 env steps.
+        assert summary["action_repeat"] == 4 and row["frames"] == 256 and row["env_steps"] == 1024
+        assert 0 <= row["return"] <= 1000 and row["success"] in (0.0, 1.0)
+    if sampler == "vlm":
+        stats = summary["buffer_stats"]
+        assert stats["clips_submitted"] > 0 and stats["clips_scored"] > 0 and stats["lambda"] == 0.5
+        assert td_errors_reached_the_sampler(summary) > 0  # TD boosting: the sampled transitions' |δ|
+
+
+@pytest.mark.parametrize("recipe", ["sac", "td3"])
+def test_resume_continues_from_the_checkpoint(recipe, tmp_path):
+    module = RECIPE[recipe]
+    first = module.train(config("buffer.sampler=vlm", recipe=recipe), tmp_path / "a")
+    resumed = module.train(
+        config("buffer.sampler=vlm", "collector.total_frames=384", "optim.lr=0.0",
+               f"checkpoint.resume={first['checkpoint']}", recipe=recipe),
+        tmp_path / "b",
+    )
+    assert resumed["start_frames"] == 256 and resumed["frames"] == 384
+    before, after = load_checkpoint(first["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    actor_keys = [key for key in before["loss_module"] if key.startswith("actor_network_params")]  # not targets
+    assert actor_keys
+    for key in actor_keys:  # lr 0: the restored actor is unchanged
+        torch.testing.assert_close(after["loss_module"][key], before["loss_module"][key], rtol=0, atol=0)
+    assert resumed["buffer_stats"]["slots_written"] == 384
+    # The evaluation history is the whole run's, the first part read from the checkpoint.
+    assert resumed["evals"][0] == first["evals"][0] and [row["frames"] for row in resumed["evals"]] == [256, 384]
+    for changed, key in (("network.hidden=[16,16]", "network"), ("env.action_repeat=2", "env.action_repeat"),
+                         ("env.name=reacher-hard", "env.name")):
+        with pytest.raises(ValueError, match=key):
+            module.train(config(changed, "collector.total_frames=384", f"checkpoint.resume={first['checkpoint']}",
+                                recipe=recipe), tmp_path / "c")
+
+
+@pytest.mark.parametrize("family", ["dmc", "ogbench"])
+def test_the_tiny_vlm_scores_rendered_frames(family, tiny_vlm, tmp_path):
+    summary = sac.train(
+        config("buffer.sampler=vlm", "vlm.scorer=transformers", f"vlm.model={tiny_vlm}", "vlm.num_frames=2",
+               "vlm.batch_size=4", "env.num_envs=1", "env.frame_size=32", "collector.total_frames=64",
+               "collector.frames_per_batch=32", "collector.init_random_frames=32", "logger.log_interval=32",
+               family=family),
+        tmp_path,
+    )
+    assert summary["buffer_stats"]["clips_scored"] > 0
+
+
+def test_a_task_without_a_goal_trains_without_success_and_refuses_an_event_scorer(tmp_path):
+    summary = sac.train(config("env.name=cheetah-run", "buffer.sampler=uniform", "collector.total_frames=128"),
+                        tmp_path)
+    assert "success" not in summary["evals"][0] and summary["final_success"] != summary["final_success"]
+    assert "eval/success" not in logged_keys(tmp_path)
+    with pytest.raises(ValueError, match="cheetah-run has no visible goal.*DMC_GOALS"):
+        sac.train(config("env.name=cheetah-run", "buffer.sampler=vlm", "vlm.scorer=events"), tmp_path / "bad")
+
+
+@pytest.mark.parametrize(
+    "family, overrides, match",
+    [
+        ("ogbench", ["env.name=scene-singletask-task9-v0"], "scene-singletask-task3-v0"),
+        ("ogbench", ["env.action_repeat=2"], "env.action_repeat"),
+        ("dmc", ["env.name=ball_in_cup"], "domain-task"),
+        ("dmc", ["env.name=ball_in_cup-throw"], "not a dm_control suite task"),
+        ("dmc", ["env.action_repeat=0"], "env.action_repeat"),
+        ("dmc", ["env.family=isaac"], "env.family"),
+        ("dmc", ["buffer.sampler=rainbow"], "uniform"),
+        ("dmc", ["loss.tau=0"], "loss.tau"),
+        ("dmc", ["optim.updates_per_frame=-1"], "optim.updates_per_frame"),
+        ("dmc", ["vlm.definition=keys"], "first_progress"),
+    ],
+)
+def test_config_errors_are_clear(family, overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        sac.train(config(*overrides, family=family), tmp_path)
+
+
+def test_td3_refuses_a_zero_policy_delay(tmp_path):
+    with pytest.raises(ValueError, match="loss.policy_delay"):
+        td3.train(config("loss.policy_delay=0", recipe="td3"), tmp_path)
+
+
+def test_the_family_switches_every_family_default_and_a_command_line_value_wins():
+    dmc, ogbench = config(), config(family="ogbench")
+    assert (dmc.env.name, dmc.optim.lr, dmc.loss.alpha_init) == ("ball_in_cup-catch", 3e-4, 0.1)
+    assert (ogbench.env.name, ogbench.optim.lr, ogbench.loss.alpha_init) == ("scene-singletask-task3-v0", 1e-4, 1.0)
+    assert config("optim.lr=0.001", family="ogbench").optim.lr == 0.001
