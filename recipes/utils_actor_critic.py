@@ -191,7 +191,7 @@ def make_buffer(cfg: DictConfig):
     try:
         return VLMReplayBuffer(
             storage=LazyTensorStorage(b.capacity), scorer=scorer_factory(cfg), sampler=sampler,
-            batch_size=b.batch_size, clip_len=cfg.vlm.clip_len, threshold=cfg.vlm.threshold,
+            batch_size=b.batch_size, threshold=cfg.vlm.threshold,
             score_lag=cfg.vlm.score_lag, **vlm_service_options(cfg.vlm),
         )
     except ScoringServiceError as err:

@@ -182,6 +182,33 @@ def test_a_clip_cut_short_by_a_partial_reset_is_scored_as_the_steps_it_had():
     assert short > 5
 
 
+@pytest.mark.parametrize("env_len, buffer_len", [(8, 32), (32, 8)])
+def test_a_clip_length_that_disagrees_with_the_env_is_refused_naming_both(env_len, buffer_len):
+    # Both once ran silently: 8 in the env and 32 in the buffer scored only episode-ending clips (coverage
+    # 0.18); 32 and 8 dropped 24 of every 32 steps (coverage 0.51).
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=env_len, seed=0, render=False)
+    with _buffer(LengthScorer, clip_len=buffer_len) as rb:
+        with pytest.raises(ValueError, match=f"the env's clips have {env_len} steps.*clip_len is {buffer_len}"):
+            for batch in _batches(env, 256, 64):
+                rb.extend(batch)
+
+
+def test_the_buffer_reads_the_clip_length_from_the_env_and_covers_every_step():
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=8, seed=0, render=False)
+    with _buffer(LengthScorer, score_lag=0) as rb:
+        assert rb.clip_len is None
+        for batch in _batches(env, 512, 64):
+            rb.extend(batch)
+        assert rb.clip_len == 8
+        data = rb[:]
+    scored = ~torch.isnan(data["vlm_score"])
+    # Every step of every clip the env closed got its verdict: only the clips still open at the end did not.
+    open_clips = data["clip_id"][~scored].unique().numel()
+    assert open_clips <= 2 and float(scored.float().mean()) > 0.95
+    full = data["clip_step"][scored] == 7
+    assert torch.all(data["vlm_score"][scored][full] == 1.0)  # a whole clip: 8 real steps of L = 8
+
+
 def test_a_clip_ends_on_the_state_its_last_action_reached():
     clip_len = 8
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=3, max_steps=20)

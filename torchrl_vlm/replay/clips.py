@@ -2,10 +2,15 @@
 
 A collector hands over batches of steps from several envs; a clip can start in
 one batch and end in the next. :class:`ClipAssembler` keeps the unfinished
-clips' steps between batches and returns the clips that are complete: ``clip_len``
-steps, or fewer when the episode ended. Steps are regrouped by ``clip_id`` and
-put in order by ``clip_step``, so any batch layout works (``[n_envs, T]``
-flattened, or steps in any order).
+clips' steps between batches and returns the clips that are complete. Steps are
+regrouped by ``clip_id`` and put in order by ``clip_step``, so any batch layout
+works (``[n_envs, T]`` flattened, or steps in any order).
+
+The env's :class:`~torchrl_vlm.RenderClips` is the one place the clip length is
+set. A clip is complete when its env says so: the episode ended, or the next step
+carries another ``clip_id`` (``clip_end``). The assembler learns the length from
+those boundaries, and a length given to it must agree with the env's, or it
+refuses with an error naming both.
 """
 from __future__ import annotations
 
@@ -22,22 +27,32 @@ class ClipAssembler:
 
     ``add(steps)`` takes a flat TensorDict ``[N]`` that holds at least
     ``clip_id`` (int64), ``clip_step`` (int64) and ``end`` (bool: the episode
-    ended at this step), plus any per-step entries to carry along (frames,
-    events, buffer indices, ...). It returns a TensorDict ``[B]`` of the clips
-    completed by these steps, or ``None``:
+    ended at this step), and, from an env, ``clip_end`` (bool: the next step
+    starts another clip, read from ``("next", "clip_id")``), plus any per-step
+    entries to carry along (frames, events, buffer indices, ...). It returns a
+    TensorDict ``[B]`` of the clips completed by these steps, or ``None``:
 
     - each per-step entry becomes ``[B, clip_len, ...]``, zero-padded;
     - ``mask`` (bool ``[B, clip_len]``) marks the real steps;
     - ``clip_id`` is ``[B]``;
     - ``mission`` (one string per clip) when ``missions`` were given.
 
+    Args:
+        clip_len: the env's clip length, to check the env against; ``None`` (default)
+            learns it from the first clip boundary that is not an episode's end (clips
+            ended by their episode are padded to the longest seen until then). A step
+            past it, or a clip the env closes at another length, raises ``ValueError``
+            naming both lengths. Steps without ``clip_end`` complete at ``clip_len``
+            steps, which must then be given.
+        max_idle: calls without news after which an unfinished clip is abandoned.
+
     A clip whose steps stop arriving (its env was dropped, say) is abandoned
     after ``max_idle`` calls without news, so memory stays bounded;
     :attr:`abandoned` counts them.
     """
 
-    def __init__(self, clip_len: int = 32, max_idle: int = 8):
-        check_int("clip_len", clip_len)
+    def __init__(self, clip_len: int | None = None, max_idle: int = 8):
+        check_int("clip_len", clip_len, none_means="read from the env's clip boundaries")
         check_int("max_idle", max_idle)
         self.clip_len = clip_len
         self.max_idle = max_idle
@@ -52,15 +67,40 @@ class ClipAssembler:
         """Clips with some steps seen and not yet complete."""
         return len(self._last_seen)
 
+    def _check_length(self, env_len: torch.Tensor, closed_by_env: torch.Tensor) -> None:
+        """Learns the env's clip length, or checks it against the one given.
+
+        ``env_len``: per clip, its last step's ``clip_step + 1``; ``closed_by_env``: the env
+        started a new clip after that step (not an episode's end).
+        """
+        if self.clip_len is None and bool(closed_by_env.any()):
+            self.clip_len = int(env_len[closed_by_env][0])
+        if self.clip_len is None:
+            return
+        longer = env_len > self.clip_len
+        other = closed_by_env & (env_len != self.clip_len)
+        if bool(longer.any()) or bool(other.any()):
+            seen = int(env_len[longer][0]) if bool(longer.any()) else int(env_len[other][0])
+            raise ValueError(
+                f"the env's clips have {seen} steps, the replay buffer's clip_len is {self.clip_len}: the env's "
+                "RenderClips sets the clip length; leave the buffer's clip_len at None (it reads the env's) "
+                "or give both the same value"
+            )
+
     def add(self, steps: TensorDictBase, missions: list[str] | None = None) -> TensorDictBase | None:
         for key in ("clip_id", "clip_step", "end"):
             if key not in steps.keys():
                 raise KeyError(f"ClipAssembler.add needs a {key!r} entry per step")
         if steps.batch_dims != 1:
             raise ValueError(f"steps must be flat ([N]), got batch_size {list(steps.batch_size)}")
+        has_clip_end = "clip_end" in steps.keys()
+        if not has_clip_end and self.clip_len is None:
+            raise KeyError("steps without a 'clip_end' entry complete at clip_len steps: give the assembler clip_len")
         self._calls += 1
         fresh_ids = set(steps["clip_id"].tolist())  # clips that got news in this call
         if self._carry is not None:
+            if has_clip_end != ("clip_end" in self._carry.keys()):
+                raise KeyError("every call's steps must have a 'clip_end' entry, or none")
             steps = torch.cat([self._carry, steps])
             if missions is not None and self._carry_missions is not None:
                 missions = self._carry_missions + list(missions)
@@ -73,7 +113,13 @@ class ClipAssembler:
         clip_ids, counts = torch.unique_consecutive(steps["clip_id"][order], return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         last_row = order[starts + counts - 1]
-        complete = (counts >= self.clip_len) | steps["end"][last_row].reshape(-1)
+        episode_end = steps["end"][last_row].reshape(-1)
+        if has_clip_end:
+            closed_by_env = steps["clip_end"][last_row].reshape(-1) & ~episode_end
+            self._check_length(steps["clip_step"][last_row].reshape(-1) + 1, closed_by_env)
+            complete = closed_by_env | episode_end
+        else:
+            complete = (counts >= self.clip_len) | episode_end
         out = None
         if bool(complete.any()):
             out = self._gather(steps, order, starts[complete], counts[complete], missions)
@@ -100,13 +146,14 @@ class ClipAssembler:
 
     def _gather(self, steps, order, starts, counts, missions) -> TensorDictBase:
         n_clips = starts.numel()
-        length = self.clip_len
+        # Until the env's length is known, only episode-ended clips complete: pad to the longest.
+        length = self.clip_len if self.clip_len is not None else int(counts.max())
         counts = counts.clamp(max=length)  # a clip never holds more than clip_len steps
         offset = torch.arange(length)
         mask = offset < counts.unsqueeze(-1)
         pos = (starts.unsqueeze(-1) + offset).clamp(max=order.numel() - 1)
         rows = torch.where(mask, order[pos], torch.zeros_like(pos))
-        clips = steps.exclude("end")[rows.reshape(-1)].reshape(n_clips, length)
+        clips = steps.exclude("end", "clip_end")[rows.reshape(-1)].reshape(n_clips, length)
         padding = ~mask
         if bool(padding.any()):
             # Zero the padding, so that no step of another clip leaks in.
@@ -129,6 +176,7 @@ class ClipAssembler:
             "last_seen": dict(self._last_seen),
             "calls": self._calls,
             "abandoned": self.abandoned,
+            "clip_len": self.clip_len,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -138,6 +186,10 @@ class ClipAssembler:
         self._last_seen = {int(k): int(v) for k, v in state["last_seen"].items()}
         self._calls = int(state["calls"])
         self.abandoned = int(state["abandoned"])
+        saved = state.get("clip_len")
+        if saved is not None and self.clip_len is not None and saved != self.clip_len:
+            raise ValueError(f"the saved clips have clip_len={saved}, this assembler's is {self.clip_len}")
+        self.clip_len = saved if saved is not None else self.clip_len
 
     def reset(self) -> None:
         """Forgets unfinished clips (e.g. after the envs were reset by hand)."""

@@ -1,44 +1,168 @@
 """The scorer protocol: a batch of clips in, P(yes) per clip out (VLM-RB step 4).
 
-A batch of clips is a :class:`~tensordict.TensorDict` with ``batch_size=[B]``:
-
-- ``frames``: uint8 ``[B, L, H, W, 3]``, the rendered frames of each clip, padded
-  to the longest clip of the batch;
-- ``mask``: bool ``[B, L]``, ``True`` on real steps (a clip cut short by the end
-  of an episode is padded with ``False``);
-- ``mission``: one string per clip (a non-tensor entry), where the env has one;
-- ``events``: bool ``[B, L, E]`` per-step flags, where the env gives them. Row
-  ``t`` holds the events that the transition's own action caused (the
-  collector's ``("next", "events")``).
-- ``clip_id`` (int64 ``[B]``) and ``step`` (int64 ``[B]``, the transitions the
-  :class:`~torchrl_vlm.VLMReplayBuffer` had taken in when it sent the clip), for
-  audits; a scorer's answer must not depend on them.
-
-A scorer returns a float tensor ``[B]`` of P(yes) in [0, 1]; the replay buffer
-thresholds it into a binary priority.
+:class:`Scorer` documents what a scorer receives and returns; :func:`as_scorer_factory`
+turns what a user passes (a scorer class, object or function, or a ``functools.partial``)
+into what the scoring process is started from, and refuses what cannot travel there;
+:func:`needs_frames` is the one rule for whether a scorer looks at frames.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import functools
+import inspect
+import pickle
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase
 
-__all__ = ["Scorer", "check_scores", "clip_missions", "frame_indices", "validate_clips"]
+__all__ = [
+    "Scorer",
+    "as_scorer_factory",
+    "check_scores",
+    "clip_missions",
+    "frame_indices",
+    "needs_frames",
+    "validate_clips",
+]
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Maps a TensorDict of clips to P(yes) per clip, a float tensor ``[B]`` in [0, 1].
+    """A scorer maps a batch of clips to P(yes) per clip: a float tensor ``[B]`` in [0, 1].
 
-    ``needs_frames`` tells the pipeline whether the scorer looks at ``frames``
-    (a ground-truth scorer does not, so rendering can be turned off).
+    The replay buffer thresholds the answer (``threshold``, 0.5 by default) into a binary
+    priority that every step of the clip takes.
+
+    **What it receives**: a :class:`~tensordict.TensorDict` with ``batch_size=[B]``:
+
+    - ``mask``: bool ``[B, L]``, ``True`` on real steps. A clip has L steps (the env's
+      :class:`~torchrl_vlm.RenderClips` ``clip_len``), fewer where its episode ended: it is
+      padded with ``False`` (and zeros) to the longest clip of the batch;
+    - ``frames``: uint8 ``[B, L, H, W, 3]``, where the env renders them. Step ``t``'s frame is
+      the state *before* its action (``pixels``), except a clip's last step, whose frame is the
+      state its action reached (``("next", "pixels")``), so that an outcome is in view;
+    - ``events``: bool ``[B, L, E]``, where the env gives them: step ``t``'s are the ones its
+      own action caused (the collector's ``("next", "events")``);
+    - ``mission``: one string per clip (a non-tensor entry), where the env has one;
+    - ``clip_id`` (int64 ``[B]``) and ``step`` (int64 ``[B]``, the transitions the
+      :class:`~torchrl_vlm.VLMReplayBuffer` had taken in when it sent the clip), for
+      audits: an answer must not depend on them.
+
+    **What it may say about itself**: ``needs_frames`` (a bool, optional): ``False`` for a
+    scorer that never looks at ``frames`` (the env then need not render them); a scorer
+    without it is taken to look at them (:func:`needs_frames`). ``cache_identity()`` (a
+    JSON-able dict, optional): what a verdict cache keys it by (see
+    :func:`~torchrl_vlm.scoring.cache.scorer_identity`).
+
+    **How it reaches the scoring process**: a scorer runs in its own process. Pass the
+    :class:`~torchrl_vlm.VLMReplayBuffer` (or :class:`~torchrl_vlm.ScoringService`) a scorer
+    class, a ``functools.partial`` of one (built in that process: the place to load a model),
+    a scorer object, or a module-level function of the clips (both pickled and sent); see
+    :func:`as_scorer_factory`.
+
+    Examples:
+        A scorer of a custom env's clips, from the events it writes (here: the pole fell):
+
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> class FellScorer:
+        ...     needs_frames = False
+        ...     def __call__(self, clips):
+        ...         fell = clips["events"][..., 0] & clips["mask"]
+        ...         return fell.any(-1).float()
+        >>> clips = TensorDict({"mask": torch.ones(2, 4, dtype=torch.bool),
+        ...                     "events": torch.tensor([[[False], [False], [True], [False]],
+        ...                                             [[False], [False], [False], [False]]])}, [2])
+        >>> FellScorer()(clips)
+        tensor([1., 0.])
+        >>> isinstance(FellScorer(), Scorer)
+        True
     """
-
-    needs_frames: bool
 
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
         ...
+
+
+def needs_frames(scorer: Any) -> bool:
+    """Whether ``scorer`` looks at ``frames``: its ``needs_frames`` attribute, ``True`` where it has none.
+
+    The one rule every wrapper (:class:`~torchrl_vlm.NoisyScorer`, :class:`~torchrl_vlm.CachedScorer`,
+    ...) follows: a scorer that says nothing is assumed to need frames, the safe side.
+    """
+    return bool(getattr(scorer, "needs_frames", True))
+
+
+def _same(scorer):
+    """The factory of a scorer object or function that was pickled as it is."""
+    return scorer
+
+
+_FORMS = (
+    "Pass one of:\n"
+    "  - a scorer class:              MyScorer                           (built in the scoring process)\n"
+    "  - a functools.partial of one:  functools.partial(MyScorer, model='...')\n"
+    "  - a scorer object:             MyScorer(...)                      (pickled and sent)\n"
+    "  - a module-level function:     def my_scorer(clips): return ...   (called with each batch of clips)\n"
+    "A lambda or a function defined inside another cannot be pickled: define it at module level."
+)
+
+
+def _required_positional(fn) -> int | None:
+    """How many positional arguments ``fn`` needs (``None`` where its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
+
+
+def as_scorer_factory(scorer: Any, argument: str = "scorer") -> Callable[[], Any]:
+    """What a scoring process is started from: a picklable zero-argument callable that returns the scorer.
+
+    Accepts what users pass, and refuses the rest here, in the caller's process, with the forms
+    that work (``argument`` names the argument in the message):
+
+    - a class, or a ``functools.partial`` (of a class or of a factory function): returned as it
+      is, and called in the scoring process;
+    - a function of one argument (the clips): the scorer itself, sent as it is;
+    - a function of no argument: a factory, returned as it is;
+    - any other callable object: a scorer object, sent as it is (pickled).
+
+    Raises ``TypeError`` for what is not callable, a function of two or more required arguments,
+    and anything that does not pickle (a lambda, a local function, an object holding a lock).
+
+    Examples:
+        >>> from torchrl_vlm import MiniGridEventScorer
+        >>> as_scorer_factory(MiniGridEventScorer) is MiniGridEventScorer
+        True
+        >>> as_scorer_factory(MiniGridEventScorer("goal_only"))()
+        MiniGridEventScorer(definition='goal_only')
+        >>> as_scorer_factory(lambda clips: clips["mask"].any(-1).float())
+        Traceback (most recent call last):
+        ...
+        TypeError: scorer=<lambda> cannot be sent to the scoring process ...
+    """
+    name = getattr(scorer, "__qualname__", None) or type(scorer).__name__
+    if isinstance(scorer, (type, functools.partial)):
+        factory = scorer
+    elif inspect.isfunction(scorer) or inspect.ismethod(scorer) or inspect.isbuiltin(scorer):
+        required = _required_positional(scorer)
+        if required is not None and required > 1:
+            raise TypeError(f"{argument}={name} takes {required} arguments; a scorer function takes the clips, a "
+                            f"factory none.\n{_FORMS}")
+        factory = scorer if required == 0 else functools.partial(_same, scorer)
+    elif callable(scorer):
+        factory = functools.partial(_same, scorer)
+    else:
+        raise TypeError(f"{argument} must be a scorer or its factory, got {type(scorer).__name__} {scorer!r:.80}.\n"
+                        f"{_FORMS}")
+    try:
+        pickle.dumps(factory)
+    except Exception as err:  # noqa: BLE001 - pickling fails with many types
+        raise TypeError(f"{argument}={name} cannot be sent to the scoring process ({type(err).__name__}: {err}).\n"
+                        f"{_FORMS}") from None
+    return factory
 
 
 def validate_clips(clips: TensorDictBase, *, require_frames: bool = True) -> None:

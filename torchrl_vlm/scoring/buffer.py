@@ -33,6 +33,7 @@ from torchrl_vlm.envs.minigrid_names import decode_mission
 from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffer
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
+from torchrl_vlm.scoring.base import as_scorer_factory
 from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
 
@@ -48,15 +49,18 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
     Args:
         storage: a 1-D TorchRL storage, e.g. ``LazyTensorStorage(200_000)``.
-        scorer: a picklable zero-argument scorer factory (a class, a
-            ``functools.partial``), started in its own :class:`ScoringService`
-            with ``service_options`` and closed with the buffer; or a
-            ``ScoringService`` the caller started, owns and closes (one buffer uses it at a time).
+        scorer: the scorer, started in its own :class:`ScoringService` with ``service_options``
+            and closed with the buffer: a scorer class or a ``functools.partial`` of one (built in
+            the scoring process), a scorer object, or a module-level function of the clips (see
+            :class:`~torchrl_vlm.Scorer` for what it receives); or a ``ScoringService`` the caller
+            started, owns and closes (one buffer uses it at a time).
         sampler: default :class:`~torchrl_vlm.MixtureSampler` ``()``. Verdicts reach a
             ``MixtureSampler`` through ``rb.update_priority``; with any other
             sampler only the ``vlm_score``/priority columns are written.
         batch_size: default batch size of ``rb.sample()``.
-        clip_len: the clip length L the env tags with (paper: 32).
+        clip_len: ``None`` (default): the clip length L is the env's, read from its clip boundaries
+            (``RenderClips(clip_len=...)`` sets it, the one place to). An int checks the env's clips against
+            it: a disagreement raises ``ValueError`` naming both, at the first clip that shows it.
         frame_key: the frame entry of a collector batch. A clip's frames are its
             rows' own, except the last, which is ``("next", frame_key)``: the state
             its last action reached (the goal, the opened door), so the outcome is
@@ -109,7 +113,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         scorer: Callable[[], Any] | ScoringService,
         sampler: Sampler | None = None,
         batch_size: int | None = None,
-        clip_len: int = 32,
+        clip_len: int | None = None,
         frame_key: NestedKey = "pixels",
         threshold: float = 0.5,
         score_lag: int | None = None,
@@ -134,13 +138,9 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                     "the ScoringService passed in was configured by its caller"
                 )
             service, self._owns_service = scorer, False
-        elif callable(scorer):
-            service, self._owns_service = None, True  # started below, once the arguments are known to be good
         else:
-            raise TypeError(
-                "scorer must be a picklable zero-argument scorer factory or a ScoringService, "
-                f"got {type(scorer).__name__}"
-            )
+            scorer = as_scorer_factory(scorer)  # refused here, in the user's process, with the forms that work
+            service, self._owns_service = None, True  # started below, once the arguments are known to be good
         # The assembler checks clip_len and max_idle_extends before any process starts.
         self.assembler = ClipAssembler(clip_len, max_idle=max_idle_extends)
         super().__init__(
@@ -152,7 +152,6 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                           *exclude_keys),
             transform=transform,
         )
-        self.clip_len = clip_len
         self.frame_key = frame_key
         self.threshold = float(threshold)
         self.score_lag = score_lag
@@ -167,6 +166,11 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         self._due: dict[int, int] = {}  # ticket -> the extend at whose end its verdict lands (score_lag)
         self._held: dict[int, ScoredBatch] = {}  # verdicts that arrived before their extend
         self.service = service if service is not None else ScoringService(scorer, **service_options)
+
+    @property
+    def clip_len(self) -> int | None:
+        """The clip length L: the one given, or the env's once a clip boundary showed it (``None`` until then)."""
+        return self.assembler.clip_len
 
     # ---------------------------------------------------------------- extend
     def extend(self, batch: TensorDictBase, *, update_priority: bool | None = None) -> torch.Tensor:
@@ -225,6 +229,10 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             {"clip_id": column("clip_id").reshape(n), "clip_step": column("clip_step").reshape(n), "end": end.clone()},
             batch_size=[n],
         )
+        next_clip = column(("next", "clip_id"))
+        if next_clip is not None:
+            # The env closed the clip: its next step carries another clip id (RenderClips' boundary).
+            steps.set("clip_end", next_clip.reshape(n) != steps["clip_id"])
         events = column(self.events_key)
         if events is not None:
             steps.set("events", events.clone())
@@ -247,9 +255,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                 # A clip's last row shows where its action led: the episode ended, or the next row
                 # starts another clip.
                 last = end.clone()
-                next_clip = column(("next", "clip_id"))
                 if next_clip is not None:
-                    last |= next_clip.reshape(n) != steps["clip_id"]
+                    last |= steps["clip_end"]
                 frames = torch.where(last.reshape(n, *([1] * (frames.ndim - 1))), next_frames, frames)
             steps.set("frames", frames)
         return steps, missions

@@ -16,8 +16,11 @@ that a run can be audited afterwards (:func:`read_verdicts`).
 A scorer describes this by defining ``cache_identity()`` (a JSON-able dict) and
 ``cache_view(clips)`` (per clip, the prompt and the tensors the model sees), as
 :class:`~torchrl_vlm.TransformersScorer` does. For any other scorer the identity is
-its ``repr`` (or class name) and the view is the whole clip under its mask (frames, events,
-mission), which is correct but misses hits a smarter view would find.
+:func:`scorer_identity`'s: its qualified name and plain settings, never a memory address,
+so that an identical rerun hits; the view is the whole clip under its mask (frames, events,
+mission), which is correct but misses hits a smarter view would find. When a scorer's
+answers change (new code, new weights), change its identity: set or bump a ``cache_version``
+attribute, or define ``cache_identity()``; old verdicts then stay on disk, unused.
 
 **The store** is one sqlite file in WAL mode: many readers (other runs, the
 audit reader) can read while one run writes; writers wait on a busy lock up to
@@ -36,6 +39,7 @@ clips the VLM liked most and least as a PNG. From a shell::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -49,9 +53,9 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, needs_frames, validate_clips
 
-__all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"]
+__all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "scorer_identity", "verdict_gallery"]
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -111,11 +115,54 @@ def _frames_from_strip(png: bytes, count: int) -> torch.Tensor:
     return strip.reshape(strip.shape[0], count, -1, 3).permute(1, 0, 2, 3).contiguous()
 
 
-def _describe(scorer) -> str:
-    """The scorer's repr, or its class's dotted name where the repr is object's (it holds an address)."""
-    if type(scorer).__repr__ is object.__repr__:
-        return f"{type(scorer).__module__}.{type(scorer).__qualname__}"
-    return repr(scorer)
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_settings(value, depth: int = 0):
+    """``value`` as JSON-able settings: plain values, their lists and dicts, nested scorers' identities;
+    ``None`` for anything else (tensors, models, generators: not settings)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if depth > 3:
+        return None
+    if isinstance(value, (list, tuple)):
+        items = [_plain_settings(v, depth + 1) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        return {str(k): v for k, v in ((k, _plain_settings(v, depth + 1)) for k, v in value.items()) if v is not None}
+    if callable(value) and not isinstance(value, type) and hasattr(value, "__dict__"):
+        return scorer_identity(value, depth + 1)
+    return None
+
+
+def scorer_identity(scorer, depth: int = 0) -> dict:
+    """What a verdict cache keys ``scorer`` by (with the prompt and the frames it is shown).
+
+    ``scorer.cache_identity()`` where it defines one; else ``{"model": "<module>.<qualname>"}`` of the
+    function or of the object's class, with ``"settings"``: the object's public attributes that are
+    plain values (a nested scorer by its own identity), and ``"version"``: its ``cache_version`` where it
+    has one. Never a ``repr`` with a memory address, so an identical rerun hits, and one scorer is one
+    model in an audit.
+
+    Examples:
+        >>> from torchrl_vlm import MiniGridEventScorer
+        >>> scorer_identity(MiniGridEventScorer("goal_only"))
+        {'model': 'torchrl_vlm.scoring.oracle.MiniGridEventScorer', 'settings': {'definition': 'goal_only'}}
+    """
+    if callable(getattr(scorer, "cache_identity", None)):
+        return scorer.cache_identity()
+    target = scorer if inspect.isfunction(scorer) or inspect.ismethod(scorer) else type(scorer)
+    ident: dict[str, Any] = {"model": f"{target.__module__}.{target.__qualname__}"}
+    if target is type(scorer):
+        settings = {key: _plain_settings(value, depth) for key, value in vars(scorer).items()
+                    if not key.startswith("_") and key not in ("needs_frames", "cache_version")}
+        settings = {key: value for key, value in settings.items() if value is not None}
+        if settings:
+            ident["settings"] = settings
+    version = getattr(scorer, "cache_version", None)
+    if version is not None:
+        ident["version"] = version
+    return ident
 
 
 def default_view(clips: TensorDictBase) -> list[tuple[str | None, list[torch.Tensor]]]:
@@ -150,8 +197,8 @@ class CachedScorer:
 
     def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0,
                  thumbnails: int = 0):
-        if not callable(base) or not hasattr(base, "needs_frames"):
-            raise TypeError(f"base must be a scorer (callable with a needs_frames attribute), got {base!r:.100}")
+        if not callable(base):
+            raise TypeError(f"base must be a scorer (a callable of the clips), got {base!r:.100}")
         if not isinstance(path, (str, os.PathLike)) or not str(path):
             raise TypeError(f"path must be a file path, got {path!r}")
         if run is not None and not isinstance(run, str):
@@ -161,10 +208,10 @@ class CachedScorer:
         check_int("thumbnails", thumbnails, 0, meaning="frames kept per clip")
         self.base = base
         self.thumbnails = thumbnails
-        self.needs_frames = base.needs_frames
+        self.needs_frames = needs_frames(base)
         self.path = Path(path)
         self.run = run
-        ident = base.cache_identity() if hasattr(base, "cache_identity") else {"model": _describe(base)}
+        ident = scorer_identity(base)
         self.identity = json.dumps(ident, sort_keys=True, default=str)
         self.model = str(ident.get("model", type(base).__name__))
         self.hits = self.misses = self.corrupt = 0

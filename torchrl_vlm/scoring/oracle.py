@@ -21,7 +21,7 @@ from tensordict import TensorDictBase
 from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_DEFINITIONS, DMC_EVENT_NAMES
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES
 from torchrl_vlm.envs.ogbench import OGBENCH_EVENT_NAMES
-from torchrl_vlm.scoring.base import validate_clips
+from torchrl_vlm.scoring.base import needs_frames, validate_clips
 
 __all__ = [
     "DMCEventScorer",
@@ -223,7 +223,7 @@ class NoisyScorer:
         self.false_positive_rate = float(false_positive_rate)
         self.false_negative_rate = float(false_negative_rate)
         self.generator = torch.Generator().manual_seed(seed)
-        self.needs_frames = getattr(self.base, "needs_frames", True)
+        self.needs_frames = needs_frames(self.base)
 
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
         truth = torch.as_tensor(self.base(clips)).float().cpu() >= 0.5
@@ -250,7 +250,7 @@ class DelayedScorer:
             raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
         self.base = _built(base)
         self.latency_s = float(latency_s)
-        self.needs_frames = getattr(self.base, "needs_frames", True)
+        self.needs_frames = needs_frames(self.base)
 
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
         time.sleep(self.latency_s)

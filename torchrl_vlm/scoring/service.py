@@ -47,7 +47,7 @@ import torch.multiprocessing as mp
 from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.scoring.base import check_scores
+from torchrl_vlm.scoring.base import as_scorer_factory, check_scores
 
 __all__ = ["ScoredBatch", "ScoringService", "ScoringServiceError"]
 
@@ -191,8 +191,9 @@ class ScoringService:
     """Runs a :class:`~torchrl_vlm.scoring.base.Scorer` in a separate process.
 
     Args:
-        scorer_factory: a picklable zero-argument callable that builds the scorer
-            in the child (a class, a ``functools.partial``, a module-level function).
+        scorer_factory: the scorer, or what builds it in the child: a class, a ``functools.partial``,
+            a scorer object or a module-level function of the clips (:func:`~torchrl_vlm.scoring.base.as_scorer_factory`
+            says which forms work; anything else is refused here, in the caller's process).
         max_pending: most clips waiting to be handed to the worker; beyond it the
             oldest submissions are dropped. This bounds the memory the frames take.
         batch_clips: the worker merges waiting submissions up to this many clips
@@ -258,11 +259,6 @@ class ScoringService:
                 f'num_replicas={num_replicas}, replica_options and ray_address need backend="ray"; the process '
                 "backend runs one worker"
             )
-        if not callable(scorer_factory):
-            raise TypeError(
-                f"scorer_factory must be a picklable zero-argument callable (a class, a "
-                f"functools.partial or a module-level function), got {type(scorer_factory).__name__}"
-            )
         for name, value, low in (
             ("max_pending", max_pending, 1),
             ("batch_clips", batch_clips, 1),
@@ -276,6 +272,7 @@ class ScoringService:
                 raise TypeError(f"{name} must be a number of seconds, got {value!r}")
         if not start_timeout_s > 0 or not hang_timeout_s > 0:
             raise ValueError("start_timeout_s and hang_timeout_s must be > 0")
+        scorer_factory = as_scorer_factory(scorer_factory, "scorer_factory")
         self.scorer_factory = scorer_factory
         self.max_pending = max_pending
         self.batch_clips = batch_clips
