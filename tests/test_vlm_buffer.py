@@ -330,7 +330,7 @@ def test_bad_arguments_are_refused_naming_them():
         VLMReplayBuffer(storage=storage, scorer=MiniGridEventScorer, score_lag=-1)
     with pytest.raises(ValueError, match="clip_len"):
         VLMReplayBuffer(storage=storage, scorer=MiniGridEventScorer, clip_len=0)
-    with pytest.raises(TypeError, match="scorer factory or a ScoringService"):
+    with pytest.raises(TypeError, match="scorer must be a scorer or its factory .or a ScoringService, where one is taken., got str"):
         VLMReplayBuffer(storage=storage, scorer="acme/vlm")
     with ScoringService(MiniGridEventScorer) as service:
         with pytest.raises(TypeError, match="max_pending"):

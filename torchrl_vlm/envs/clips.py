@@ -107,6 +107,23 @@ class RenderClips(Transform):
     Partial resets in batched envs are honoured: only the envs named by the
     ``"_reset"`` mask start a new clip.
 
+    **Which frame belongs to which row**: the collector's row for ``(s_t, a_t, s_t+1)`` holds
+    the frame of ``s_t`` (``pixels``, before the action) and, under ``"next"``, that of
+    ``s_t+1``. A scorer gets each step's own frame, and for a clip's last step the frame of the
+    state its action reached (:class:`~torchrl_vlm.Scorer`).
+
+    **Your own env** gives the scorer more than frames through two optional entries that
+    :class:`~torchrl_vlm.VLMReplayBuffer` forwards:
+
+    - ``events`` (bool ``[*batch, E]``): what the step's action *caused*, computed on the state it
+      led to, i.e. written into ``next`` by the env or a transform's ``_step`` (a row's events are
+      ``("next", "events")``), all ``False`` at reset. An event scorer reads them instead of pixels;
+    - ``mission`` (a string, or UTF-8 bytes as :func:`~torchrl_vlm.encode_mission` makes them):
+      the task in words, passed to the scorer per clip (a VLM puts it in its prompt).
+
+    **The clip length is set here, once**: the replay buffer reads it from the clip boundaries this
+    transform writes (a buffer given another ``clip_len`` refuses to run).
+
     The transform only works inside a :class:`~torchrl.envs.TransformedEnv`:
     called on data (as a module, in a bare :class:`~torchrl.envs.Compose`, or
     as a replay-buffer transform) it raises a ``RuntimeError``. It has no
@@ -162,6 +179,7 @@ class RenderClips(Transform):
         frame_shape: Sequence[int] | None = None,
         worker_id: int | None = None,
     ):
+        """See the class docstring: ``clip_len`` steps a clip, frames under ``frame_key``."""
         check_int("clip_len", clip_len)
         if frame_key is not None and not isinstance(frame_key, str):
             raise TypeError(f"frame_key must be a str or None, got {type(frame_key).__name__}")

@@ -44,6 +44,17 @@ STORAGE_CHOICES = ("tensor", "memmap")
 DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = ("pixels", ("next", "pixels"), "mission", ("next", "mission"))
 
 
+def own_signature(cls):
+    """Shows ``cls.__init__``'s parameters in ``inspect.signature(cls)`` and ``help(cls)``: TorchRL's replay
+    buffers' metaclass defines ``__call__(*args, **kwargs)``, which would hide them."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return cls
+
+
+@own_signature
 class CollectorReplayBuffer(TensorDictReplayBuffer):
     """A ``TensorDictReplayBuffer`` whose ``extend`` takes collector batches.
 

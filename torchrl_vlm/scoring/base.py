@@ -20,6 +20,7 @@ __all__ = [
     "as_scorer_factory",
     "check_scores",
     "clip_missions",
+    "factory_needs_frames",
     "frame_indices",
     "needs_frames",
     "validate_clips",
@@ -92,6 +93,18 @@ def needs_frames(scorer: Any) -> bool:
     return bool(getattr(scorer, "needs_frames", True))
 
 
+def factory_needs_frames(factory: Any) -> bool | None:
+    """Whether the scorer a factory builds looks at frames, where that can be told without building it
+    (a class, a partial of a class, a scorer sent as it is); ``None`` where it cannot."""
+    if isinstance(factory, functools.partial):
+        if factory.func is _same:
+            return needs_frames(factory.args[0])
+        factory = factory.func
+    if isinstance(factory, type) and hasattr(factory, "needs_frames"):  # a class may set it per instance
+        return bool(factory.needs_frames)
+    return None
+
+
 def _same(scorer):
     """The factory of a scorer object or function that was pickled as it is."""
     return scorer
@@ -155,8 +168,8 @@ def as_scorer_factory(scorer: Any, argument: str = "scorer") -> Callable[[], Any
     elif callable(scorer):
         factory = functools.partial(_same, scorer)
     else:
-        raise TypeError(f"{argument} must be a scorer or its factory, got {type(scorer).__name__} {scorer!r:.80}.\n"
-                        f"{_FORMS}")
+        raise TypeError(f"{argument} must be a scorer or its factory (or a ScoringService, where one is taken), got "
+                        f"{type(scorer).__name__} {scorer!r:.80}.\n{_FORMS}")
     try:
         pickle.dumps(factory)
     except Exception as err:  # noqa: BLE001 - pickling fails with many types

@@ -30,10 +30,10 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
 from torchrl_vlm.envs.minigrid_names import decode_mission
-from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffer
+from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
-from torchrl_vlm.scoring.base import as_scorer_factory
+from torchrl_vlm.scoring.base import as_scorer_factory, factory_needs_frames
 from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
 
@@ -44,6 +44,18 @@ logger = logging.getLogger(__name__)
 _COUNTERS = ("positives", "stale_rejected", "slots_written", "slots_scored", "extends")
 
 
+def _frame_size(size) -> tuple[int, int] | None:
+    """``frame_size`` as ``(H, W)``, or ``None``."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in pair)):
+        raise ValueError(f"frame_size must be None, an int >= 8 or a pair (H, W) of ints >= 8, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@own_signature
 class VLMReplayBuffer(CollectorReplayBuffer):
     """VLM-RB's replay buffer: collector batches in, VLM verdicts written back as priorities.
 
@@ -66,6 +78,11 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             its last action reached (the goal, the opened door), so the outcome is
             in view. A batch without frames is fine for scorers that do not look
             at them (``MiniGridEventScorer``).
+        frame_size: ``None`` (default): frames go to the scorer as the env renders them. ``(H, W)``
+            (or an int for square frames): resized once here, before they are shipped (a VLM
+            sees a few hundred pixels a side; a 400×600 frame costs 0.7 MB a step in flight).
+            Frames are uint8 ``[..., H, W, 3]``; float frames in [0, 1] (TorchRL's
+            ``ToTensorImage``, channels first or last) are turned into those.
         threshold: P(yes) at or above which a clip is meaningful (paper: 0.5).
         score_lag: ``None`` (default): fully asynchronous, a verdict lands when it
             arrives. An int ``k >= 0``: the verdict of a clip completed during extend
@@ -115,6 +132,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         batch_size: int | None = None,
         clip_len: int | None = None,
         frame_key: NestedKey = "pixels",
+        frame_size: int | tuple[int, int] | None = None,
         threshold: float = 0.5,
         score_lag: int | None = None,
         transform=None,
@@ -153,6 +171,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             transform=transform,
         )
         self.frame_key = frame_key
+        self.frame_size = _frame_size(frame_size)
         self.threshold = float(threshold)
         self.score_lag = score_lag
         self.events_key = events_key
@@ -194,6 +213,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         if capacity is not None and n > capacity:
             # Slots would be written twice in one extend, and a verdict could not tell the two rows apart.
             raise ValueError(f"a batch of {n} rows does not fit the buffer's capacity of {capacity}")
+        if self._counts["extends"] == 0 and self.frame_key not in batch.keys(include_nested=True):
+            self._check_frames_not_needed(batch)
         steps, missions = self._clip_steps(batch, n)  # read before postproc rewrites "next" entries
 
         rows = self.rows(batch)
@@ -243,13 +264,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         elif mission is not None:
             missions = _strings(mission)
         frames = column(self.frame_key)
-        if frames is not None and (frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3):
-            # Refused here, at the first batch, rather than by the scorer after max_consecutive_errors.
-            raise TypeError(
-                f"batch[{self.frame_key!r}] must hold uint8 RGB frames [*batch, H, W, 3], got "
-                f"{frames.dtype} {list(frames.shape[1:])} per step"
-            )
         if frames is not None:
+            frames = self._scorer_frames(frames)
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
                 # A clip's last row shows where its action led: the episode ended, or the next row
@@ -257,9 +273,43 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                 last = end.clone()
                 if next_clip is not None:
                     last |= steps["clip_end"]
-                frames = torch.where(last.reshape(n, *([1] * (frames.ndim - 1))), next_frames, frames)
+                if bool(last.any()):
+                    frames = frames.clone()
+                    frames[last] = self._scorer_frames(next_frames[last])
             steps.set("frames", frames)
         return steps, missions
+
+    def _check_frames_not_needed(self, batch: TensorDictBase) -> None:
+        """Refuses a first batch without frames when the scorer is known to look at them (a ``frame_key``
+        typo, an env that renders nothing), rather than letting every clip fail in the scorer."""
+        if factory_needs_frames(self.service.scorer_factory):
+            keys = sorted(str(k) for k in batch.keys(include_nested=True, leaves_only=True))
+            raise ValueError(
+                f"the scorer looks at frames (needs_frames), but the batch has no {self.frame_key!r} entry; its "
+                f"entries: {', '.join(keys)}. Render frames in the env (from_pixels=True, render=True), or set "
+                "frame_key to where they are (a scorer that reads no frames says so with needs_frames = False)"
+            )
+
+    def _scorer_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``[n, ...]`` as the scorer takes them: uint8 ``[n, H, W, 3]``, resized to ``frame_size``."""
+        if frames.is_floating_point() and frames.ndim == 4 and 3 in (frames.shape[1], frames.shape[-1]):
+            if frames.shape[-1] != 3:  # channels first, as TorchRL's image transforms leave them
+                frames = frames.permute(0, 2, 3, 1)
+            if frames.numel() and float(frames.max()) > 1.0 + 1e-6:
+                raise TypeError(f"batch[{self.frame_key!r}] holds float frames above 1: float frames must be in "
+                                "[0, 1] (TorchRL's ToTensorImage); uint8 frames are taken as they are")
+            frames = (frames * 255).round().clamp(0, 255).to(torch.uint8)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            # Refused here, at the first batch, rather than by the scorer after max_consecutive_errors.
+            raise TypeError(
+                f"batch[{self.frame_key!r}] must hold RGB frames, uint8 [*batch, H, W, 3] or float in [0, 1] "
+                f"(channels first or last), got {frames.dtype} {list(frames.shape[1:])} per step"
+            )
+        if self.frame_size is None or tuple(frames.shape[1:3]) == self.frame_size:
+            return frames
+        small = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=self.frame_size,
+                                                mode="bilinear", antialias=True, align_corners=False)
+        return small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def _submit(self, clips: TensorDictBase) -> None:
         if "mission_bytes" in clips.keys():

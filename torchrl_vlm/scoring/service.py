@@ -183,6 +183,9 @@ def _describe(factory) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+#: A scorer that fails on each of its first this many batches, having answered none, stops the run at once.
+FIRST_BATCHES_TO_FAIL = 3
+
 #: Where a ScoringService runs its scorer.
 BACKENDS = ("process", "ray")
 
@@ -205,7 +208,9 @@ class ScoringService:
         max_restarts: how often a dead or hung worker is restarted before the
             service gives up with :class:`ScoringServiceError`.
         hang_timeout_s: a batch taking longer than this is treated as a hang.
-        max_consecutive_errors: scorer exceptions in a row before giving up.
+        max_consecutive_errors: scorer exceptions in a row before giving up. A scorer that has never
+            answered gives up sooner, after its first 3 batches fail (``FIRST_BATCHES_TO_FAIL``), with
+            its own error: it is broken, not unlucky.
         output_check: a picklable ``(output, n, name) -> tensor`` run in the worker on
             every answer; the default checks for ``n`` probabilities in [0, 1]
             (a teacher's check accepts ``[n, n_actions]`` distributions).
@@ -584,6 +589,14 @@ class ScoringService:
         self._counters["scorer_errors"] += 1
         self._errors_in_a_row += 1
         logger.warning("the scorer failed on a batch (%d clips lost): %s", lost, text)
+        never_answered = self.counters()["clips_scored"] == 0
+        if never_answered and self._errors_in_a_row >= min(FIRST_BATCHES_TO_FAIL, self.max_consecutive_errors):
+            # A scorer that has never answered is broken (a typo, a missing entry), not unlucky: say so now.
+            self.close()
+            raise ScoringServiceError(
+                f"the scorer {_describe(self.scorer_factory)} failed on each of its first {self._errors_in_a_row} "
+                f"batches and has answered none; its error: {text}"
+            )
         if self._errors_in_a_row >= self.max_consecutive_errors:
             self.close()
             raise ScoringServiceError(
