@@ -79,7 +79,7 @@ def score_all(target, clips, batch_clips: int) -> float:
         time.sleep(0.0005)
     target.poll()
     elapsed = time.perf_counter() - start
-    lost = target.stats["clips_lost"] + target.stats["clips_dropped"]
+    lost = target.stats()["clips_lost"] + target.stats()["clips_dropped"]
     if lost:
         raise RuntimeError(f"{lost} clips were lost or dropped: the timing would be wrong")
     return elapsed

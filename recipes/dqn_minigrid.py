@@ -67,6 +67,7 @@ from torchrl_vlm.training import (
     StopRequest,
     VLM_RANGES,
     check_common_config,
+    check_known_keys,
     check_resumable,
     close_all,
     evaluate_success,
@@ -81,6 +82,7 @@ from torchrl_vlm.training import (
     seed_everything,
     timed_batches,
     vlm_service_options,
+    warn_if_never_trains,
     with_verdict_cache,
 )
 
@@ -132,9 +134,11 @@ RANGES = {
 
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    check_known_keys(cfg, Path(__file__).with_name("dqn_minigrid.yaml"))
     if cfg.env.name not in MINIGRID_ENVS:
         raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(MINIGRID_ENVS)}")
     check_common_config(cfg, RANGES)
+    warn_if_never_trains(cfg)
     if cfg.algo not in ALGOS:
         raise ValueError(f"algo={cfg.algo!r}; choose one of {ALGOS}")
     if cfg.buffer.sampler not in SAMPLERS:
@@ -544,7 +548,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             "scorer: {submitted:.0f} clips submitted, {scored:.0f} scored, {pos:.0f} positive, "
             "{dropped:.0f} dropped, {lost:.0f} lost, {stale:.0f} stale slots rejected, coverage {cov:.2f}, "
             "latency mean {lat:.3f}s p95 {p95:.3f}s".format(
-                submitted=stats["clips_submitted"], scored=stats["clips_scored"], pos=stats["positives"],
+                submitted=stats["clips_submitted"], scored=stats["clips_scored"], pos=stats["positive_clips"],
                 dropped=stats["clips_dropped"], lost=stats["clips_lost"], stale=stats["stale_rejected"],
                 cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
             )

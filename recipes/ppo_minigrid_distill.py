@@ -43,6 +43,7 @@ from torchrl_vlm.training import (
     Range,
     StopRequest,
     check_common_config,
+    check_known_keys,
     check_resumable,
     close_all,
     evaluate_success,
@@ -96,6 +97,7 @@ RANGES = {
 
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
+    check_known_keys(cfg, Path(__file__).with_name("ppo_minigrid_distill.yaml"))
     if cfg.algo not in ALGOS:
         raise ValueError(f"algo={cfg.algo!r}; choose one of {ALGOS}")
     if cfg.teacher not in TEACHERS:

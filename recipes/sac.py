@@ -44,7 +44,7 @@ RANGES = {
 
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
-    utils_actor_critic.check_config(cfg, RANGES)
+    utils_actor_critic.check_config(cfg, RANGES, Path(__file__).with_name("sac.yaml"))
 
 
 def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOperator]:
@@ -130,7 +130,7 @@ def make_algorithm(cfg: DictConfig, env) -> Algorithm:
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Runs one training run; returns a summary of plain numbers (and paths as strings)."""
-    return utils_actor_critic.train(cfg, out_dir, make_algorithm, RANGES)
+    return utils_actor_critic.train(cfg, out_dir, make_algorithm, check_config)
 
 
 @hydra.main(config_path=".", config_name="sac", version_base="1.3")

@@ -40,7 +40,7 @@ RANGES = {
 
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
-    utils_actor_critic.check_config(cfg, RANGES)
+    utils_actor_critic.check_config(cfg, RANGES, Path(__file__).with_name("td3.yaml"))
 
 
 def make_actor_critic(cfg: DictConfig, env) -> tuple[TensorDictSequential, ValueOperator]:
@@ -114,7 +114,7 @@ def make_algorithm(cfg: DictConfig, env) -> Algorithm:
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Runs one training run; returns a summary of plain numbers (and paths as strings)."""
-    return utils_actor_critic.train(cfg, out_dir, make_algorithm, RANGES)
+    return utils_actor_critic.train(cfg, out_dir, make_algorithm, check_config)
 
 
 @hydra.main(config_path=".", config_name="td3", version_base="1.3")

@@ -31,6 +31,7 @@ from torchrl_vlm.training import (
     Range,
     StopRequest,
     check_common_config,
+    check_known_keys,
     check_resumable,
     close_all,
     get_rng_state,
@@ -44,6 +45,7 @@ from torchrl_vlm.training import (
     set_rng_state,
     timed_batches,
     vlm_service_options,
+    warn_if_never_trains,
     with_verdict_cache,
 )
 
@@ -94,11 +96,13 @@ def dmc_domain_task(name: str) -> tuple[str, str]:
     return domain, task
 
 
-def check_config(cfg: DictConfig, ranges) -> None:
+def check_config(cfg: DictConfig, ranges, yaml_path: Path) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices.
 
-    ``ranges``: every numeric key of the recipe's YAML (:data:`SHARED_RANGES` and the recipe's own).
+    ``ranges``: every numeric key of the recipe's YAML (:data:`SHARED_RANGES` and the recipe's own);
+    ``yaml_path``: the recipe's YAML, whose keys are the only ones it takes.
     """
+    check_known_keys(cfg, yaml_path)
     if cfg.env.family not in FAMILIES:
         raise ValueError(f"env.family={cfg.env.family!r}; choose one of {FAMILIES}")
     events = True
@@ -120,6 +124,7 @@ def check_config(cfg: DictConfig, ranges) -> None:
                              f"ball_in_cup-catch; domains: {', '.join(sorted(dmc_tasks()))})")
         events = dmc_goal(domain, task) is not None
     check_common_config(cfg, ranges)
+    warn_if_never_trains(cfg)
     if cfg.buffer.sampler not in SAMPLERS:
         raise ValueError(f"buffer.sampler={cfg.buffer.sampler!r}; choose one of {SAMPLERS}")
     if cfg.vlm.scorer not in SCORERS:
@@ -283,10 +288,11 @@ class Algorithm:
 
 
 def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, Any], Algorithm],
-          ranges) -> dict[str, Any]:
+          check: Callable[[DictConfig], None]) -> dict[str, Any]:
     """Runs one training run: collect → extend → sample → update → priorities → log, with evaluation and
-    checkpoints; returns a summary of plain numbers (and paths as strings)."""
-    check_config(cfg, ranges)
+    checkpoints; returns a summary of plain numbers (and paths as strings). ``check``: the recipe's
+    ``check_config``."""
+    check(cfg)
     seed_everything(cfg.env.seed, cfg.num_threads)
     out_dir = Path(out_dir)
     total_frames = cfg.collector.total_frames

@@ -146,3 +146,21 @@ class HangsOnSingleStepClips:
         if bool((clips["mask"].sum(-1) == 1).any()):
             time.sleep(3600)
         return torch.ones(clips.batch_size[0])
+
+
+class FrameShapeScorer:
+    """P(yes) = 1 where the clip's frames are uint8 [L, 64, 96, 3]: shows the size a scorer receives."""
+
+    def __call__(self, clips):
+        validate_clips(clips)
+        ok = tuple(clips["frames"].shape[2:]) == (64, 96, 3)
+        return torch.full((clips.batch_size[0],), float(ok))
+
+
+def event_in_clip(clips):
+    """A plain function scorer (no needs_frames): yes where the clip's first event column fires."""
+    return (clips["events"][..., 0] & clips["mask"]).any(-1).float()
+
+
+def two_argument_scorer(clips, threshold):
+    return clips["mask"].any(-1).float()

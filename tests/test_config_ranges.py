@@ -101,3 +101,27 @@ def test_the_experiment_name_is_a_name_not_a_path(name, exp_name):
     cfg.logger.exp_name = exp_name
     with pytest.raises(ValueError, match="logger.exp_name"):
         RECIPE_MODULES[name].check_config(cfg)
+
+
+@pytest.mark.parametrize("name", list(RECIPE_MODULES))
+def test_a_key_the_yaml_lacks_is_refused_naming_the_nearest_one(name):
+    # Hydra's own hint after a typo is +key=..., which adds the key, and the recipe then ignored it.
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        cfg = compose(name, overrides=["+collector.total_frame=5"])
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): collector.total_frame \(did you mean "
+                                         r"collector.total_frames\?\)"):
+        RECIPE_MODULES[name].check_config(cfg)
+    # A value under a key whose default is not a group is a value, not a key.
+    cfg = _config(name)
+    if OmegaConf.select(cfg, "vlm.replica_options", default="<none>") != "<none>":
+        cfg.vlm.replica_options = {"num_gpus": 1}
+        RECIPE_MODULES[name].check_config(cfg)
+
+
+@pytest.mark.parametrize("name", ["dqn_minigrid", "sac", "td3"])
+def test_a_budget_that_never_reaches_an_update_is_warned_about(name):
+    cfg = _config(name)
+    cfg.collector.total_frames = 3000
+    cfg.collector.init_random_frames = 10_000
+    with pytest.warns(UserWarning, match="collector.init_random_frames=10000 >= collector.total_frames=3000"):
+        RECIPE_MODULES[name].check_config(cfg)

@@ -69,13 +69,13 @@ def test_worker_kills_at_random_moments_end_in_counted_restarts():
                 time.sleep(rng.uniform(0.0, 0.003))
             os.kill(service.worker_pid, signal.SIGKILL)
             restarts = kill + 1
-            while service.stats["worker_restarts"] < restarts:
+            while service.stats()["worker_restarts"] < restarts:
                 collect(service.poll())
                 time.sleep(0.001)
         while service.queue_depth:
             collect(service.poll())
             time.sleep(0.005)
-        stats = service.stats
+        stats = service.stats()
     finally:
         service.close()
     assert stats["worker_restarts"] == KILLS
@@ -141,7 +141,7 @@ def test_a_restarted_worker_that_cannot_rebuild_uses_a_restart_then_gives_up_cle
             while time.monotonic() - t0 < 60:
                 service.poll()
                 time.sleep(0.01)
-        assert service.stats["worker_restarts"] == 2
+        assert service.stats()["worker_restarts"] == 2
     finally:
         service.close()
 
@@ -156,7 +156,7 @@ def test_an_answer_waiting_after_a_long_pause_is_not_taken_for_a_hang():
         while len(answered) < 2 and time.monotonic() - t0 < 30:
             answered += service.poll()
             time.sleep(0.01)
-        assert len(answered) == 2 and service.stats["worker_restarts"] == 0
+        assert len(answered) == 2 and service.stats()["worker_restarts"] == 0
 
 
 def test_a_resumed_run_gets_a_fresh_restart_budget_and_its_totals_continue():
@@ -165,11 +165,11 @@ def test_a_resumed_run_gets_a_fresh_restart_budget_and_its_totals_continue():
         service.continue_counters({"worker_restarts": 3, "clips_submitted": 10, "clips_scored": 10})  # set, not added
         os.kill(service.worker_pid, signal.SIGKILL)
         t0 = time.monotonic()
-        while service.stats["worker_restarts"] < 4:
+        while service.stats()["worker_restarts"] < 4:
             service.poll()  # the earlier run's restarts do not use up this one's budget
             assert time.monotonic() - t0 < 30
             time.sleep(0.01)
-        assert service.stats["clips_submitted"] == 10
+        assert service.stats()["clips_submitted"] == 10
 
 
 CTRL_C_RUNS = {

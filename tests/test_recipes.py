@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
         assert restored.sampler.lam == first["lambda"]
         assert restored.sampler.num_positive == int(stored["vlm_priority"][:192].sum())
         assert restored.stats()["slots_written"] == 192
-        assert restored.stats()["positives"] == first["buffer_stats"]["positives"]
+        assert restored.stats()["positive_clips"] == first["buffer_stats"]["positive_clips"]
     finally:
         restored.close()
     assert state["collected_frames"] == 192
@@ -141,7 +141,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     stats = resumed["buffer_stats"]
     assert stats["clips_submitted"] > first["buffer_stats"]["clips_submitted"]
     assert stats["clips_scored"] + stats["clips_dropped"] + stats["clips_lost"] == stats["clips_submitted"]
-    assert stats["positives"] <= stats["clips_scored"]
+    assert stats["positive_clips"] <= stats["clips_scored"]
     after = dqn_minigrid.load_checkpoint(resumed["checkpoint"])
     for key, value in state["loss_module"].items():
         if key.startswith("value_network_params"):
@@ -286,7 +286,7 @@ def test_score_lag_makes_two_runs_identical_under_different_scorer_latencies(tmp
         runs.append((summary, losses, _stored(summary["checkpoint"]), dqn_minigrid.load_checkpoint(summary["checkpoint"])))
     (fast, fast_loss, fast_rb, fast_ckpt), (slow, slow_loss, slow_rb, slow_ckpt) = runs
     assert slow["buffer_stats"]["score_wait_s"] > fast["buffer_stats"]["score_wait_s"]
-    assert fast["buffer_stats"]["positives"] > 0  # priorities were in play
+    assert fast["buffer_stats"]["positive_clips"] > 0  # priorities were in play
     assert fast_loss == slow_loss and len(fast_loss.splitlines()) >= 5
     written = fast["frames"]  # the storage holds 2,000 slots; the rest were never written
     for key in ("vlm_priority", "vlm_score", "observation", "action"):

@@ -167,7 +167,7 @@ def test_backpressure_drops_the_oldest_and_counts_every_clip():
         service.submit(_clips(1, frames=False), meta="first")
         _wait_until(lambda: service._busy is not None, service.poll)  # the worker holds "first"
         tickets = [service.submit(_clips(1, frames=False), meta=i) for i in range(20)]
-        stats = service.stats
+        stats = service.stats()
         assert stats["clips_submitted"] == 21
         # The worker holds at most 2 * batch_clips; at most max_pending wait.
         assert stats["queue_depth"] == 2 + 4
@@ -175,12 +175,12 @@ def test_backpressure_drops_the_oldest_and_counts_every_clip():
         assert all(t is not None for t in tickets)  # a submission that fits always gets in
         metas = []
         _wait_until(lambda: service.queue_depth == 0, lambda: metas.extend(r.meta for r in service.poll()))
-        stats = service.stats
+        stats = service.stats()
         assert stats["clips_scored"] + stats["clips_dropped"] + stats["clips_lost"] == 21
         # What survived: what the worker held, and the newest four.
         assert metas == ["first", 0, 16, 17, 18, 19]
         assert service.submit(_clips(5, frames=False)) is None  # larger than max_pending by itself
-        assert service.stats["clips_dropped"] == 20
+        assert service.stats()["clips_dropped"] == 20
 
 
 def test_worker_sigkill_is_restarted_and_its_clips_are_lost_not_positive():
@@ -191,9 +191,9 @@ def test_worker_sigkill_is_restarted_and_its_clips_are_lost_not_positive():
         _wait_until(lambda: service._busy is not None, service.poll)
         service.submit(_clips(3, frames=False), meta="waiting")  # not yet handed over
         os.kill(old_pid, signal.SIGKILL)
-        _wait_until(lambda: service.stats["worker_restarts"] == 1, service.poll)
+        _wait_until(lambda: service.stats()["worker_restarts"] == 1, service.poll)
         assert service.worker_pid != old_pid
-        assert service.stats["clips_lost"] == 2  # only what the dead worker held
+        assert service.stats()["clips_lost"] == 2  # only what the dead worker held
         # Training goes on: the new worker scores new clips.
         service.submit(_clips(1, frames=False), meta="after")
         got = []
@@ -207,8 +207,8 @@ def test_worker_sigkill_is_restarted_and_its_clips_are_lost_not_positive():
 def test_a_hung_scorer_is_killed_and_restarted():
     with ScoringService(HangingScorer, hang_timeout_s=1.0, max_restarts=1) as service:
         service.submit(_clips(1, frames=False))
-        _wait_until(lambda: service.stats["worker_restarts"] == 1, service.poll)
-        assert service.stats["clips_lost"] == 1
+        _wait_until(lambda: service.stats()["worker_restarts"] == 1, service.poll)
+        assert service.stats()["clips_lost"] == 1
         service.submit(_clips(1, frames=False))
         with pytest.raises(ScoringServiceError, match="hung"):
             _wait_until(lambda: False, service.poll)
@@ -217,8 +217,8 @@ def test_a_hung_scorer_is_killed_and_restarted():
 def test_scorer_exceptions_are_counted_then_fatal():
     with ScoringService(RaisingScorer, max_consecutive_errors=2, batch_clips=1) as service:
         service.submit(_clips(1, frames=False))
-        _wait_until(lambda: service.stats["scorer_errors"] == 1, service.poll)
-        assert service.stats["clips_lost"] == 1
+        _wait_until(lambda: service.stats()["scorer_errors"] == 1, service.poll)
+        assert service.stats()["clips_lost"] == 1
         service.submit(_clips(1, frames=False))
         with pytest.raises(ScoringServiceError, match="out of memory"):
             _wait_until(lambda: False, service.poll)

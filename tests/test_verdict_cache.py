@@ -255,7 +255,7 @@ def test_the_hit_rate_reaches_the_service_stats(tmp_path):
             service.submit(clips, meta=None)
             while not service.poll():
                 pass
-            assert service.stats["cache_hit_rate"] == expected_rate
+            assert service.stats()["cache_hit_rate"] == expected_rate
     with pytest.raises(TypeError, match="build it in the scoring process with cached"):
         import pickle
 

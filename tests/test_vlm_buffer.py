@@ -50,7 +50,7 @@ def test_the_readme_example_runs():
     exec(compile(example, str(README), "exec"), {"print": printed.append, "__name__": "readme"})
     assert len(printed) == 4096 // 128
     assert printed[-1]["lambda"] == 0.5  # warm-up is half of the 4,096 frames
-    assert printed[-1]["positives"] > 0  # random play on 5x5 picks up keys
+    assert printed[-1]["positive_clips"] > 0  # random play on 5x5 picks up keys
     assert any("train/success" in row for row in printed)  # episode metrics reach the loop
 
 
@@ -92,7 +92,7 @@ def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lam
         positive = bool(hit[rows].any())
         n_pos_clips += positive
         assert torch.all(data["vlm_priority"][rows] == float(positive)), cid
-    assert n_pos_clips > 0 and stats["positives"] == n_pos_clips
+    assert n_pos_clips > 0 and stats["positive_clips"] == n_pos_clips
     assert stats["stale_rejected"] == 0 and stats["clips_dropped"] == 0 and stats["clips_lost"] == 0
     assert int((~scored).sum()) < 3 * clip_len  # at most the envs' unfinished clips
     assert sampler.num_positive == int(data["vlm_priority"].sum())
@@ -302,7 +302,7 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
         for key in ("observation", "action", "clip_id", "vlm_priority", "vlm_score"):
             torch.testing.assert_close(a[key], b[key], equal_nan=True, rtol=0, atol=0)
         sa, sb = original.stats(), restored.stats()
-        for key in ("positives", "slots_written", "slots_scored", "coverage", "lambda", "num_positive", "extends"):
+        for key in ("positive_clips", "slots_written", "slots_scored", "coverage", "lambda", "positive_slots", "extends"):
             assert sa[key] == sb[key], key
         assert torch.equal(original.writer.generations_of(torch.arange(600)),
                            restored.writer.generations_of(torch.arange(600)))

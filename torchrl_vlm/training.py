@@ -278,6 +278,76 @@ def check_common_config(cfg, ranges: Mapping[str, Range] = ()) -> None:
         )
 
 
+def recipe_yaml(path: str | os.PathLike):
+    """A recipe's YAML as Hydra composes it from its plain ``defaults`` (other YAMLs beside it, then ``_self_``),
+    unresolved: the keys a recipe has."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    own = OmegaConf.load(path)
+    defaults = list(own.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        part = own if entry == "_self_" else recipe_yaml(path.with_name(f"{entry}.yaml"))
+        merged = OmegaConf.merge(merged, part)
+    return merged
+
+
+def check_known_keys(cfg, yaml_path: str | os.PathLike) -> None:
+    """Refuses keys that the recipe's YAML does not have (a typo, or Hydra's ``+key=``, which adds a key the recipe
+    never reads), naming each with the nearest key it has. Below a key whose default is not a group (``null``, a
+    value) anything goes: ``vlm.replica_options={num_gpus: 1}`` is a value."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    reference = recipe_yaml(yaml_path)
+    known = [k for k in _dotted_keys(OmegaConf.to_container(reference, resolve=False))]
+    unknown = []
+
+    def walk(node, ref, prefix):
+        for key in node:
+            path = f"{prefix}{key}"
+            if key not in ref:
+                unknown.append(path)
+            elif isinstance(ref[key], DictConfig) and isinstance(node[key], DictConfig):
+                walk(node[key], ref[key], path + ".")
+
+    walk({k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"} if isinstance(cfg, DictConfig) else cfg,
+         reference, "")
+    if unknown:
+        hints = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key}" + (f" (did you mean {near[0]}?)" if near else ""))
+        raise ValueError(
+            f"unknown config key(s): {', '.join(hints)}. {Path(yaml_path).name} has no such key, so the run would "
+            "ignore it (Hydra's +key= adds a key that no recipe code reads)"
+        )
+
+
+def _dotted_keys(node: Mapping, prefix: str = ""):
+    for key, value in node.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
+def warn_if_never_trains(cfg) -> None:
+    """Warns, loudly and once, when ``collector.init_random_frames`` leaves no step to learn from."""
+    random_frames = cfg.collector.get("init_random_frames", 0) or 0
+    if random_frames >= cfg.collector.total_frames:
+        warnings.warn(
+            f"collector.init_random_frames={random_frames} >= collector.total_frames={cfg.collector.total_frames}: "
+            "every step is a random action and no gradient step is taken. Lower collector.init_random_frames "
+            "(or raise the budget) for a run that learns",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def check_resumable(saved: Mapping[str, Any], cfg, keys: tuple[str, ...]) -> None:
     """Refuses to resume a checkpoint whose settings under ``keys`` (dotted paths) differ from ``cfg``'s."""
     from omegaconf import OmegaConf

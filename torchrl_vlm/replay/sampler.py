@@ -237,7 +237,7 @@ class MixtureSampler(Sampler):
 
     @property
     def num_positive(self) -> int:
-        """Number of slots with a positive priority."""
+        """Number of slots with a positive priority: the rows q_P draws from (``stats()["positive_slots"]``)."""
         return self._n_pos
 
     @property
@@ -264,7 +264,7 @@ class MixtureSampler(Sampler):
         return {
             "lambda": self.lam,
             "priority_fraction": self._last_priority_fraction,
-            "num_positive": float(self._n_pos),
+            "positive_slots": float(self._n_pos),
             "transitions_written": float(self._written),
         }
 

@@ -100,8 +100,10 @@ def factory_needs_frames(factory: Any) -> bool | None:
         if factory.func is _same:
             return needs_frames(factory.args[0])
         factory = factory.func
-    if isinstance(factory, type) and hasattr(factory, "needs_frames"):  # a class may set it per instance
-        return bool(factory.needs_frames)
+    if isinstance(factory, type):
+        # The rule, read on the class; a wrapper class says None: its instances take their base's.
+        value = getattr(factory, "needs_frames", True)
+        return None if value is None else bool(value)
     return None
 
 

@@ -41,7 +41,7 @@ __all__ = ["VLMReplayBuffer"]
 
 logger = logging.getLogger(__name__)
 
-_COUNTERS = ("positives", "stale_rejected", "slots_written", "slots_scored", "extends")
+_COUNTERS = ("positive_clips", "stale_rejected", "slots_written", "slots_scored", "extends")
 
 
 def _frame_size(size) -> tuple[int, int] | None:
@@ -388,7 +388,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             index.append(result.meta["index"][mask])
             generation.append(result.meta["generation"][mask])
             score.append(result.scores.unsqueeze(-1).expand(mask.shape)[mask])
-            self._counts["positives"] += int((result.scores >= self.threshold).sum())
+            self._counts["positive_clips"] += int((result.scores >= self.threshold).sum())
             if self.gallery is not None and "thumbnails" in result.meta:
                 self.gallery.add(result.meta["thumbnails"], result.scores, result.meta["clip_id"])
         index, generation, score = torch.cat(index), torch.cat(generation), torch.cat(score)
@@ -427,9 +427,21 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
     # ----------------------------------------------------------------- stats
     def stats(self) -> dict[str, float]:
-        """TorchRL's snapshot, plus the scorer's counters, positives, stale writes, coverage, λ."""
+        """TorchRL's snapshot, plus what a researcher watches, as floats:
+
+        - the scoring service's ``clips_submitted``/``clips_scored``/``clips_dropped``/``clips_lost``,
+          ``worker_restarts``, ``scorer_errors``, ``queue_depth``, ``latency_mean_s``/``latency_p95_s``
+          (:meth:`ScoringService.stats`);
+        - ``positive_clips``: clips the scorer said yes to (P(yes) ≥ ``threshold``), over the run;
+        - ``positive_slots`` (with a :class:`~torchrl_vlm.MixtureSampler`): storage slots holding a
+          positive priority now, the rows q_P draws from;
+        - ``slots_written``, ``slots_scored``, ``coverage`` (the share of written slots that got a
+          verdict), ``stale_rejected`` (verdicts whose slot was reused before they arrived), ``extends``,
+          ``clips_open``/``clips_abandoned``, ``score_wait_s`` (``score_lag``'s wait);
+        - ``lambda`` and ``priority_fraction`` (the sampler's λ and the share of the last batch drawn from q_P).
+        """
         out = super().stats()
-        out.update(self.service.stats)
+        out.update(self.service.stats())
         out.update({key: float(value) for key, value in self._counts.items()})
         written = self._counts["slots_written"]
         out["coverage"] = self._counts["slots_scored"] / written if written else 0.0
@@ -461,7 +473,10 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         }
 
     def _load_vlm_state(self, state: dict[str, Any]) -> None:
-        self._counts.update(state["counts"])
+        counts = dict(state["counts"])
+        if "positives" in counts:  # a checkpoint from before the counter was named for what it counts
+            counts["positive_clips"] = counts.pop("positives")
+        self._counts.update(counts)
         # The scoring process is a new one; its totals continue the saved ones, so that
         # "submitted", "scored" and "positive" keep describing the same clips.
         self.service.continue_counters(state["service"])

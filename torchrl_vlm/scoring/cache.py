@@ -195,6 +195,9 @@ class CachedScorer:
         >>> scorer = CachedScorer(MiniGridEventScorer("any"), "verdicts.sqlite", run="seed0")
     """
 
+    #: Set per instance from the wrapped scorer (``None`` here: a factory of this class cannot tell).
+    needs_frames: bool | None = None
+
     def __init__(self, base, path: str | os.PathLike, *, run: str | None = None, timeout_s: float = 30.0,
                  thumbnails: int = 0):
         if not callable(base):
@@ -342,13 +345,17 @@ def cached(factory, path: str | os.PathLike, *, run: str | None = None, timeout_
            thumbnails: int = 0):
     """A picklable scorer factory: ``factory()``'s scorer behind a :class:`CachedScorer` on ``path``.
 
+    ``factory`` takes every form a replay buffer takes (:func:`~torchrl_vlm.scoring.base.as_scorer_factory`):
+    a scorer class, a ``functools.partial``, a scorer object or a module-level function of the clips.
+
     What a :class:`~torchrl_vlm.ScoringService` or :class:`~torchrl_vlm.VLMReplayBuffer` takes as
     ``scorer``, so that the database is opened in the scoring process.
     """
     import functools
 
-    if not callable(factory):
-        raise TypeError(f"factory must be a zero-argument callable building a scorer, got {factory!r:.100}")
+    from torchrl_vlm.scoring.base import as_scorer_factory
+
+    factory = as_scorer_factory(factory, "factory")  # a scorer class, object, function or partial
     return functools.partial(_build_cached, factory, os.fspath(path), run, timeout_s, thumbnails)
 
 

@@ -215,6 +215,9 @@ class NoisyScorer:
         seed: seeds the flips, so runs are reproducible.
     """
 
+    #: Set per instance from the wrapped scorer (``None`` here: a factory of this class cannot tell).
+    needs_frames: bool | None = None
+
     def __init__(self, base, false_positive_rate: float = 0.0, false_negative_rate: float = 0.0, seed: int = 0):
         for name, rate in (("false_positive_rate", false_positive_rate), ("false_negative_rate", false_negative_rate)):
             if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
@@ -244,6 +247,9 @@ class DelayedScorer:
     It models a VLM on its own accelerator: the scoring process waits, the
     learner's CPU does not. Used by the pipeline-overhead benchmark and tests.
     """
+
+    #: Set per instance from the wrapped scorer (``None`` here: a factory of this class cannot tell).
+    needs_frames: bool | None = None
 
     def __init__(self, base, latency_s: float):
         if not latency_s >= 0:

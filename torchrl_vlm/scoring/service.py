@@ -6,7 +6,7 @@ with ``torch.multiprocessing``'s *spawn* context. The scorer is built inside
 the child from a picklable zero-argument factory, so the parent never loads
 the model, and the child has its own thread budget and device.
 
-Failure policy (every case is counted in :attr:`ScoringService.stats`):
+Failure policy (every case is counted in :meth:`ScoringService.stats`):
 
 - the scorer cannot be built → the constructor raises, naming the factory and
   repeating the child's error;
@@ -638,8 +638,9 @@ class ScoringService:
         """Clips submitted and not yet answered, dropped or lost (waiting plus in the worker)."""
         return sum(n for _, n, _ in self._pending.values())
 
-    @property
     def stats(self) -> dict[str, float]:
+        """The run's counters (clips submitted, scored, dropped, lost; worker restarts, scorer errors), the
+        queue depth, latency (mean, p95) and the scorer's own ``stats()``; a method, as ``rb.stats()`` is."""
         lat = sorted(self._latencies)
         return {
             **{k: float(v) for k, v in self.counters().items()},
