@@ -68,6 +68,7 @@ from torchrl_vlm.training import (
     VLM_RANGES,
     check_common_config,
     check_known_keys,
+    describe_logs,
     check_resumable,
     close_all,
     evaluate_success,
@@ -553,7 +554,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                 cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
             )
         )
-    print(f"logs: {Path(summary['out_dir']) / 'logs'} (offline wandb runs: `wandb sync <run folder>` uploads them)")
+    print(describe_logs(cfg, summary["out_dir"]))
     if summary["checkpoint"] is not None:
         print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")
     if summary["gallery"] is not None:

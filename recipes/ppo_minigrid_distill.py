@@ -44,6 +44,7 @@ from torchrl_vlm.training import (
     StopRequest,
     check_common_config,
     check_known_keys,
+    describe_logs,
     check_resumable,
     close_all,
     evaluate_success,
@@ -381,7 +382,7 @@ def main(cfg: DictConfig) -> None:
     print(f"{cfg.algo} + teacher={cfg.teacher} on {cfg.env.name}: {summary['frames']} frames, SPS {summary['sps']:.0f}")
     solved = "never" if summary["solved_at"] is None else f"at {summary['solved_at']} frames"
     print(f"final eval success {summary['final_success']:.2f}; success >= {cfg.eval.solved_success} {solved}")
-    print(f"logs: {out_dir / 'logs'}")
+    print(describe_logs(cfg, out_dir))
     if summary["checkpoint"] is not None:
         print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")
 

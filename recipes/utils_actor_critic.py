@@ -33,6 +33,7 @@ from torchrl_vlm.training import (
     check_common_config,
     check_known_keys,
     check_resumable,
+    describe_logs,
     close_all,
     get_rng_state,
     load_checkpoint,
@@ -430,5 +431,6 @@ def print_summary(cfg: DictConfig, summary: dict) -> None:
     print(f"{cfg.logger.exp_name} + {cfg.buffer.sampler} on {cfg.env.family}:{cfg.env.name}: {summary['frames']} "
           f"agent steps ({summary['env_steps']} env steps), {summary['updates']} updates, SPS {summary['sps']:.0f}; "
           f"final eval return {summary['final_return']:.1f}{success}")
+    print(describe_logs(cfg, summary["out_dir"]))
     if summary["checkpoint"] is not None:
         print(f"checkpoint: {summary['checkpoint']} (resume with checkpoint.resume=<that folder>)")

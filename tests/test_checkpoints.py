@@ -127,3 +127,27 @@ def test_a_checkpoint_holds_only_what_loads_without_code(tmp_path):
         save_checkpoint(tmp_path / "d", {"bad": Payload(tmp_path / "x")})
         load_checkpoint(tmp_path / "d")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_holds_the_filled_part_of_the_storage_not_its_capacity(tmp_path):
+    # A 3,072-transition run once wrote 266 MB: the storage at its full 200k capacity.
+    import os
+
+    from tensordict import TensorDict
+
+    from torchrl_vlm import make_replay_buffer
+
+    rows = TensorDict({"observation": torch.randn(3072, 64), ("next", "observation"): torch.randn(3072, 64)}, [3072])
+    sizes = {}
+    for capacity in (4096, 200_000):
+        rb = make_replay_buffer(capacity, sampler="uniform", batch_size=8)
+        rb.extend(rows)
+        rb.dumps(tmp_path / str(capacity))
+        sizes[capacity] = sum(f.stat().st_size for f in (tmp_path / str(capacity) / "storage").rglob("*.memmap"))
+        restored = make_replay_buffer(capacity, sampler="uniform", batch_size=8)
+        restored.loads(tmp_path / str(capacity))
+        assert len(restored) == 3072 and torch.equal(restored[:]["next", "observation"], rows["next", "observation"])
+        restored.extend(rows[:10])  # writing goes on after the restored rows
+        assert len(restored) == 3082 and torch.equal(restored[3072:3082]["observation"], rows[:10]["observation"])
+    assert sizes[200_000] == sizes[4096] < 2 * 3072 * 64 * 4 * 1.1
+    assert os.path.exists(tmp_path / "200000" / "storage" / "storage_metadata.json")

@@ -139,3 +139,34 @@ def test_the_public_classes_show_their_own_signatures_and_docstrings():
     assert "storage" in inspect.signature(VLMReplayBuffer).parameters
     assert "clip_len" in inspect.signature(RenderClips).parameters
     assert "Module" not in (RenderClips.__init__.__doc__ or "")
+
+
+def test_a_prioritized_sampler_that_ignores_verdicts_is_warned_about():
+    from torchrl.data import PrioritizedSampler
+
+    with pytest.warns(UserWarning, match="never change what is sampled.*MixtureSampler"):
+        VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=MiniGridEventScorer,
+                        sampler=PrioritizedSampler(100, 0.6, 0.4)).close()
+
+
+def test_the_summary_names_the_logger_used_and_where_a_resumed_run_logged_before():
+    from omegaconf import OmegaConf
+
+    from torchrl_vlm.training import describe_logs
+
+    cfg = OmegaConf.create({"logger": {"backend": "csv", "mode": None, "project": None},
+                            "checkpoint": {"resume": "/runs/a/checkpoint"}})
+    line = describe_logs(cfg, "/runs/b")
+    assert "wandb" not in line and "csv" in line and "/runs/b/logs" in line and "/runs/a/logs" in line
+
+
+def test_the_verdict_audit_fails_on_a_model_the_cache_does_not_hold(tmp_path):
+    path = tmp_path / "verdicts.sqlite"
+    env = _cartpole([])
+    with VLMReplayBuffer(storage=LazyTensorStorage(500), scorer=cached(event_in_clip, path),
+                         events_key=("next", "terminated")) as rb:
+        _fill(rb, env, 64)
+    run = subprocess.run([sys.executable, "-m", "torchrl_vlm.verdicts", str(path), "--model", "nosuchmodel"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "no verdicts of --model 'nosuchmodel'" in run.stderr
+    assert "_scorers.event_in_clip" in run.stderr

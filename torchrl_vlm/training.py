@@ -560,6 +560,27 @@ def make_logger(
     return get_logger(backend, logger_name=str(log_dir), experiment_name=name, **kwargs)
 
 
+def describe_logs(cfg, out_dir: str | os.PathLike) -> str:
+    """Where a run's logs went, in words, for the end-of-run summary: the logger actually used and its folder;
+    for a resumed run, also where the part before the checkpoint logged (each part logs under its own run)."""
+    backend = cfg.logger.backend
+    folder = Path(out_dir) / "logs"
+    if not backend:
+        text = "logs: none (logger.backend is empty)"
+    elif backend == "wandb":
+        mode = wandb_mode(cfg.logger.mode, cfg.logger.project)
+        text = (f"logs: wandb, {mode or 'online'}, under {folder}"
+                + (" (`wandb sync <run folder>` uploads an offline run)" if mode == "offline" else ""))
+    elif backend == "csv":
+        text = f"logs: csv, one file per metric under {folder}/<run>/scalars/"
+    else:
+        text = f"logs: {backend} under {folder} (tensorboard --logdir {folder})"
+    resume = cfg.checkpoint.get("resume")
+    if resume:
+        text += f"; the run before the checkpoint logged under {Path(resume).parent / 'logs'}"
+    return text
+
+
 def log_metrics(logger: Logger | None, metrics: Mapping[str, float], step: int) -> None:
     """Logs scalar metrics in one call (non-finite ones are skipped: wandb charts choke on NaN)."""
     if logger is None:

@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit and --rows must be >= 1, got {args.limit} and {args.rows}")
     try:
         rows = read_verdicts(args.path, model=args.model)
+        if args.model is not None and not rows:
+            models = sorted({row["model"] for row in read_verdicts(args.path)})
+            raise ValueError(f"no verdicts of --model {args.model!r} in {args.path}; its models: "
+                             f"{', '.join(models) or 'none (the cache is empty)'}")
         print("\n".join(summary(rows)))
         print("\n".join(table(read_verdicts(args.path, order=args.order, limit=args.limit, model=args.model))))
         if args.gallery:

@@ -14,11 +14,12 @@ other samplers ignore the call.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tensordict import LazyStackedTensorDict, TensorDictBase
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
 from tensordict.utils import NestedKey
 from torchrl.data import (
     LazyMemmapStorage,
@@ -28,6 +29,7 @@ from torchrl.data import (
     TensorDictReplayBuffer,
     TensorDictRoundRobinWriter,
 )
+from torchrl.data.replay_buffers.checkpointers import TensorStorageCheckpointer
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
@@ -42,6 +44,38 @@ STORAGE_CHOICES = ("tensor", "memmap")
 #: Entries a collector batch carries that replay never stores: the frames (for the
 #: VLM only) and the mission bytes (the same for every step of an episode).
 DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = ("pixels", ("next", "pixels"), "mission", ("next", "mission"))
+
+
+class FilledPartCheckpointer(TensorStorageCheckpointer):
+    """TorchRL's tensor-storage checkpointer, writing the rows that hold data instead of the whole capacity.
+
+    A storage of 1M rows holding 3,072 transitions is saved as 3,072 rows (TorchRL's checkpointer memory-maps
+    all of them: 266 MB for a small run). Loading writes them back into the first rows of the storage, which
+    is where a 1-D storage that has not wrapped around keeps them; a full storage is saved whole.
+    """
+
+    def dumps(self, storage, path):
+        n = len(storage)
+        if self._save_hooks or not is_tensor_collection(getattr(storage, "_storage", None)) or n >= storage.max_size:
+            return super().dumps(storage, path)
+        path = Path(path)
+        path.mkdir(exist_ok=True)
+        storage._storage[:n].memmap(path, copy_existing=True)
+        (path / "storage_metadata.json").write_text(
+            json.dumps({"metadata": {}, "is_pytree": False, "len": n, "filled_part": True})
+        )
+
+    def loads(self, storage, path):
+        path = Path(path)
+        metadata = json.loads((path / "storage_metadata.json").read_text())
+        if not metadata.get("filled_part"):
+            return super().loads(storage, path)
+        rows = TensorDict.load_memmap(path)
+        n = int(metadata["len"])
+        if not storage.initialized:
+            storage._init(rows[0])
+        storage._storage[:n].update_(rows)
+        storage._len = n
 
 
 def own_signature(cls):
@@ -122,6 +156,8 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
             transform=transform,
             prefetch=prefetch,
         )
+        if type(self._storage.checkpointer) is TensorStorageCheckpointer:  # TorchRL's: it saves the whole capacity
+            self._storage.checkpointer = FilledPartCheckpointer()
         self.postproc = postproc
         self.exclude_keys = tuple(exclude_keys)
         self.td_error_key = td_error_key

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
-from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
 from torchrl_vlm.envs.minigrid_names import decode_mission
@@ -180,6 +181,15 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         self.gallery = gallery
         # The column the verdicts go to: the mixture sampler's, or VLM-RB's name for it.
         self.vlm_priority_key = self.priority_key if isinstance(self._sampler, MixtureSampler) else "vlm_priority"
+        if not isinstance(self._sampler, MixtureSampler) and isinstance(self._sampler, PrioritizedSampler):
+            warnings.warn(
+                f"VLMReplayBuffer with {type(self._sampler).__name__}: the VLM's verdicts go to the "
+                "'vlm_priority' column only and never change what is sampled (TorchRL's PrioritizedSampler draws "
+                "by the priorities update_tensordict_priority gives it). Use MixtureSampler (td_boost=True for "
+                "verdicts times TD errors) for VLM-RB",
+                UserWarning,
+                stacklevel=2,
+            )
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._wait_s = 0.0
         self._due: dict[int, int] = {}  # ticket -> the extend at whose end its verdict lands (score_lag)

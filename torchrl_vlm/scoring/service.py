@@ -222,11 +222,20 @@ class ScoringService:
             Ray, or a local one started for this service (``backend="ray"``).
 
     Examples:
-        >>> import functools
+        >>> import time, torch
+        >>> from tensordict import TensorDict
         >>> from torchrl_vlm import ScoringService, MiniGridEventScorer
+        >>> clips = TensorDict({"mask": torch.ones(2, 4, dtype=torch.bool),
+        ...                     "events": torch.zeros(2, 4, 5, dtype=torch.bool)}, [2])
+        >>> clips["events"][0, 3, 2] = True          # clip 0 reaches the goal
         >>> with ScoringService(MiniGridEventScorer) as service:  # doctest: +SKIP
-        ...     service.submit(clips, meta="batch-0")
-        ...     results = service.poll()   # later; never blocks
+        ...     ticket = service.submit(clips, meta="batch-0")   # returns at once
+        ...     results = []
+        ...     while not results:                               # poll() never blocks
+        ...         results = service.poll()
+        ...         time.sleep(0.05)
+        >>> results[0].meta, results[0].scores.tolist()  # doctest: +SKIP
+        ('batch-0', [1.0, 0.0])
     """
 
     def __new__(cls, *args, backend: str = "process", **kwargs):
