@@ -37,6 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from torchrl_vlm.training import remember_absent_pandas  # noqa: E402
+
 from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results  # noqa: E402
 
 
@@ -116,6 +118,7 @@ def main():
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
+    remember_absent_pandas()  # as the recipe does (seed_everything): tensordict's per-call find_spec otherwise
     sac = recipe("sac")
     utils = recipe("utils_actor_critic")
     cfg = recipe_config("sac", ["env.num_envs=1", f"env.family={args.family}"])

@@ -61,7 +61,7 @@ def test_smoke(overrides, tmp_path):
         assert stats["clips_submitted"] > 0 and stats["clips_scored"] > 0
         assert summary["lambda"] == 0.5  # warm-up is half of the 256 frames
         watched = {"buffer/lambda", "buffer/priority_fraction", "buffer/stale_rejected", "buffer/latency_mean_s",
-                   "buffer/coverage", "buffer/clips_dropped", "buffer/positives", "buffer/score_wait_s"}
+                   "buffer/coverage", "buffer/clips_dropped", "buffer/positive_clips", "buffer/score_wait_s"}
         assert watched <= logged
         assert list((tmp_path / "gallery").glob("*.png"))
 

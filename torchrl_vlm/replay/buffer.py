@@ -185,7 +185,7 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
         return super().extend(data, update_priority=update_priority)
 
     def stats(self) -> dict[str, float]:
-        """TorchRL's snapshot, plus a :class:`MixtureSampler`'s λ, last-batch prioritised share and positives."""
+        """TorchRL's snapshot, plus a :class:`MixtureSampler`'s λ, last-batch prioritised share and positive slots."""
         out = {key: float(value) for key, value in super().stats().items()}
         if isinstance(self._sampler, MixtureSampler):
             out.update({key: float(value) for key, value in self._sampler.stats().items()})

@@ -108,7 +108,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         **service_options: passed to :class:`ScoringService` when ``scorer`` is a factory.
 
     ``rb.stats()`` adds to TorchRL's snapshot what a researcher watches: the service's
-    counters (clips submitted, scored, dropped, lost; latency), positives, stale
+    counters (clips submitted, scored, dropped, lost; latency), positive clips, stale
     writes, coverage (share of written slots that got a verdict), the wait of
     ``score_lag``, and λ and the prioritised share of the last batch.
 
