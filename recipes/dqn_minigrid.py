@@ -535,7 +535,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
     print("\n=== run summary ===")
     print(f"frames {summary['frames']}  updates {summary['updates']}  SPS {summary['sps']:.0f}")
     print(f"final eval success: greedy {summary['final_success_greedy']:.2f}, "
@@ -566,7 +566,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    print_summary(summary)
+    print_summary(cfg, summary)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,12 @@ class ClipAssembler:
         self._calls += 1
         fresh_ids = set(steps["clip_id"].tolist())  # clips that got news in this call
         if self._carry is not None:
-            if has_clip_end != ("clip_end" in self._carry.keys()):
-                raise KeyError("every call's steps must have a 'clip_end' entry, or none")
+            if has_clip_end and "clip_end" not in self._carry.keys():
+                # Carried from steps without the entry (a checkpoint from before it existed): a carried
+                # step never closed its clip, or the clip would have been complete.
+                self._carry.set("clip_end", torch.zeros(self._carry.batch_size[0], dtype=torch.bool))
+            elif not has_clip_end and "clip_end" in self._carry.keys():
+                raise KeyError("steps lack the 'clip_end' entry that earlier steps had")
             steps = torch.cat([self._carry, steps])
             if missions is not None and self._carry_missions is not None:
                 missions = self._carry_missions + list(missions)
