@@ -97,8 +97,9 @@ def action_repeat(args) -> int:
 
 
 def agent_steps(args, env_steps: int) -> int:
-    """An env-step budget or interval in the recipe's agent steps (rounded down to whole agent steps)."""
-    return env_steps // action_repeat(args)
+    """An env-step budget or interval in the recipe's agent steps (rounded down to whole agent steps; a nonzero
+    interval stays at least one agent step, since 0 means "only at the end")."""
+    return max(env_steps // action_repeat(args), 1 if env_steps > 0 else 0)
 
 
 def cell_overrides(args, method: str, seed: int) -> list[str]:
@@ -148,7 +149,7 @@ def run_cell(args, method: str, seed: int) -> dict:
         "algo": args.algo,
         "method": method,
         "seed": seed,
-        "env_steps": args.frames,
+        "env_steps": summary["env_steps"],  # what ran: the budget rounded up to whole collector batches
         "action_repeat": summary["action_repeat"],
         "overrides": overrides,
         "evals": summary["evals"],

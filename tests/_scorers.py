@@ -164,3 +164,25 @@ def event_in_clip(clips):
 
 def two_argument_scorer(clips, threshold):
     return clips["mask"].any(-1).float()
+
+
+def keyword_scorer(clips, k=1.0):
+    return clips["mask"].any(-1).float() * k
+
+
+class FactoryObject:
+    """A callable object of no argument: a factory, called in the scoring process."""
+
+    def __call__(self):
+        return event_in_clip
+
+
+class PropertyScorer:
+    """needs_frames as a property: only an instance can say."""
+
+    @property
+    def needs_frames(self):
+        return False
+
+    def __call__(self, clips):
+        return clips["mask"].any(-1).float()

@@ -170,3 +170,53 @@ def test_the_verdict_audit_fails_on_a_model_the_cache_does_not_hold(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2 and "no verdicts of --model 'nosuchmodel'" in run.stderr
     assert "_scorers.event_in_clip" in run.stderr
+
+
+def test_each_form_is_read_by_the_arguments_it_still_needs():
+    from _scorers import FactoryObject, PropertyScorer, keyword_scorer
+    from torchrl_vlm.scoring.base import _same, as_scorer_factory, factory_needs_frames
+
+    assert as_scorer_factory(functools.partial(keyword_scorer, k=2.0)).func is _same  # still needs the clips
+    assert as_scorer_factory(FactoryObject()).__class__ is FactoryObject  # needs nothing: a factory
+    made = as_scorer_factory(MiniGridEventScorer("any"))
+    assert as_scorer_factory(made) is made  # not wrapped (nor pickled) twice
+    assert factory_needs_frames(PropertyScorer) is None  # a property cannot be read on the class
+    assert factory_needs_frames(cached(MiniGridEventScorer, "unused.sqlite")) is False
+
+
+def test_scorers_that_differ_get_different_cache_identities():
+    from _scorers import keyword_scorer
+    from torchrl_vlm import NoisyScorer
+
+    class Holder:
+        def __init__(self, k):
+            self.k = k
+
+        def score(self, clips):
+            return clips["mask"].any(-1).float()
+
+    pairs = [
+        (functools.partial(keyword_scorer, k=2.0), functools.partial(keyword_scorer, k=3.0)),
+        (Holder(1).score, Holder(2).score),
+        (NoisyScorer(MiniGridEventScorer, 0.1, 0.1, seed=0), NoisyScorer(MiniGridEventScorer, 0.1, 0.1, seed=1)),
+        (MiniGridEventScorer("any"), MiniGridEventScorer("goal_only")),
+    ]
+    for a, b in pairs:
+        assert scorer_identity(a) != scorer_identity(b), (a, b)
+        assert scorer_identity(a) == scorer_identity(a) and "0x" not in str(scorer_identity(a))
+    assert scorer_identity(len) == {"model": "builtins.len"}
+
+
+def test_a_memmap_storage_checkpointed_into_its_own_folder_falls_back_to_torchrl(tmp_path):
+    from tensordict import TensorDict
+    from torchrl.data import LazyMemmapStorage
+
+    from torchrl_vlm.replay.buffer import CollectorReplayBuffer
+
+    folder = tmp_path / "rb"
+    rb = CollectorReplayBuffer(storage=LazyMemmapStorage(100, scratch_dir=folder / "storage"), batch_size=4)
+    rb.extend(TensorDict({"observation": torch.randn(7, 3)}, [7]))
+    rb.dumps(folder)
+    again = CollectorReplayBuffer(storage=LazyMemmapStorage(100, scratch_dir=folder / "storage"), batch_size=4)
+    again.loads(folder)
+    assert len(again) == 7 and torch.equal(again[:]["observation"], rb[:]["observation"])

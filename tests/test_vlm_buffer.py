@@ -191,6 +191,7 @@ def test_a_clip_length_that_disagrees_with_the_env_is_refused_naming_both(env_le
         with pytest.raises(ValueError, match=f"the env's clips have {env_len} steps.*clip_len is {buffer_len}"):
             for batch in _batches(env, 256, 64):
                 rb.extend(batch)
+        assert len(rb) == 0  # refused before the batch was written
 
 
 def test_the_buffer_reads_the_clip_length_from_the_env_and_covers_every_step():

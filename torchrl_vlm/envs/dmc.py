@@ -41,7 +41,9 @@ class DMCTaskState(Transform):
     It reads the physics of the :class:`~torchrl.envs.DMControlEnv` it sits on, after the
     action (with an action repeat, after its last physics step), so a row's ``("next",
     "events")`` are those its own action caused, and its ``("next", "pixels")`` frame shows
-    the state that action led to.
+    the state that action led to. A goal held only in the middle of an action repeat (the
+    ball passing through the cup) earns reward for the row but no event: the events, the
+    success and the frame all describe the state the row ends in.
 
     Entries it adds (to the reset and to each step's ``next``):
 
@@ -192,7 +194,8 @@ def make_dmc_env(
         render: render ``pixels`` for a VLM (set ``MUJOCO_GL=egl`` before mujoco is imported).
             Off, nothing is rendered.
         frame_size: side of the rendered frames (64 or 84 in the literature).
-        seed: seeds the envs (each batched env gets ``seed + i``).
+        seed: seeds the envs (a batch's envs each get their own seed, derived from it by TorchRL's
+            ``SerialEnv.set_seed``).
         action_repeat: physics steps per agent step; ``None`` takes the pixel-based DMControl
             literature's value for the domain (cartpole 8, finger and walker 2, others 4:
             :data:`~torchrl_vlm.envs.dmc_tasks.DMC_ACTION_REPEAT`). Report env steps = agent

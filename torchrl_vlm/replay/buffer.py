@@ -54,9 +54,20 @@ class FilledPartCheckpointer(TensorStorageCheckpointer):
     is where a 1-D storage that has not wrapped around keeps them; a full storage is saved whole.
     """
 
+    @staticmethod
+    def _saves_whole(storage, path) -> bool:
+        """Where TorchRL's own checkpointer is the right one: a full storage, an N-d one (``len`` counts
+        elements there), a pytree, or one memory-mapped in ``path`` itself (it refreshes those in place)."""
+        data = getattr(storage, "_storage", None)
+        if not is_tensor_collection(data) or getattr(storage, "ndim", 1) != 1 or len(storage) >= storage.max_size:
+            return True
+        target = Path(path).absolute()
+        places = (getattr(data, "saved_path", None) if data.is_memmap() else None, getattr(storage, "scratch_dir", None))
+        return any(place and Path(place).absolute() == target for place in places)
+
     def dumps(self, storage, path):
         n = len(storage)
-        if self._save_hooks or not is_tensor_collection(getattr(storage, "_storage", None)) or n >= storage.max_size:
+        if self._save_hooks or self._saves_whole(storage, path):
             return super().dumps(storage, path)
         path = Path(path)
         path.mkdir(exist_ok=True)

@@ -77,15 +77,36 @@ class ClipAssembler:
             self.clip_len = int(env_len[closed_by_env][0])
         if self.clip_len is None:
             return
-        longer = env_len > self.clip_len
         other = closed_by_env & (env_len != self.clip_len)
-        if bool(longer.any()) or bool(other.any()):
-            seen = int(env_len[longer][0]) if bool(longer.any()) else int(env_len[other][0])
-            raise ValueError(
-                f"the env's clips have {seen} steps, the replay buffer's clip_len is {self.clip_len}: the env's "
-                "RenderClips sets the clip length; leave the buffer's clip_len at None (it reads the env's) "
-                "or give both the same value"
-            )
+        longer = env_len > self.clip_len
+        if bool(other.any()):  # a boundary shows the env's length itself
+            seen = f"{int(env_len[other][0])} steps"
+        elif bool(longer.any()):  # a step past the length, its clip's end not seen yet
+            seen = f"at least {int(env_len[longer].max())} steps"
+        else:
+            return
+        raise ValueError(
+            f"the env's clips have {seen}, the replay buffer's clip_len is {self.clip_len}: the env's "
+            "RenderClips sets the clip length; leave the buffer's clip_len at None (it reads the env's) "
+            "or give both the same value"
+        )
+
+    def check(self, steps: TensorDictBase) -> None:
+        """Raises what :meth:`add` would raise about ``steps``' clip boundaries, changing nothing: a caller
+        that writes the steps elsewhere first (a replay buffer) checks before it writes."""
+        has_clip_end = "clip_end" in steps.keys()
+        if not has_clip_end and self.clip_len is None:
+            raise KeyError("steps without a 'clip_end' entry complete at clip_len steps: give the assembler clip_len")
+        if not has_clip_end and self._carry is not None and "clip_end" in self._carry.keys():
+            raise KeyError("steps lack the 'clip_end' entry that earlier steps had")
+        if has_clip_end:
+            env_len = steps["clip_step"].reshape(-1) + 1
+            closed = steps["clip_end"].reshape(-1) & ~steps["end"].reshape(-1)
+            known = self.clip_len
+            try:
+                self._check_length(env_len, closed)
+            finally:
+                self.clip_len = known  # learning happens in add(), with the rest of the state
 
     def add(self, steps: TensorDictBase, missions: list[str] | None = None) -> TensorDictBase | None:
         for key in ("clip_id", "clip_step", "end"):

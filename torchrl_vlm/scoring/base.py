@@ -99,11 +99,15 @@ def factory_needs_frames(factory: Any) -> bool | None:
     if isinstance(factory, functools.partial):
         if factory.func is _same:
             return needs_frames(factory.args[0])
+        if getattr(factory.func, "__name__", "") == "_build_cached" and factory.args:  # a verdict cache's factory
+            return factory_needs_frames(factory.args[0])
         factory = factory.func
     if isinstance(factory, type):
-        # The rule, read on the class; a wrapper class says None: its instances take their base's.
-        value = getattr(factory, "needs_frames", True)
-        return None if value is None else bool(value)
+        # The rule, read on the class, where the class says it plainly; a wrapper class says None (its
+        # instances take their base's), a property or an instance attribute cannot be read here.
+        value = factory.__dict__.get("needs_frames", None) if "needs_frames" in vars(factory) else getattr(
+            factory, "needs_frames", True)
+        return value if isinstance(value, bool) else None
     return None
 
 
@@ -138,11 +142,10 @@ def as_scorer_factory(scorer: Any, argument: str = "scorer") -> Callable[[], Any
     Accepts what users pass, and refuses the rest here, in the caller's process, with the forms
     that work (``argument`` names the argument in the message):
 
-    - a class, or a ``functools.partial`` (of a class or of a factory function): returned as it
-      is, and called in the scoring process;
-    - a function of one argument (the clips): the scorer itself, sent as it is;
-    - a function of no argument: a factory, returned as it is;
-    - any other callable object: a scorer object, sent as it is (pickled).
+    - a class, or a ``functools.partial`` of one: returned as it is, and called in the scoring process;
+    - a function, a ``functools.partial`` of one, or a callable object that still needs one argument (the
+      clips): the scorer itself, sent as it is (pickled);
+    - one that needs no argument: a factory, returned as it is, and called in the scoring process.
 
     Raises ``TypeError`` for what is not callable, a function of two or more required arguments,
     and anything that does not pickle (a lambda, a local function, an object holding a lock).
@@ -158,17 +161,22 @@ def as_scorer_factory(scorer: Any, argument: str = "scorer") -> Callable[[], Any
         ...
         TypeError: scorer=<lambda> cannot be sent to the scoring process ...
     """
+    if isinstance(scorer, functools.partial) and scorer.func is _same:
+        return scorer  # already made by this function (and checked)
     name = getattr(scorer, "__qualname__", None) or type(scorer).__name__
-    if isinstance(scorer, (type, functools.partial)):
+    if isinstance(scorer, type):
         factory = scorer
-    elif inspect.isfunction(scorer) or inspect.ismethod(scorer) or inspect.isbuiltin(scorer):
+    elif isinstance(scorer, functools.partial) and isinstance(scorer.func, type):
+        factory = scorer  # builds the scorer in the scoring process
+    elif callable(scorer):
+        # A function, a partial or a callable object, told apart by the arguments it still needs:
+        # the clips (a scorer, sent as it is) or none (a factory, called in the scoring process).
         required = _required_positional(scorer)
         if required is not None and required > 1:
             raise TypeError(f"{argument}={name} takes {required} arguments; a scorer function takes the clips, a "
                             f"factory none.\n{_FORMS}")
-        factory = scorer if required == 0 else functools.partial(_same, scorer)
-    elif callable(scorer):
-        factory = functools.partial(_same, scorer)
+        is_factory = required == 0 or (required is None and isinstance(scorer, functools.partial))
+        factory = scorer if is_factory else functools.partial(_same, scorer)
     else:
         raise TypeError(f"{argument} must be a scorer or its factory (or a ScoringService, where one is taken), got "
                         f"{type(scorer).__name__} {scorer!r:.80}.\n{_FORMS}")

@@ -50,7 +50,9 @@ def _frame_size(size) -> tuple[int, int] | None:
     if size is None:
         return None
     pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
-    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+    if not isinstance(pair, (str, bytes)) and hasattr(pair, "__len__") and hasattr(pair, "__getitem__"):
+        pair = tuple(pair)  # a list, or Hydra's ListConfig
+    if (not isinstance(pair, tuple) or len(pair) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in pair)):
         raise ValueError(f"frame_size must be None, an int >= 8 or a pair (H, W) of ints >= 8, got {size!r}")
     return int(pair[0]), int(pair[1])
@@ -73,7 +75,10 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         batch_size: default batch size of ``rb.sample()``.
         clip_len: ``None`` (default): the clip length L is the env's, read from its clip boundaries
             (``RenderClips(clip_len=...)`` sets it, the one place to). An int checks the env's clips against
-            it: a disagreement raises ``ValueError`` naming both, at the first clip that shows it.
+            it: a disagreement raises ``ValueError`` naming both, at the first clip that shows it, before that
+            batch is written. The boundaries are read from ``("next", "clip_id")`` as the env wrote it: an
+            n-step transform belongs in ``postproc`` (which runs after they are read), not in the collector's
+            own ``postproc``, which would shift ``"next"`` by n steps first.
         frame_key: the frame entry of a collector batch. A clip's frames are its
             rows' own, except the last, which is ``("next", frame_key)``: the state
             its last action reached (the goal, the opened door), so the outcome is
@@ -226,6 +231,12 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         if self._counts["extends"] == 0 and self.frame_key not in batch.keys(include_nested=True):
             self._check_frames_not_needed(batch)
         steps, missions = self._clip_steps(batch, n)  # read before postproc rewrites "next" entries
+        if "clip_end" not in steps.keys() and self.clip_len is None:
+            raise KeyError(
+                "batch has no ('next', 'clip_id') entry, from which the buffer reads where the env's clips end: "
+                "collect with a TorchRL collector or env.rollout (they keep 'next'), or give the buffer clip_len"
+            )
+        self.assembler.check(steps)  # a clip length that disagrees is refused before anything is written
 
         rows = self.rows(batch)
         rows.set(self.vlm_priority_key, torch.zeros(n, device=rows.device))

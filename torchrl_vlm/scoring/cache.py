@@ -38,6 +38,7 @@ clips the VLM liked most and least as a PNG. From a shell::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -119,30 +120,35 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def _plain_settings(value, depth: int = 0):
-    """``value`` as JSON-able settings: plain values, their lists and dicts, nested scorers' identities;
-    ``None`` for anything else (tensors, models, generators: not settings)."""
+    """``value`` as a JSON-able setting: plain values, paths, NumPy scalars, small tensors, their lists and dicts,
+    nested scorers by their identity; anything else by its type's name (present, so a scorer that holds one
+    says so, but two such values do not tell apart: define ``cache_identity()`` for those)."""
     if isinstance(value, _PLAIN):
         return value
-    if depth > 3:
-        return None
-    if isinstance(value, (list, tuple)):
-        items = [_plain_settings(v, depth + 1) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value, strict=True)) else items
-    if isinstance(value, dict):
-        return {str(k): v for k, v in ((k, _plain_settings(v, depth + 1)) for k, v in value.items()) if v is not None}
-    if callable(value) and not isinstance(value, type) and hasattr(value, "__dict__"):
-        return scorer_identity(value, depth + 1)
-    return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() <= 64:
+        return value.tolist()
+    if depth <= 3:
+        if isinstance(value, (list, tuple)):
+            return [_plain_settings(v, depth + 1) for v in value]
+        if isinstance(value, dict):
+            return {str(k): _plain_settings(v, depth + 1) for k, v in value.items()}
+        if callable(value) and not isinstance(value, type):
+            return scorer_identity(value, depth + 1)
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
 def scorer_identity(scorer, depth: int = 0) -> dict:
     """What a verdict cache keys ``scorer`` by (with the prompt and the frames it is shown).
 
     ``scorer.cache_identity()`` where it defines one; else ``{"model": "<module>.<qualname>"}`` of the
-    function or of the object's class, with ``"settings"``: the object's public attributes that are
-    plain values (a nested scorer by its own identity), and ``"version"``: its ``cache_version`` where it
-    has one. Never a ``repr`` with a memory address, so an identical rerun hits, and one scorer is one
-    model in an audit.
+    function, the method or the object's class, with ``"settings"``: a ``functools.partial``'s arguments, a
+    bound method's object, an object's public attributes (plain values; a nested scorer by its own identity),
+    and ``"version"``: its ``cache_version`` where it has one. Never a ``repr`` with a memory address, so an
+    identical rerun hits, and one scorer is one model in an audit.
 
     Examples:
         >>> from torchrl_vlm import MiniGridEventScorer
@@ -151,14 +157,22 @@ def scorer_identity(scorer, depth: int = 0) -> dict:
     """
     if callable(getattr(scorer, "cache_identity", None)):
         return scorer.cache_identity()
-    target = scorer if inspect.isfunction(scorer) or inspect.ismethod(scorer) else type(scorer)
-    ident: dict[str, Any] = {"model": f"{target.__module__}.{target.__qualname__}"}
-    if target is type(scorer):
-        settings = {key: _plain_settings(value, depth) for key, value in vars(scorer).items()
-                    if not key.startswith("_") and key not in ("needs_frames", "cache_version")}
-        settings = {key: value for key, value in settings.items() if value is not None}
-        if settings:
-            ident["settings"] = settings
+    settings: dict[str, Any] = {}
+    if isinstance(scorer, functools.partial):
+        ident = scorer_identity(scorer.func, depth + 1)
+        settings = {"args": _plain_settings(list(scorer.args), depth + 1),
+                    "keywords": _plain_settings(dict(scorer.keywords), depth + 1)}
+    elif inspect.ismethod(scorer):
+        ident = {"model": f"{scorer.__func__.__module__}.{scorer.__func__.__qualname__}"}
+        settings = {"self": scorer_identity(scorer.__self__, depth + 1)}
+    else:
+        target = scorer if inspect.isfunction(scorer) or inspect.isbuiltin(scorer) else type(scorer)
+        ident = {"model": f"{getattr(target, '__module__', None) or 'builtins'}.{target.__qualname__}"}
+        if target is type(scorer):
+            settings = {key: _plain_settings(value, depth) for key, value in getattr(scorer, "__dict__", {}).items()
+                        if not key.startswith("_") and key not in ("needs_frames", "cache_version")}
+    if settings:
+        ident["settings"] = {**ident.get("settings", {}), **settings} if "settings" in ident else settings
     version = getattr(scorer, "cache_version", None)
     if version is not None:
         ident["version"] = version

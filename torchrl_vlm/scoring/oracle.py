@@ -225,6 +225,7 @@ class NoisyScorer:
         self.base = _built(base)
         self.false_positive_rate = float(false_positive_rate)
         self.false_negative_rate = float(false_negative_rate)
+        self.seed = seed  # a setting: part of the scorer's cache identity
         self.generator = torch.Generator().manual_seed(seed)
         self.needs_frames = needs_frames(self.base)
 

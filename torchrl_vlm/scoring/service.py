@@ -598,7 +598,7 @@ class ScoringService:
         self._counters["scorer_errors"] += 1
         self._errors_in_a_row += 1
         logger.warning("the scorer failed on a batch (%d clips lost): %s", lost, text)
-        never_answered = self.counters()["clips_scored"] == 0
+        never_answered = self._counters["clips_scored"] == 0  # this service's: a resumed run's totals do not count
         if never_answered and self._errors_in_a_row >= min(FIRST_BATCHES_TO_FAIL, self.max_consecutive_errors):
             # A scorer that has never answered is broken (a typo, a missing entry), not unlucky: say so now.
             self.close()
