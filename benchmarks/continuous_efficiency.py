@@ -231,6 +231,30 @@ def compare_with(results: list[dict], methods: list[str], measure: str, level: f
     return rows
 
 
+def vlm_diagnostics(results: list[dict]) -> list[list]:
+    """Per VLM-RB method, from each cell's end-of-run buffer stats: positive clip share, positive slot share, the
+    q_P share of the last batch, and mean |δ| over all slots and over the positive ones."""
+
+    def column(cells, fn):
+        values = [v for v in (fn(c["vlm_stats"]) for c in cells) if v is not None and v == v]
+        return spread(values, ".3f") if values else "—"
+
+    rows = []
+    for method in METHODS:
+        cells = [r for r in results if r["method"] == method and "clips_scored" in r.get("vlm_stats", {})]
+        if not cells:
+            continue
+        rows.append([
+            method,
+            column(cells, lambda st: st.get("positive_clips", st.get("positives", 0)) / max(st["clips_scored"], 1)),
+            column(cells, lambda st: st.get("positive_slots", st.get("num_positive", 0)) / max(st.get("size", 0), 1)),
+            column(cells, lambda st: st.get("priority_fraction")),
+            column(cells, lambda st: st.get("td_error_mean")),
+            column(cells, lambda st: st.get("td_error_positive_mean")),
+        ])
+    return rows
+
+
 def plot(curves: dict, path: Path, title: str, measure: str, level: float, top: float) -> None:
     """Mean ± std over seeds of the measure (and success, where the task has it) against env steps."""
     import matplotlib
@@ -391,6 +415,16 @@ def main():
             + markdown_table([
                 "method", f"steps to {measure} {lvl} vs uniform, per seed", "p (faster)", f"p (higher late {measure})",
                 "p (higher late success)"], comparison)
+        )
+    diagnostics = vlm_diagnostics(results)
+    if diagnostics:
+        table += (
+            "\n\nWhat VLM-RB's prioritised half held, at each VLM-RB cell's end (median over seeds [min, max]): the "
+            "share of scored clips the scorer said yes to, the share of the buffer's slots holding priority 1, the "
+            "share of the last batch drawn from q_P, and the mean |δ| of all slots against that of the positive "
+            "ones (cells run before these were logged show —).\n\n"
+            + markdown_table(["method", "positive clips / scored", "positive slots / buffer", "q_P share of a batch",
+                              "mean |δ|, all slots", "mean |δ|, positive slots"], diagnostics)
         )
     recipe_cfg = recipe_config(args.algo, cell_overrides(args, "uniform", 0))
     settings = (f"lr {recipe_cfg.optim.lr:g}, batch {recipe_cfg.buffer.batch_size}, "

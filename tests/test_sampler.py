@@ -537,3 +537,21 @@ def test_loads_refuses_anything_but_tensors_and_numbers(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         MixtureSampler().loads(tmp_path / "bad")
     assert _UNPICKLED == []
+
+
+def test_td_boost_stats_compare_the_positive_slots_td_errors_with_all():
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage
+
+    from torchrl_vlm.replay.buffer import CollectorReplayBuffer
+
+    sampler = MixtureSampler(td_boost=True, warmup=10)
+    rb = CollectorReplayBuffer(storage=LazyTensorStorage(100), sampler=sampler, batch_size=8)
+    rb.extend(TensorDict({"observation": torch.randn(50, 3)}, [50]))
+    assert math.isnan(sampler.stats()["td_error_mean"])  # no TD error yet
+    rb.update_priority(torch.arange(10), torch.ones(10))
+    sampler.update_td_error(torch.arange(5, 20), torch.linspace(0.1, 1.5, 15))
+    stats = sampler.stats()
+    # Slots 5..19 have |δ| 0.1..1.5; of them, 5..9 are positive: 0.1..0.5.
+    assert stats["positive_slots"] == 10
+    assert stats["td_error_mean"] == pytest.approx(0.8) and stats["td_error_positive_mean"] == pytest.approx(0.3)

@@ -260,13 +260,21 @@ class MixtureSampler(Sampler):
         return out.reshape(shape)
 
     def stats(self) -> dict[str, float]:
-        """What a trainer logs: λ, the last batch's share drawn from q_P, and the positive slots."""
-        return {
+        """What a trainer logs: λ, the last batch's share drawn from q_P, and the positive slots; with
+        ``td_boost``, the mean |δ| of the slots that have one (``td_error_mean``) and of the positive ones
+        (``td_error_positive_mean``): whether the clips the VLM liked are the ones the critic gets wrong."""
+        out = {
             "lambda": self.lam,
             "priority_fraction": self._last_priority_fraction,
             "positive_slots": float(self._n_pos),
             "transitions_written": float(self._written),
         }
+        if self.td_boost:
+            known = ~torch.isnan(self._td)
+            positive = known & (self._prio > 0)
+            out["td_error_mean"] = float(self._td[known].mean()) if bool(known.any()) else float("nan")
+            out["td_error_positive_mean"] = float(self._td[positive].mean()) if bool(positive.any()) else float("nan")
+        return out
 
     @property
     def default_priority(self) -> float:
