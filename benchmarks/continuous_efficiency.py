@@ -438,7 +438,9 @@ def main():
         + f". Evaluation every {args.eval_interval:,} env steps on {args.eval_episodes} greedy episodes"
         + ("; 'subgoals' is the mean number of the task's 5 subgoals satisfied when an episode ends (one holds at "
            "the start)" if measure == "subgoals" else "; return: the episode's summed reward (at most 1000)")
-        + ". Medians count a seed that never got there as infinite (reached/seeds in brackets).\n\n"
+        + ". Medians count a seed that never got there as infinite (reached/seeds in brackets). Env SPS is the "
+        "cell's own wall-clock rate, with whatever shared (or paused) the machine meanwhile: it does not compare "
+        "methods.\n\n"
         f"{table}\n\nCurves: `{png.relative_to(ROOT)}`; every evaluation: "
         f"`{(folder / 'evals.csv').relative_to(ROOT)}`.\n"
         + (f"\n**Interim**: {len(missing)} of the study's {len(cells)} cells are not finished and are left out "
