@@ -478,3 +478,19 @@ def test_noisy_sweep_gain_and_its_table_for_the_probe(tmp_path, monkeypatch):
     cell = place_on_gain_table(0.25, 0.5, table)
     assert (cell["fpr"], cell["fnr"], cell["gain"], cell["env"]) == (0.3, 0.6, -0.1, "E")
     assert place_on_gain_table(0.1, 0.1, tmp_path / "none.json") is None
+
+
+def test_the_continuous_study_times_levels_in_env_steps_and_reads_old_and_new_counter_names():
+    import continuous_efficiency as ce
+
+    evals = [{"frames": 2000, "env_steps": 8000, "return": 500.0}, {"frames": 4000, "env_steps": 16000, "return": 910.0}]
+    assert ce.reach(evals, "return", 900) == 16000 and math.isinf(ce.reach(evals, "return", 950))
+    args = ce.parse_args(["--env", "cartpole-swingup_sparse", "--frames", "400000", "--eval-interval", "4"])[1]
+    assert ce.action_repeat(args) == 8 and ce.agent_steps(args, 400_000) == 50_000
+    assert ce.agent_steps(args, 4) == 1 and ce.agent_steps(args, 0) == 0  # an interval never rounds to "at the end"
+    old = {"clips_scored": 100.0, "positives": 10.0, "num_positive": 50.0, "size": 1000.0, "priority_fraction": 0.5}
+    new = {"clips_scored": 100.0, "positive_clips": 20.0, "positive_slots": 100.0, "size": 1000.0,
+           "priority_fraction": 0.5, "td_error_mean": 2.0, "td_error_positive_mean": 1.0}
+    (row,) = ce.vlm_diagnostics([{"method": "vlm_events", "vlm_stats": old}, {"method": "vlm_events", "vlm_stats": new}])
+    assert row[0] == "vlm_events" and row[1] == "0.150 [0.100, 0.200]" and row[2] == "0.075 [0.050, 0.100]"
+    assert row[4] == "2.000 [2.000, 2.000]"  # the older cell has no |δ| logged: left out, not zero
