@@ -91,15 +91,19 @@ class ClipAssembler:
             "or give both the same value"
         )
 
-    def check(self, steps: TensorDictBase) -> None:
-        """Raises what :meth:`add` would raise about ``steps``' clip boundaries, changing nothing: a caller
-        that writes the steps elsewhere first (a replay buffer) checks before it writes."""
+    def _check_entries(self, steps: TensorDictBase) -> bool:
+        """Whether ``steps`` carry ``clip_end``; raises where the boundaries cannot be told."""
         has_clip_end = "clip_end" in steps.keys()
         if not has_clip_end and self.clip_len is None:
             raise KeyError("steps without a 'clip_end' entry complete at clip_len steps: give the assembler clip_len")
         if not has_clip_end and self._carry is not None and "clip_end" in self._carry.keys():
             raise KeyError("steps lack the 'clip_end' entry that earlier steps had")
-        if has_clip_end:
+        return has_clip_end
+
+    def check(self, steps: TensorDictBase) -> None:
+        """Raises what :meth:`add` would raise about ``steps``' clip boundaries, changing nothing: a caller
+        that writes the steps elsewhere first (a replay buffer) checks before it writes."""
+        if self._check_entries(steps):
             env_len = steps["clip_step"].reshape(-1) + 1
             closed = steps["clip_end"].reshape(-1) & ~steps["end"].reshape(-1)
             known = self.clip_len
@@ -114,9 +118,7 @@ class ClipAssembler:
                 raise KeyError(f"ClipAssembler.add needs a {key!r} entry per step")
         if steps.batch_dims != 1:
             raise ValueError(f"steps must be flat ([N]), got batch_size {list(steps.batch_size)}")
-        has_clip_end = "clip_end" in steps.keys()
-        if not has_clip_end and self.clip_len is None:
-            raise KeyError("steps without a 'clip_end' entry complete at clip_len steps: give the assembler clip_len")
+        has_clip_end = self._check_entries(steps)
         self._calls += 1
         fresh_ids = set(steps["clip_id"].tolist())  # clips that got news in this call
         if self._carry is not None:
@@ -124,8 +126,6 @@ class ClipAssembler:
                 # Carried from steps without the entry (a checkpoint from before it existed): a carried
                 # step never closed its clip, or the clip would have been complete.
                 self._carry.set("clip_end", torch.zeros(self._carry.batch_size[0], dtype=torch.bool))
-            elif not has_clip_end and "clip_end" in self._carry.keys():
-                raise KeyError("steps lack the 'clip_end' entry that earlier steps had")
             steps = torch.cat([self._carry, steps])
             if missions is not None and self._carry_missions is not None:
                 missions = self._carry_missions + list(missions)
