@@ -30,6 +30,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 import utils_actor_critic
 from utils_actor_critic import SHARED_RANGES, Algorithm, print_summary
+from torchrl_vlm.covr import COVRSACLoss
 from torchrl_vlm.training import Range, make_adam
 
 __all__ = ["RANGES", "check_config", "make_actor_critic", "make_algorithm", "train", "update"]
@@ -39,12 +40,52 @@ RANGES = {
     **SHARED_RANGES,
     "loss.alpha_init": Range("float", 0, open_low=True),
     "loss.target_entropy_scale": Range("float", 0),
+    "covr.coeff": Range("float", 0),
+    "covr.max_new_tokens": Range("int", 1),
+    "covr.image_size": Range("int", 8, nullable=True),
+    "covr.batch_size": Range("int", 1),
+    "covr.prior_lag": Range("int", 0, nullable=True),
+    "covr.finetune_lag": Range("int", 0),
+    "covr.psi0": Range("int", 1),
+    "covr.entropy_sign": Range("float", -1, 1),
+    "covr.df_capacity": Range("int", 1),
+    "covr.min_samples": Range("int", 1),
+    "covr.lora_rank": Range("int", 1),
+    "covr.lora_alpha": Range("float", 0, open_low=True),
+    "covr.lora_dropout": Range("float", 0, 1),
+    "covr.lr": Range("float", 0, open_low=True),
+    "covr.epochs": Range("int", 1),
+    "covr.finetune_batch_size": Range("int", 1),
+    "covr.max_steps": Range("int", 1, nullable=True),
+    "covr.label_smoothing": Range("float", 0, 1),
+    "covr.num_threads": Range("int", 1),
+    "covr.start_timeout_s": Range("float", 0, open_low=True),
+    "covr.hang_timeout_s": Range("float", 0, open_low=True),
 }
+
+#: COVR's choices (``covr.prior``, ``covr.filter``, ``covr.weighting``).
+PRIORS = ("none", "covr", "frozen")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is built, naming the key and the choices."""
     utils_actor_critic.check_config(cfg, RANGES, Path(__file__).with_name("sac.yaml"))
+    from torchrl_vlm.covr.finetuning import FILTERS, WEIGHTINGS
+
+    c = cfg.covr
+    for key, value, choices in (("prior", c.prior, PRIORS), ("filter", c.filter, FILTERS),
+                                ("weighting", c.weighting, WEIGHTINGS)):
+        if value not in choices:
+            raise ValueError(f"covr.{key}={value!r}; choose one of {choices}")
+    if c.entropy_sign not in (1.0, -1.0):
+        raise ValueError(f"covr.entropy_sign={c.entropy_sign}; choose 1.0 (eq. 5 as printed) or -1.0 (its intent)")
+    if c.prompt is not None:
+        from torchrl_vlm.covr.prior import check_prompt
+
+        check_prompt(c.prompt)
+    if c.prior != "none" and cfg.buffer.sampler == "vlm":
+        raise ValueError("covr.prior and buffer.sampler=vlm each need their own replay buffer; COVR runs with "
+                         "buffer.sampler=uniform (the paper's) or per")
 
 
 def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOperator]:
@@ -80,9 +121,12 @@ def make_loss(cfg: DictConfig, env) -> tuple[SACLoss, SoftUpdate, dict[str, torc
     and one fused Adam over actor, critics and temperature (``{"adam": ...}``, as checkpoints keep it)."""
     actor, qvalue = make_actor_critic(cfg, env)
     n_act = env.full_action_spec_unbatched["action"].shape[-1]
-    loss_module = SACLoss(
+    # COVR: SACLoss plus loss_prior = λ‖a_v − a_r‖² (eq. 4); without a prior, TorchRL's SACLoss as it is.
+    loss_class, extra = (SACLoss, {}) if cfg.covr.prior == "none" else (COVRSACLoss, {"prior_coeff": cfg.covr.coeff})
+    loss_module = loss_class(
         actor,
         qvalue,
+        **extra,
         num_qvalue_nets=2,
         loss_function="l2",
         delay_actor=False,
@@ -109,7 +153,7 @@ def update(sample: TensorDictBase, loss_module: SACLoss, optimizer: torch.optim.
     # SACLoss detaches what each loss must not train (the critics in the actor's loss, the actor in the
     # temperature's): one backward and one optimiser step serve the three.
     optimizer.zero_grad(set_to_none=True)
-    (out["loss_qvalue"] + out["loss_actor"] + out["loss_alpha"]).backward()
+    sum(value for key, value in out.items() if key.startswith("loss_")).backward()
     optimizer.step()
     target_updater.step()
     return out
@@ -122,8 +166,8 @@ def make_algorithm(cfg: DictConfig, env) -> Algorithm:
 
     def step(sample: TensorDictBase, updates: int) -> dict[str, float]:
         out = update(sample, loss_module, optimizers["adam"], target_updater)
-        return {key: float(out[key].detach()) for key in ("loss_qvalue", "loss_actor", "loss_alpha", "alpha",
-                                                          "entropy")}
+        return {key: float(value.detach()) for key, value in out.items()
+                if key.startswith("loss_") or key in ("alpha", "entropy", "prior_valid_fraction")}
 
     return Algorithm("SAC", loss_module, optimizers, actor=actor, explore=actor, update=step)
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
-from torchrl.data import LazyTensorStorage
+from torchrl.data import LazyTensorStorage, PrioritizedSampler
 
 from torchrl_vlm import MixtureSampler, NoisyScorer, ScoringServiceError, VLMReplayBuffer, make_replay_buffer
 from torchrl_vlm.training import (
@@ -146,7 +146,12 @@ def wants_frames(cfg: DictConfig) -> bool:
     """Frames cost tens of ms each in software rendering: only a VLM scorer looks at them."""
     if cfg.env.render != "auto":
         return bool(cfg.env.render)
-    return cfg.buffer.sampler == "vlm" and cfg.vlm.scorer == "transformers"
+    return (cfg.buffer.sampler == "vlm" and cfg.vlm.scorer == "transformers") or uses_prior(cfg)
+
+
+def uses_prior(cfg: DictConfig) -> bool:
+    """A COVR action prior (``covr.prior=covr|frozen``, SAC only): the VLM reads every row's frame."""
+    return "covr" in cfg and cfg.covr.prior != "none"
 
 
 def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
@@ -186,9 +191,56 @@ def scorer_factory(cfg: DictConfig):
     return with_verdict_cache(factory, cfg)
 
 
-def make_buffer(cfg: DictConfig):
-    """Uniform or PER (:func:`make_replay_buffer`), or VLM-RB with TD boosting (:class:`VLMReplayBuffer`)."""
+def make_prior_buffer(cfg: DictConfig, action_dim: int, out_dir: Path):
+    """COVR's replay (:class:`~torchrl_vlm.covr.PriorReplayBuffer`): the action prior in its own process, and with
+    ``covr.prior=covr`` the fine-tuning loop (D_f, schedule, EDDF, RALW, LoRA in a process of its own)."""
+    from torchrl_vlm.covr import ActionPrior, FineTuning, FinetuneBuffer, LoRAFineTuner, PriorReplayBuffer
+    from torchrl_vlm.covr.prior import DEFAULT_PROMPT
+
+    c, b = cfg.covr, cfg.buffer
+    adapters = out_dir / "adapters"
+    prompt = DEFAULT_PROMPT if c.prompt is None else c.prompt
+    device = None if c.device == "auto" else c.device
+    common = dict(action_dim=action_dim, prompt=prompt, image_size=c.image_size)
+    service = dict(num_threads=c.num_threads, start_timeout_s=c.start_timeout_s, hang_timeout_s=c.hang_timeout_s)
+    finetuning = None
+    if c.prior == "covr":
+        tuner = functools.partial(
+            LoRAFineTuner, c.model, adapter_root=str(adapters), rank=c.lora_rank, alpha=c.lora_alpha,
+            dropout=c.lora_dropout, lr=c.lr, epochs=c.epochs, batch_size=c.finetune_batch_size,
+            max_steps=c.max_steps, label_smoothing=c.label_smoothing, seed=cfg.env.seed,
+            device=None if c.finetune_device == "auto" else c.finetune_device, **common,
+        )
+        finetuning = FineTuning(
+            tuner, adapter_root=adapters, buffer=FinetuneBuffer(c.df_capacity, gamma=cfg.loss.gamma,
+                                                                scratch_dir=out_dir / "finetune_buffer"),
+            psi0=c.psi0, entropy_sign=c.entropy_sign, filter=c.filter, weighting=c.weighting,
+            min_samples=c.min_samples, lag=None if c.prior_lag is None else c.finetune_lag, seed=cfg.env.seed,
+            **service,
+        )
+    prior = functools.partial(ActionPrior, c.model, adapter_root=str(adapters), max_new_tokens=c.max_new_tokens,
+                              batch_size=c.batch_size, device=device, **common)
+    storage = LazyTensorStorage(b.capacity)
+    sampler = None if b.sampler == "uniform" else PrioritizedSampler(b.capacity, alpha=b.per_alpha, beta=b.per_beta)
+    try:
+        return PriorReplayBuffer(storage=storage, prior=prior, action_dim=action_dim, sampler=sampler,
+                                 batch_size=b.batch_size, prior_lag=c.prior_lag, finetuning=finetuning,
+                                 frame_size=cfg.env.frame_size, **service)
+    except ScoringServiceError as err:
+        if finetuning is not None:
+            finetuning.close()
+        raise ScoringServiceError(
+            f"covr.model={c.model!r} could not be loaded. Without hub access, point covr.model at a local folder "
+            f"holding the model (e.g. one made by torchrl_vlm.testing.make_tiny_vlm). The process said:\n{err}"
+        ) from None
+
+
+def make_buffer(cfg: DictConfig, action_dim: int | None = None, out_dir: Path | None = None):
+    """Uniform or PER (:func:`make_replay_buffer`), VLM-RB with TD boosting (:class:`VLMReplayBuffer`), or COVR's
+    (:func:`make_prior_buffer`, with ``covr.prior=covr|frozen``)."""
     b = cfg.buffer
+    if uses_prior(cfg):
+        return make_prior_buffer(cfg, action_dim, Path(out_dir))
     if b.sampler != "vlm":
         return make_replay_buffer(b.capacity, sampler=b.sampler, batch_size=b.batch_size, per_alpha=b.per_alpha,
                                   per_beta=b.per_beta)
@@ -306,7 +358,7 @@ def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, 
         evals: list[dict[str, float]] = []
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
-            check_resumable(state["config"], cfg, RESUME_MUST_MATCH)
+            check_resumable(state["config"], cfg, RESUME_MUST_MATCH + (("covr",) if "covr" in cfg else ()))
             collected, updates = state["collected_frames"], state["updates"]
             if total_frames <= collected:
                 raise ValueError(
@@ -315,7 +367,7 @@ def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, 
         env = make_env(cfg, cfg.env.num_envs, render, cfg.env.seed)
         eval_env = make_env(cfg, cfg.eval.episodes, False, cfg.env.seed + 10_000)
         algo = make_algorithm(cfg, env)
-        rb = make_buffer(cfg)
+        rb = make_buffer(cfg, env.full_action_spec_unbatched["action"].shape[-1], out_dir)
         if state is not None:
             evals = restore_run(state, cfg, loss_module=algo.loss_module, optimizers=algo.optimizers, env=env, rb=rb)
             print(f"resumed from {cfg.checkpoint.resume} at {collected} frames")
@@ -334,7 +386,7 @@ def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, 
         logger = make_logger(
             cfg.logger.backend,
             algo=algo.name,
-            exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}",
+            exp_name=f"{cfg.logger.exp_name}_{cfg.buffer.sampler}" + (f"_{cfg.covr.prior}" if uses_prior(cfg) else ""),
             log_dir=out_dir / "logs",
             config=OmegaConf.to_container(cfg, resolve=True),
             project=cfg.logger.project,
@@ -370,6 +422,8 @@ def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, 
                         with timeit("update"):
                             for key, value in algo.update(sample, updates).items():
                                 logs.setdefault(key, []).append(value)
+                            if "entropy" in logs and hasattr(rb, "policy_entropy"):
+                                rb.policy_entropy = logs["entropy"][-1]  # COVR's EDDF threshold reads it
                             updates += 1
                         with timeit("priorities"):
                             # TD boosting: each sampled transition's |δ|; PER: its priority; else nothing.

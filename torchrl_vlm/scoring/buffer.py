@@ -20,7 +20,6 @@ whatever the machine's load.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import Any, Callable
 
@@ -31,35 +30,23 @@ from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
 from torchrl_vlm.envs.minigrid_names import decode_mission
-from torchrl_vlm.replay.buffer import DEFAULT_EXCLUDE_KEYS, CollectorReplayBuffer, own_signature
+from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
-from torchrl_vlm.scoring.base import as_scorer_factory, factory_needs_frames
+from torchrl_vlm.scoring.base import factory_needs_frames
 from torchrl_vlm.scoring.gallery import ClipGallery
-from torchrl_vlm.scoring.service import ScoredBatch, ScoringService, ScoringServiceError
+from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
+from torchrl_vlm.scoring.writeback import AsyncWriteBackBuffer
 
 __all__ = ["VLMReplayBuffer"]
 
 logger = logging.getLogger(__name__)
 
-_COUNTERS = ("positive_clips", "stale_rejected", "slots_written", "slots_scored", "extends")
-
-
-def _frame_size(size) -> tuple[int, int] | None:
-    """``frame_size`` as ``(H, W)``, or ``None``."""
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
-    if not isinstance(pair, (str, bytes)) and hasattr(pair, "__len__") and hasattr(pair, "__getitem__"):
-        pair = tuple(pair)  # a list, or Hydra's ListConfig
-    if (not isinstance(pair, tuple) or len(pair) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in pair)):
-        raise ValueError(f"frame_size must be None, an int >= 8 or a pair (H, W) of ints >= 8, got {size!r}")
-    return int(pair[0]), int(pair[1])
+_COUNTERS = ("positive_clips", "slots_scored")
 
 
 @own_signature
-class VLMReplayBuffer(CollectorReplayBuffer):
+class VLMReplayBuffer(AsyncWriteBackBuffer):
     """VLM-RB's replay buffer: collector batches in, VLM verdicts written back as priorities.
 
     Args:
@@ -153,53 +140,35 @@ class VLMReplayBuffer(CollectorReplayBuffer):
     ):
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a float in [0, 1], got {threshold!r}")
-        if score_lag is not None and (isinstance(score_lag, bool) or not isinstance(score_lag, int) or score_lag < 0):
-            raise ValueError(f"score_lag must be None (asynchronous) or an int >= 0, got {score_lag!r}")
-        if isinstance(scorer, ScoringService):
-            if service_options:
-                raise TypeError(
-                    f"service options {sorted(service_options)} apply only when scorer is a factory; "
-                    "the ScoringService passed in was configured by its caller"
-                )
-            service, self._owns_service = scorer, False
-        else:
-            scorer = as_scorer_factory(scorer)  # refused here, in the user's process, with the forms that work
-            service, self._owns_service = None, True  # started below, once the arguments are known to be good
         # The assembler checks clip_len and max_idle_extends before any process starts.
         self.assembler = ClipAssembler(clip_len, max_idle=max_idle_extends)
-        super().__init__(
-            storage=storage,
-            sampler=MixtureSampler() if sampler is None else sampler,
-            batch_size=batch_size,
-            postproc=postproc,
-            exclude_keys=(*DEFAULT_EXCLUDE_KEYS, frame_key, ("next", frame_key), mission_key, ("next", mission_key),
-                          *exclude_keys),
-            transform=transform,
-        )
-        self.frame_key = frame_key
-        self.frame_size = _frame_size(frame_size)
-        self.threshold = float(threshold)
-        self.score_lag = score_lag
-        self.events_key = events_key
-        self.mission_key = mission_key
-        self.done_key = done_key
-        self.gallery = gallery
-        # The column the verdicts go to: the mixture sampler's, or VLM-RB's name for it.
-        self.vlm_priority_key = self.priority_key if isinstance(self._sampler, MixtureSampler) else "vlm_priority"
-        if not isinstance(self._sampler, MixtureSampler) and isinstance(self._sampler, PrioritizedSampler):
+        sampler = MixtureSampler() if sampler is None else sampler
+        if not isinstance(sampler, MixtureSampler) and isinstance(sampler, PrioritizedSampler):
             warnings.warn(
-                f"VLMReplayBuffer with {type(self._sampler).__name__}: the VLM's verdicts go to the "
+                f"VLMReplayBuffer with {type(sampler).__name__}: the VLM's verdicts go to the "
                 "'vlm_priority' column only and never change what is sampled (TorchRL's PrioritizedSampler draws "
                 "by the priorities update_tensordict_priority gives it). Use MixtureSampler (td_boost=True for "
                 "verdicts times TD errors) for VLM-RB",
                 UserWarning,
                 stacklevel=2,
             )
-        self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._wait_s = 0.0
-        self._due: dict[int, int] = {}  # ticket -> the extend at whose end its verdict lands (score_lag)
-        self._held: dict[int, ScoredBatch] = {}  # verdicts that arrived before their extend
-        self.service = service if service is not None else ScoringService(scorer, **service_options)
+        self.threshold = float(threshold)
+        self.events_key = events_key
+        self.done_key = done_key
+        self.gallery = gallery
+        super().__init__(
+            storage=storage, service=scorer, sampler=sampler, batch_size=batch_size, lag=score_lag,
+            lag_name="score_lag", frame_key=frame_key, frame_size=frame_size, mission_key=mission_key,
+            transform=transform, postproc=postproc, exclude_keys=exclude_keys, **service_options,
+        )
+        self._add_counters(*_COUNTERS)
+        # The column the verdicts go to: the mixture sampler's, or VLM-RB's name for it.
+        self.vlm_priority_key = self.priority_key if isinstance(self._sampler, MixtureSampler) else "vlm_priority"
+
+    @property
+    def score_lag(self) -> int | None:
+        """``None`` (asynchronous) or the extends after which each verdict lands."""
+        return self.lag
 
     @property
     def clip_len(self) -> int | None:
@@ -220,9 +189,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                     f"batch has no {key!r} entry: collect from an env with the RenderClips "
                     "transform (make_minigrid_env adds it)"
                 )
-        if self.score_lag is None:
-            # Verdicts that are ready land before this extend can overwrite their slots.
-            self.apply_verdicts()
+        self._begin_extend()
         n = batch.numel()
         capacity = getattr(self._storage, "max_size", None)
         if capacity is not None and n > capacity:
@@ -249,10 +216,8 @@ class VLMReplayBuffer(CollectorReplayBuffer):
 
         clips = self.assembler.add(steps, missions)
         if clips is not None:
-            self._submit(clips)
-        if self.score_lag is not None:
-            self._apply_due(self._counts["extends"])
-        self._counts["extends"] += 1
+            self._submit_clips(clips)
+        self._end_extend()
         return index
 
     def _clip_steps(self, batch: TensorDictBase, n: int) -> tuple[TensorDict, list[str] | None]:
@@ -286,7 +251,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
             missions = _strings(mission)
         frames = column(self.frame_key)
         if frames is not None:
-            frames = self._scorer_frames(frames)
+            frames = self._model_frames(frames)
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
                 # A clip's last row shows where its action led: the episode ended, or the next row
@@ -296,7 +261,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                     last |= steps["clip_end"]
                 if bool(last.any()):
                     frames = frames.clone()
-                    frames[last] = self._scorer_frames(next_frames[last])
+                    frames[last] = self._model_frames(next_frames[last])
             steps.set("frames", frames)
         return steps, missions
 
@@ -311,28 +276,7 @@ class VLMReplayBuffer(CollectorReplayBuffer):
                 "frame_key to where they are (a scorer that reads no frames says so with needs_frames = False)"
             )
 
-    def _scorer_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[n, ...]`` as the scorer takes them: uint8 ``[n, H, W, 3]``, resized to ``frame_size``."""
-        if frames.is_floating_point() and frames.ndim == 4 and 3 in (frames.shape[1], frames.shape[-1]):
-            if frames.shape[-1] != 3:  # channels first, as TorchRL's image transforms leave them
-                frames = frames.permute(0, 2, 3, 1)
-            if frames.numel() and float(frames.max()) > 1.0 + 1e-6:
-                raise TypeError(f"batch[{self.frame_key!r}] holds float frames above 1: float frames must be in "
-                                "[0, 1] (TorchRL's ToTensorImage); uint8 frames are taken as they are")
-            frames = (frames * 255).round().clamp(0, 255).to(torch.uint8)
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            # Refused here, at the first batch, rather than by the scorer after max_consecutive_errors.
-            raise TypeError(
-                f"batch[{self.frame_key!r}] must hold RGB frames, uint8 [*batch, H, W, 3] or float in [0, 1] "
-                f"(channels first or last), got {frames.dtype} {list(frames.shape[1:])} per step"
-            )
-        if self.frame_size is None or tuple(frames.shape[1:3]) == self.frame_size:
-            return frames
-        small = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=self.frame_size,
-                                                mode="bilinear", antialias=True, align_corners=False)
-        return small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-    def _submit(self, clips: TensorDictBase) -> None:
+    def _submit_clips(self, clips: TensorDictBase) -> None:
         if "mission_bytes" in clips.keys():
             # The mission is fixed within an episode: the first step's tells.
             clips.set("mission", NonTensorStack(*decode_mission(clips.pop("mission_bytes")[:, 0])))
@@ -342,67 +286,18 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         if self.gallery is not None and "frames" in clips.keys():
             meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
             meta["clip_id"] = clips["clip_id"]
-        if self.score_lag is not None:
-            self._make_room(clips.batch_size[0])
-        ticket = self.service.submit(clips, meta)
-        if ticket is not None and self.score_lag is not None:
-            self._due[ticket] = self._counts["extends"] + self.score_lag
+        self._submit(clips, meta)
 
-    def _make_room(self, n: int) -> None:
-        """With ``score_lag``, waits until the service can queue ``n`` clips without dropping any.
-
-        Which clips a full queue drops depends on timing, so dropping would break the
-        reproducibility ``score_lag`` promises; the wait counts in ``score_wait_s``.
-        """
-        if n > self.service.max_pending:
-            raise ValueError(
-                f"{n} clips completed in one extend, more than the scoring queue holds "
-                f"(max_pending={self.service.max_pending}); raise max_pending"
-            )
-        t0 = time.perf_counter()
-        while self.service.queue_depth + n > self.service.max_pending:
-            self._hold(self.service.poll())
-            time.sleep(0.0005)
-        self._wait_s += time.perf_counter() - t0
-
-    # -------------------------------------------------------------- verdicts
     def apply_verdicts(self) -> int:
-        """Writes every verdict that has arrived (asynchronous mode); returns the clips written.
+        """Writes every verdict that has arrived (asynchronous mode); returns the submissions written.
 
-        ``extend`` and ``sample`` call it; a loop never needs to. With ``score_lag``,
-        arrivals are held until their extend instead.
+        ``extend`` and ``sample`` call it; a loop never needs to. With ``score_lag``, arrivals are held
+        until their extend instead.
         """
-        results = self.service.poll()
-        if self.score_lag is not None:
-            self._hold(results)
-            return 0
-        return self._write_verdicts(results)
+        return self.apply_answers()
 
-    def _hold(self, results: list[ScoredBatch]) -> None:
-        for result in results:
-            if result.ticket in self._due:  # anything else was submitted before a load replaced the buffer
-                self._held[result.ticket] = result
-
-    def _apply_due(self, extend: int) -> None:
-        """Writes the verdicts due by ``extend``, waiting for the late ones (``score_lag``)."""
-        due = sorted(t for t, at in self._due.items() if at <= extend)
-        if not due:
-            return
-        t0 = time.perf_counter()
-        self._hold(self.service.poll())
-        while any(t not in self._held and self.service.is_pending(t) for t in due):
-            time.sleep(0.0005)
-            self._hold(self.service.poll())
-        self._wait_s += time.perf_counter() - t0
-        # Ticket order is submission order: the write order never depends on arrival times.
-        self._write_verdicts([self._held.pop(t) for t in due if t in self._held])
-        for t in due:
-            del self._due[t]
-
-    def _write_verdicts(self, results: list[ScoredBatch]) -> int:
+    def _land(self, results: list[ScoredBatch]) -> None:
         """Generation-checked write of verdicts: ``vlm_score`` = P(yes), priority = [P(yes) >= threshold]."""
-        if not results:
-            return 0
         index, generation, score = [], [], []
         for result in results:
             mask = result.meta["mask"]
@@ -416,35 +311,11 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         priority = (score >= self.threshold).float()
         mixture = isinstance(self._sampler, MixtureSampler)
         patch = {"vlm_score": score} if mixture else {"vlm_score": score, self.vlm_priority_key: priority}
-        live = self.update_if_present(index=index, generation=generation, patch=patch).updated
+        live = self._write_back(index, generation, patch)
         n_live = int(live.sum())
-        self._counts["stale_rejected"] += index.numel() - n_live
         self._counts["slots_scored"] += n_live
         if mixture and n_live:
             self.update_priority(index[live], priority[live])  # the sampler and its column, together
-        return len(results)
-
-    def drain(self, timeout_s: float | None = None) -> int:
-        """Waits until every submitted clip is answered (or ``timeout_s``), writing or holding the verdicts.
-
-        For synchronisation points such as a checkpoint, never the training loop: it
-        blocks the learner. Clips still being assembled are not submitted. With
-        ``score_lag``, verdicts not yet due stay held (they are part of the state).
-        Returns the clips still unanswered at the timeout.
-        """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.apply_verdicts()
-        while self.service.queue_depth and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.002)
-            self.apply_verdicts()
-        return self.service.queue_depth
-
-    # ---------------------------------------------------------------- sample
-    def sample(self, batch_size: int | None = None, return_info: bool = False, include_info: bool | None = None):
-        """Writes the verdicts that have arrived, then samples as TorchRL does."""
-        if self.score_lag is None:
-            self.apply_verdicts()
-        return super().sample(batch_size, return_info=return_info, include_info=include_info)
 
     # ----------------------------------------------------------------- stats
     def stats(self) -> dict[str, float]:
@@ -462,106 +333,31 @@ class VLMReplayBuffer(CollectorReplayBuffer):
         - ``lambda`` and ``priority_fraction`` (the sampler's λ and the share of the last batch drawn from q_P).
         """
         out = super().stats()
-        out.update(self.service.stats())
-        out.update({key: float(value) for key, value in self._counts.items()})
         written = self._counts["slots_written"]
         out["coverage"] = self._counts["slots_scored"] / written if written else 0.0
         out["clips_open"] = float(self.assembler.open_clips)
         out["clips_abandoned"] = float(self.assembler.abandoned)
-        out["score_wait_s"] = self._wait_s
+        out["score_wait_s"] = self.wait_s
         return out
 
     # --------------------------------------------------------- checkpointing
-    def _vlm_state(self) -> dict[str, Any]:
-        """Partial clips, counters (the buffer's and its service's) and held verdicts: what
-        TorchRL's own state leaves out. Waits for the clips in flight first, unless the scoring
-        service has failed for good: the training state is still worth saving, and the clips
-        it held stay unscored (priority 0)."""
-        try:
-            self.drain()
-        except ScoringServiceError as err:
-            logger.warning("saving without the clips in flight: %s", err)
-        return {
-            "counts": dict(self._counts),
-            "service": self.service.counters(),
-            "wait_s": self._wait_s,
-            "assembler": self.assembler.state_dict(),
-            # Held verdicts are replayed into the next service under new tickets, in their order.
-            "held": [
-                {"due": self._due[t], "scores": r.scores, "meta": {k: v for k, v in r.meta.items()}}
-                for t, r in sorted(self._held.items())
-            ],
-        }
+    def _writeback_state(self) -> dict[str, Any]:
+        """The write-back state (counters, held verdicts) plus the partial clips."""
+        state = super()._writeback_state()
+        state["assembler"] = self.assembler.state_dict()
+        return state
 
-    def _load_vlm_state(self, state: dict[str, Any]) -> None:
+    def _load_writeback_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
         counts = dict(state["counts"])
         if "positives" in counts:  # a checkpoint from before the counter was named for what it counts
             counts["positive_clips"] = counts.pop("positives")
-        self._counts.update(counts)
-        # The scoring process is a new one; its totals continue the saved ones, so that
-        # "submitted", "scored" and "positive" keep describing the same clips.
-        self.service.continue_counters(state["service"])
-        self._wait_s = float(state["wait_s"])
+        state["counts"] = counts
+        super()._load_writeback_state(state)
         self.assembler.load_state_dict(state["assembler"])
-        self._held.clear()
-        self._due.clear()
-        for i, item in enumerate(state["held"]):
-            ticket = i - len(state["held"])  # negative (never a service ticket), in the saved order
-            self._held[ticket] = ScoredBatch(meta=item["meta"], scores=item["scores"], latency_s=0.0, ticket=ticket)
-            self._due[ticket] = int(item["due"])
-
-    def state_dict(self) -> dict[str, Any]:
-        """TorchRL's buffer state plus :meth:`_vlm_state`; waits for the clips in flight first."""
-        vlm = self._vlm_state()  # first: draining writes verdicts that TorchRL's state must include
-        state = super().state_dict()
-        state["_vlm"] = vlm
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        vlm = state_dict.pop("_vlm")
-        self._settle()
-        super().load_state_dict(state_dict)
-        self._load_vlm_state(vlm)
-
-    def _settle(self) -> None:
-        """Before a load replaces the buffer: no clip of the old contents stays in flight."""
-        self.drain()
-        self._held.clear()
-        self._due.clear()
-
-    def dumps(self, path) -> None:
-        """TorchRL's ``dumps`` plus ``vlm_state.pt`` (tensors and numbers only: loads with ``weights_only``)."""
-        from pathlib import Path
-
-        vlm = self._vlm_state()
-        super().dumps(path)
-        torch.save(vlm, Path(path) / "vlm_state.pt")
-
-    def loads(self, path) -> None:
-        from pathlib import Path
-
-        vlm = torch.load(Path(path) / "vlm_state.pt", weights_only=True)
-        self._settle()
-        super().loads(path)
-        self._load_vlm_state(vlm)
-
-    # -------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        """Shuts down the scoring service the buffer started (idempotent); a caller's service stays up."""
-        if self._owns_service:
-            self.service.close()
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """TorchRL's shutdown, which also closes the scoring service."""
-        self.close()
-        super().shutdown(timeout)
 
     def __enter__(self) -> "VLMReplayBuffer":
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(size={len(self)}, sampler={self._sampler!r}, clip_len={self.clip_len}, "
