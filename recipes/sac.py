@@ -7,12 +7,18 @@ continuous-control variant): the VLM's verdicts say which clips matter, the TD e
 which of their transitions the critic still gets wrong. ``vlm.scorer=events`` is the
 ideal VLM, reading the simulator's goal (DMControl) or subgoals (OGBench).
 
+With ``covr.prior=covr`` (or ``frozen``, the paper's DPL) it is COVR: a VLM writes an action for each frame
+(:class:`~torchrl_vlm.covr.ActionPrior`, in its own process), the actor's loss gains λ‖a_v − a_r‖²
+(:class:`~torchrl_vlm.covr.COVRSACLoss`), and the VLM is fine-tuned with LoRA on the agent's EDDF-filtered,
+RALW-weighted experience on the progressive schedule (:class:`~torchrl_vlm.covr.FineTuning`).
+
 The loop (``utils_actor_critic.train``, shared with ``td3.py``): collect → extend → sample →
 one update of critics, actor and temperature (:func:`update`) → soft target update → priorities → log.
 
     python recipes/sac.py                                                  # VLM-RB on DMControl ball_in_cup-catch
     python recipes/sac.py buffer.sampler=uniform env.name=cartpole-swingup_sparse   # the UER baseline
     MUJOCO_GL=egl python recipes/sac.py env.family=ogbench                 # OGBench scene task 3, OGBench's settings
+    python recipes/sac.py env.name=cartpole-swingup buffer.sampler=uniform covr.prior=covr covr.model=<VLM folder>
 """
 from __future__ import annotations
 

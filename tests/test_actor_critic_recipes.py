@@ -137,11 +137,42 @@ def test_a_task_without_a_goal_trains_without_success_and_refuses_an_event_score
         ("dmc", ["loss.tau=0"], "loss.tau"),
         ("dmc", ["optim.updates_per_frame=-1"], "optim.updates_per_frame"),
         ("dmc", ["vlm.definition=keys"], "first_progress"),
+        ("dmc", ["covr.prior=dpl"], "covr.prior"),
+        ("dmc", ["covr.prior=covr", "covr.filter=top"], "covr.filter"),
+        ("dmc", ["covr.prior=covr", "covr.psi0=0"], "covr.psi0"),
+        ("dmc", ["covr.prior=covr", "covr.entropy_sign=0.5"], "covr.entropy_sign"),
+        ("dmc", ["covr.prior=covr", "covr.label_smoothing=1.5"], "covr.label_smoothing"),
+        ("dmc", ["covr.prior=covr", "covr.prompt='Which way?'"], "action_dim"),
+        ("dmc", ["covr.prior=covr", "buffer.sampler=vlm"], "own replay buffer"),
     ],
 )
 def test_config_errors_are_clear(family, overrides, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         sac.train(config(*overrides, family=family), tmp_path)
+
+
+def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
+    """The prior on rendered frames, written back into replay, pulling the actor, and a LoRA fine-tune on
+    schedule whose adapter the prior then answers with."""
+    prior = "covr"
+    summary = sac.train(
+        config("buffer.sampler=uniform", "env.name=cartpole-swingup", f"covr.prior={prior}", f"covr.model={tiny_vlm}",
+               "covr.max_new_tokens=24", "covr.psi0=256", "covr.lr=1e-2", "covr.max_steps=10", "covr.min_samples=2",
+               "covr.prior_lag=1", "covr.finetune_lag=1", "env.frame_size=32", "collector.total_frames=384",
+               "collector.frames_per_batch=32", "collector.init_random_frames=32"),
+        tmp_path,
+    )
+    stats = summary["buffer_stats"]
+    assert stats["prior_rows_answered"] == 384 - 32 * 1  # the last extend's rows are still on their way (lag 1)
+    assert {"train/loss_prior", "train/prior_valid_fraction", "buffer/prior_coverage",
+            "buffer/parse_failures"} <= logged_keys(tmp_path)
+    # cartpole's episodes end after 125 agent steps an env: the fine-tune due at 256 steps (128 an env) has an
+    # episode of each env in D_f.
+    assert stats["covr_finetunes"] >= 1 and stats["covr_adapter_version"] >= 0 and stats["adapter_version"] >= 0
+    assert stats["covr_last_loss_after"] < stats["covr_last_loss_before"]
+    assert (tmp_path / "adapters" / "v0000" / "manifest.json").is_file()
+    # Before the fine-tune the random tiny VLM never writes a parsable action; after it, it does.
+    assert stats["prior_rows_valid"] > 0 and stats["parse_failures"] > 0
 
 
 def test_td3_refuses_a_zero_policy_delay(tmp_path):

@@ -108,17 +108,19 @@ class FineTuning:
     def _start(self, extend: int, entropy: float, mission: str | None) -> None:
         data = self.buffer.data()
         n = data.batch_size[0]
-        keep = eddf_mask(data["return"], entropy, entropy_sign=self.entropy_sign) if n else torch.zeros(0, dtype=torch.bool)
-        if self.filter == "random":  # M1: as many samples as EDDF keeps, chosen at random
-            chosen = self.rng.choice(n, size=int(keep.sum()), replace=False) if n else []
-            keep = torch.zeros(n, dtype=torch.bool)
-            keep[torch.as_tensor(chosen, dtype=torch.long)] = True
-        kept = data[keep]
-        weights = ralw_weights(kept["return"]) if self.weighting == "ralw" else torch.ones(kept.batch_size[0])
-        if kept.batch_size[0] < self.min_samples or not bool((weights > 0).any()):
+        kept, weights = None, None
+        if n:  # no episode has finished since the last fine-tune: nothing to learn from
+            keep = eddf_mask(data["return"], entropy, entropy_sign=self.entropy_sign)
+            if self.filter == "random":  # M1: as many samples as EDDF keeps, chosen at random
+                chosen = self.rng.choice(n, size=int(keep.sum()), replace=False)
+                keep = torch.zeros(n, dtype=torch.bool)
+                keep[torch.as_tensor(chosen, dtype=torch.long)] = True
+            kept = data[keep]
+            weights = ralw_weights(kept["return"]) if self.weighting == "ralw" else torch.ones(kept.batch_size[0])
+        if kept is None or kept.batch_size[0] < self.min_samples or not bool((weights > 0).any()):
             self.counts["finetunes_skipped"] += 1
             logger.info("COVR fine-tune skipped at schedule point %d: %d of %d D_f samples kept (min_samples=%d)",
-                        self.fired, kept.batch_size[0], n, self.min_samples)
+                        self.fired, 0 if kept is None else kept.batch_size[0], n, self.min_samples)
             return
         version = self.version + 1 if self._in_flight is None else self._in_flight["version"] + 1
         request = TensorDict({
