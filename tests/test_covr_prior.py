@@ -12,7 +12,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage
 
-from _covr_parts import DamagingFineTuner, DyingFineTuner, FramePrior, GarbagePrior, OOMFineTuner, frame_action
+from _covr_parts import DamagingFineTuner, DyingFineTuner, FramePrior, GarbagePrior, OOMFineTuner
 from torchrl_vlm.covr import (
     ActionPrior,
     AdapterError,
