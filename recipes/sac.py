@@ -46,6 +46,10 @@ RANGES = {
     **SHARED_RANGES,
     "loss.alpha_init": Range("float", 0, open_low=True),
     "loss.target_entropy_scale": Range("float", 0),
+    "agent.from_pixels": Range("bool"),
+    "agent.frame_stack": Range("int", 1),
+    "agent.shift_pad": Range("int", 0),
+    "agent.encoder_features": Range("int", 1),
     "covr.coeff": Range("float", 0),
     "covr.max_new_tokens": Range("int", 1),
     "covr.image_size": Range("int", 8, nullable=True),
@@ -94,17 +98,68 @@ def check_config(cfg: DictConfig) -> None:
                          "buffer.sampler=uniform (the paper's) or per")
 
 
+class PixelEncoder(torch.nn.Module):
+    """RAD's (and SAC-AE's) encoder: uint8 frames ``[*, H, W, 3·k]`` → 4 conv layers of 32 channels (the first
+    with stride 2) → ``features`` with LayerNorm and tanh."""
+
+    def __init__(self, channels: int, features: int = 50):
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 32, 3, stride=2), torch.nn.ReLU(),
+            *[m for _ in range(3) for m in (torch.nn.Conv2d(32, 32, 3, stride=1), torch.nn.ReLU())],
+        )
+        self.head = torch.nn.Sequential(torch.nn.LazyLinear(features), torch.nn.LayerNorm(features), torch.nn.Tanh())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
+        return self.head(self.convs(x).flatten(1)).reshape(*lead, -1)
+
+
+class PixelQValue(torch.nn.Module):
+    """Q(frames, action): a :class:`PixelEncoder`, then an MLP on (features, action)."""
+
+    def __init__(self, channels: int, features: int, hidden: list[int]):
+        super().__init__()
+        self.encoder = PixelEncoder(channels, features)
+        self.mlp = MLP(out_features=1, num_cells=hidden, activation_class=torch.nn.ReLU)
+
+    def forward(self, frames: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.encoder(frames), action], -1))
+
+
+def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """RAD's random shift (the "translate" crop of DrQ): pad each frame by ``pad`` pixels, repeating its edge, and
+    crop it back at a random offset, each frame its own. ``frames``: uint8 ``[B, H, W, C]``."""
+    if pad == 0:
+        return frames
+    b, h, w, _ = frames.shape
+    padded = torch.nn.functional.pad(frames.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]  # [B, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]  # [B, 1, 1, W]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(padded.shape[1])[None, :, None, None], rows, cols]
+    return out.permute(0, 2, 3, 1).to(frames.dtype)
+
+
 def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOperator]:
-    """A tanh-Gaussian actor and a Q-network on (observation, action), MLPs of ``network.hidden``."""
+    """A tanh-Gaussian actor and a Q-network on (observation, action), MLPs of ``network.hidden``; with
+    ``agent.from_pixels`` each reads ``pixels_observation`` through a :class:`PixelEncoder` of its own (RAD shares
+    the critic's encoder with the actor; TorchRL's SACLoss keeps their parameters apart, so here each has one)."""
     action_spec = env.full_action_spec_unbatched["action"]
     n_act = action_spec.shape[-1]
     hidden = list(cfg.network.hidden)
+    pixels = cfg.agent.from_pixels
+    obs_key = "pixels_observation" if pixels else "observation"
+    channels = 3 * cfg.agent.frame_stack
     actor_net = torch.nn.Sequential(
+        *([PixelEncoder(channels, cfg.agent.encoder_features)] if pixels else []),
         MLP(out_features=2 * n_act, num_cells=hidden, activation_class=torch.nn.ReLU),
         NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
     )
     actor = ProbabilisticActor(
-        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        TensorDictModule(actor_net, in_keys=[obs_key], out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
         spec=action_spec,
         distribution_class=TanhNormal,
@@ -112,9 +167,13 @@ def make_actor_critic(cfg: DictConfig, env) -> tuple[ProbabilisticActor, ValueOp
         default_interaction_type=ExplorationType.RANDOM,
         return_log_prob=False,
     )
-    qvalue = ValueOperator(
-        MLP(out_features=1, num_cells=hidden, activation_class=torch.nn.ReLU), in_keys=["action", "observation"]
-    )
+    if pixels:
+        qvalue = ValueOperator(PixelQValue(channels, cfg.agent.encoder_features, hidden),
+                               in_keys=["pixels_observation", "action"])
+    else:
+        qvalue = ValueOperator(
+            MLP(out_features=1, num_cells=hidden, activation_class=torch.nn.ReLU), in_keys=["action", "observation"]
+        )
     with torch.no_grad():  # the MLPs are lazy: one pass sizes them
         td = env.fake_tensordict()
         actor(td)
@@ -171,6 +230,9 @@ def make_algorithm(cfg: DictConfig, env) -> Algorithm:
     actor = loss_module.actor_network  # its parameters are the ones the optimiser trains
 
     def step(sample: TensorDictBase, updates: int) -> dict[str, float]:
+        if cfg.agent.from_pixels:  # RAD: each frame of the batch shifted at random, the next ones too
+            for key in ("pixels_observation", ("next", "pixels_observation")):
+                sample.set(key, random_shift(sample.get(key), cfg.agent.shift_pad))
         out = update(sample, loss_module, optimizers["adam"], target_updater)
         return {key: float(value.detach()) for key, value in out.items()
                 if key.startswith("loss_") or key in ("alpha", "entropy", "prior_valid_fraction")}

@@ -134,6 +134,8 @@ def check_config(cfg: DictConfig, ranges, yaml_path: Path) -> None:
         raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {DEFINITIONS}")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
+    if from_pixels(cfg) and cfg.env.family != "dmc":
+        raise ValueError("agent.from_pixels=true needs env.family=dmc (OGBench's scene tasks run from the state here)")
     if not events and cfg.buffer.sampler == "vlm" and cfg.vlm.scorer != "transformers":
         raise ValueError(
             f"vlm.scorer={cfg.vlm.scorer}: env.name={cfg.env.name} has no visible goal, so no events for an event "
@@ -154,14 +156,30 @@ def uses_prior(cfg: DictConfig) -> bool:
     return "covr" in cfg and cfg.covr.prior != "none"
 
 
+def from_pixels(cfg: DictConfig) -> bool:
+    """The agent learns from pixels (``agent.from_pixels``, SAC on DMControl: the RAD agent)."""
+    return "agent" in cfg and bool(cfg.agent.from_pixels)
+
+
 def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
-    """The family's env: ``make_dmc_env`` or ``make_ogbench_env``, with the recipe's clip length and frame size."""
+    """The family's env: ``make_dmc_env`` or ``make_ogbench_env``, with the recipe's clip length and frame size.
+
+    A pixel agent (:func:`from_pixels`) sees ``pixels_observation``, its last ``agent.frame_stack`` frames
+    stacked on the channels (uint8 ``[H, W, 3·k]``: replay keeps them as bytes, the encoder scales them)."""
     common = dict(num_envs=num_envs, clip_len=cfg.vlm.clip_len, render=render, frame_size=cfg.env.frame_size,
                   seed=seed, device=cfg.device)
     if cfg.env.family == "dmc":
+        from torchrl.envs import CatFrames
+
         from torchrl_vlm.envs.dmc import make_dmc_env
 
-        return make_dmc_env(*dmc_domain_task(cfg.env.name), action_repeat=cfg.env.action_repeat, **common)
+        env = make_dmc_env(*dmc_domain_task(cfg.env.name), action_repeat=cfg.env.action_repeat,
+                           from_pixels=from_pixels(cfg), **common)
+        if from_pixels(cfg) and cfg.agent.frame_stack > 1:
+            repeat = env.action_repeat
+            env = env.append_transform(CatFrames(N=cfg.agent.frame_stack, dim=-1, in_keys=["pixels_observation"]))
+            env.action_repeat = repeat
+        return env
     from torchrl_vlm.envs.ogbench import make_ogbench_env
 
     return make_ogbench_env(cfg.env.name, **common)

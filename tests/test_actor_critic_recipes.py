@@ -176,6 +176,41 @@ def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     assert stats["prior_rows_valid"] > 0 and stats["parse_failures"] > 0
 
 
+def test_random_shift_crops_each_frame_of_the_padded_batch_at_its_own_offset():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (64, 12, 10, 6), dtype=torch.uint8, generator=g)
+    out = sac.random_shift(frames, 2, generator=g)
+    padded = torch.nn.functional.pad(frames.permute(0, 3, 1, 2).float(), (2,) * 4, mode="replicate").permute(0, 2, 3, 1)
+    offsets = set()
+    for frame, shifted in zip(padded, out):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(frame[dy:dy + 12, dx:dx + 10].to(torch.uint8), shifted)]
+        assert matches
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # offsets vary from frame to frame
+    assert torch.equal(sac.random_shift(frames, 0), frames)
+
+
+def test_the_rad_agent_with_a_covr_prior_trains_from_pixels(tiny_vlm, tmp_path):
+    """agent.from_pixels: stacked uint8 frames in replay, a conv encoder per network, RAD's random shift; the VLM
+    prior reads the rendered frame beside it."""
+    summary = sac.train(
+        config("buffer.sampler=uniform", "env.name=cartpole-swingup", "agent.from_pixels=true", "env.frame_size=32",
+               "covr.prior=covr", f"covr.model={tiny_vlm}", "covr.max_new_tokens=24", "covr.prior_lag=0",
+               "collector.total_frames=192", "collector.frames_per_batch=32", "collector.init_random_frames=32",
+               "checkpoint.at_end=true"),
+        tmp_path,
+    )
+    assert summary["updates"] == (192 - 32) // 4 + 8 and summary["buffer_stats"]["prior_rows_answered"] == 192
+    state = load_checkpoint(summary["checkpoint"])
+    assert any("convs" in key for key in state["loss_module"])  # the actor's and critics' encoders
+    from tensordict import TensorDict
+
+    stored = TensorDict.load_memmap(Path(summary["checkpoint"]) / "replay_buffer" / "storage")
+    assert stored["pixels_observation"].shape[1:] == (32, 32, 9) and stored["pixels_observation"].dtype == torch.uint8
+    assert "pixels" not in stored.keys()  # the VLM's frames never enter replay
+
+
 def test_td3_refuses_a_zero_policy_delay(tmp_path):
     with pytest.raises(ValueError, match="loss.policy_delay"):
         td3.train(config("loss.policy_delay=0", recipe="td3"), tmp_path)
