@@ -64,7 +64,15 @@ METHODS = {
     "per": ["buffer.sampler=per"],
     "vlm_events": ["buffer.sampler=vlm", "vlm.scorer=events", "buffer.td_boost=true"],
     "vlm_noisy": ["buffer.sampler=vlm", "vlm.scorer=noisy_events", "buffer.td_boost=true"],
+    # COVR (SAC only): the VLM action prior, fine-tuned (covr), frozen (the paper's DPL), and the paper's ablations
+    # M1 (random filtering of EDDF's size) and M8 (no RALW); "uniform" is plain SAC beside them.
+    "covr": ["buffer.sampler=uniform", "covr.prior=covr"],
+    "covr_frozen": ["buffer.sampler=uniform", "covr.prior=frozen"],
+    "covr_no_eddf": ["buffer.sampler=uniform", "covr.prior=covr", "covr.filter=random"],
+    "covr_no_ralw": ["buffer.sampler=uniform", "covr.prior=covr", "covr.weighting=uniform"],
 }
+#: What --tiny-vlm sets: the offline random VLM as COVR's prior (it knows nothing before its first fine-tune).
+TINY_VLM_DIR = Path(__file__).resolve().parent / "out" / "tiny-vlm"
 ALGOS = ("sac", "td3")
 #: Per family: the default task, budget (env steps), evaluation interval (env steps), level, and the measure.
 FAMILY_DEFAULTS = {
@@ -164,8 +172,10 @@ def run_cell(args, method: str, seed: int) -> dict:
 def settings_differ(cell: dict, args) -> list[str]:
     """The overrides of a cell on disk that this call would not use (empty: same settings)."""
     differ = set(cell["overrides"]) ^ set(cell_overrides(args, cell["method"], cell["seed"]))
-    if not cell["method"].startswith("vlm"):  # the scorer's settings do not touch uniform or PER runs
+    if not cell["method"].startswith("vlm"):  # the scorer's settings do not touch uniform, PER or COVR runs
         differ = {o for o in differ if not o.startswith("vlm.")}
+    if not cell["method"].startswith("covr"):  # nor the prior's the others
+        differ = {o for o in differ if not o.startswith("covr.")}
     return sorted(differ)
 
 
@@ -255,6 +265,37 @@ def vlm_diagnostics(results: list[dict]) -> list[list]:
     return rows
 
 
+def covr_diagnostics(results: list[dict]) -> list[list]:
+    """Per COVR method, from each cell's end-of-run buffer stats: the share of rows holding a valid prior, the
+    fine-tunes done (and failed or skipped), the last fine-tune's samples kept of those offered and its loss before
+    and after, and the prior's answers that did not parse."""
+
+    def column(cells, fn, fmt=".3f"):
+        values = [v for v in (fn(c["vlm_stats"]) for c in cells) if v is not None and v == v]
+        return spread(values, fmt) if values else "—"
+
+    rows = []
+    for method in METHODS:
+        cells = [r for r in results if r["method"] == method and "prior_rows_answered" in r.get("vlm_stats", {})]
+        if not cells:
+            continue
+        rows.append([
+            method,
+            column(cells, lambda st: st["prior_coverage"]),
+            column(cells, lambda st: st.get("covr_finetunes"), ".0f"),
+            column(cells, lambda st: st.get("covr_finetunes_failed", 0) + st.get("covr_adapters_rejected", 0)
+                   if "covr_finetunes" in st else None, ".0f"),
+            column(cells, lambda st: st.get("covr_finetunes_skipped"), ".0f"),
+            column(cells, lambda st: st["covr_last_kept"] / max(st["covr_last_offered"], 1)
+                   if "covr_last_kept" in st else None),
+            column(cells, lambda st: st.get("covr_last_loss_before")),
+            column(cells, lambda st: st.get("covr_last_loss_after")),
+            column(cells, lambda st: st["parse_failures"] / max(st["prior_answers"], 1) if "prior_answers" in st
+                   else None),
+        ])
+    return rows
+
+
 def plot(curves: dict, path: Path, title: str, measure: str, level: float, top: float) -> None:
     """Mean ± std over seeds of the measure (and success, where the task has it) against env steps."""
     import matplotlib
@@ -266,7 +307,8 @@ def plot(curves: dict, path: Path, title: str, measure: str, level: float, top: 
     if all(len(curve) > 2 for curve in curves.values()):
         panels.append((2, "eval success (goal holds at the episode's end)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    colors = {"uniform": "k", "per": "C0", "vlm_events": "C3", "vlm_noisy": "C1"}
+    colors = {"uniform": "k", "per": "C0", "vlm_events": "C3", "vlm_noisy": "C1", "covr": "C2", "covr_frozen": "C4",
+              "covr_no_eddf": "C5", "covr_no_ralw": "C6"}
     for ax, (index, name, high) in zip(axes[0], panels, strict=True):
         for method, curve in curves.items():
             steps, values = curve[0], curve[index]
@@ -316,7 +358,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
+    parser.add_argument("--tiny-vlm", action="store_true",
+                        help="COVR methods: the offline tiny random VLM as the prior (built once under benchmarks/out)")
     args = parser.parse_args(argv)
+    if args.tiny_vlm:
+        args.override = [f"covr.model={TINY_VLM_DIR}", "covr.max_new_tokens=24", *args.override]
     defaults = FAMILY_DEFAULTS[args.family]
     args.env = args.env or defaults["env"]
     args.frames = args.frames or defaults["frames"]
@@ -328,6 +374,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def cell_command(args, method: str, seed: int) -> list[str]:
     """The command line that runs one cell of this study in its own process."""
+    if args.tiny_vlm and method.startswith("covr"):
+        from torchrl_vlm.testing import make_tiny_vlm
+
+        make_tiny_vlm(TINY_VLM_DIR)  # once, before the cells that load it start
     cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--family", args.family, "--env", args.env,
            "--algo", args.algo, "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
            "--eval-episodes", str(args.eval_episodes), "--definition", args.definition, "--fpr", str(args.fpr),
@@ -415,6 +465,16 @@ def main():
             + markdown_table([
                 "method", f"steps to {measure} {lvl} vs uniform, per seed", "p (faster)", f"p (higher late {measure})",
                 "p (higher late success)"], comparison)
+        )
+    covr_rows = covr_diagnostics(results)
+    if covr_rows:
+        table += (
+            "\n\nWhat COVR's prior did, at each COVR cell's end (median over seeds [min, max]): the share of replay "
+            "rows holding a valid prior, fine-tunes done, failed (or adapters rejected) and skipped (too few samples "
+            "kept), the last fine-tune's share of D_f kept and its RALW loss before and after, and the share of the "
+            "prior's answers that did not parse.\n\n"
+            + markdown_table(["method", "rows with a prior", "fine-tunes", "failed", "skipped", "kept / D_f",
+                              "loss before", "loss after", "unparsed answers"], covr_rows)
         )
     diagnostics = vlm_diagnostics(results)
     if diagnostics:

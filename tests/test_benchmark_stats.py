@@ -494,3 +494,23 @@ def test_the_continuous_study_times_levels_in_env_steps_and_reads_old_and_new_co
     (row,) = ce.vlm_diagnostics([{"method": "vlm_events", "vlm_stats": old}, {"method": "vlm_events", "vlm_stats": new}])
     assert row[0] == "vlm_events" and row[1] == "0.150 [0.100, 0.200]" and row[2] == "0.075 [0.050, 0.100]"
     assert row[4] == "2.000 [2.000, 2.000]"  # the older cell has no |δ| logged: left out, not zero
+
+
+def test_covr_cells_report_their_prior_and_fine_tunes_and_ignore_other_methods_settings():
+    import continuous_efficiency as ce
+
+    parser, args = ce.parse_args(["--env", "cartpole-swingup", "--tiny-vlm", "--methods", "uniform", "covr"])
+    assert any(o.startswith("covr.model=") for o in args.override)
+    stats = {"prior_rows_answered": 100.0, "prior_coverage": 0.4, "covr_finetunes": 2.0, "covr_finetunes_failed": 1.0,
+             "covr_adapters_rejected": 0.0, "covr_finetunes_skipped": 0.0, "covr_last_kept": 30.0,
+             "covr_last_offered": 120.0, "covr_last_loss_before": 2.0, "covr_last_loss_after": 1.0,
+             "parse_failures": 25.0, "prior_answers": 100.0}
+    cells = [{"method": "covr", "vlm_stats": stats}, {"method": "uniform", "vlm_stats": {}}]
+    (row,) = ce.covr_diagnostics(cells)
+    assert row == ["covr", "0.400 [0.400, 0.400]", "2 [2, 2]", "1 [1, 1]", "0 [0, 0]", "0.250 [0.250, 0.250]",
+                   "2.000 [2.000, 2.000]", "1.000 [1.000, 1.000]", "0.250 [0.250, 0.250]"]
+    # A uniform cell stored without the prior's settings is the same cell; a COVR cell is not.
+    for method, differs in (("uniform", False), ("covr", True)):
+        stored = {"method": method, "seed": 0,
+                  "overrides": [o for o in ce.cell_overrides(args, method, 0) if not o.startswith("covr.model")]}
+        assert bool(ce.settings_differ(stored, args)) == differs
