@@ -71,8 +71,9 @@ METHODS = {
     "covr_no_eddf": ["buffer.sampler=uniform", "covr.prior=covr", "covr.filter=random"],
     "covr_no_ralw": ["buffer.sampler=uniform", "covr.prior=covr", "covr.weighting=uniform"],
 }
-#: What --tiny-vlm sets: the offline random VLM as COVR's prior (it knows nothing before its first fine-tune).
-TINY_VLM_DIR = Path(__file__).resolve().parent / "out" / "tiny-vlm"
+#: What --tiny-vlm sets: the offline random VLM as COVR's prior (it knows nothing before its first fine-tune). A fixed
+#: place outside the checkout, so that the cells' settings are the same from any worktree.
+TINY_VLM_DIR = Path.home() / ".cache" / "torchrl_vlm" / "tiny-vlm"
 ALGOS = ("sac", "td3")
 #: Per family: the default task, budget (env steps), evaluation interval (env steps), level, and the measure.
 FAMILY_DEFAULTS = {
@@ -359,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
     parser.add_argument("--tiny-vlm", action="store_true",
-                        help="COVR methods: the offline tiny random VLM as the prior (built once under benchmarks/out)")
+                        help="COVR methods: the offline tiny random VLM as the prior (built once in ~/.cache/torchrl_vlm)")
     args = parser.parse_args(argv)
     if args.tiny_vlm:
         args.override = [f"covr.model={TINY_VLM_DIR}", "covr.max_new_tokens=24", *args.override]
