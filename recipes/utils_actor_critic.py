@@ -376,7 +376,7 @@ def train(cfg: DictConfig, out_dir: Path, make_algorithm: Callable[[DictConfig, 
         evals: list[dict[str, float]] = []
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
-            check_resumable(state["config"], cfg, RESUME_MUST_MATCH + (("covr",) if "covr" in cfg else ()))
+            check_resumable(state["config"], cfg, RESUME_MUST_MATCH + tuple(k for k in ("covr", "agent") if k in cfg))
             collected, updates = state["collected_frames"], state["updates"]
             if total_frames <= collected:
                 raise ValueError(

@@ -17,7 +17,6 @@ fixed number of extends after they start (``FineTuning(lag=...)``): a run is the
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Callable
 
@@ -102,7 +101,7 @@ class PriorReplayBuffer(AsyncWriteBackBuffer):
         self._agent_steps = 0
         self._warned_garbage = False
         if not isinstance(prior, ScoringService):
-            service_options.setdefault("output_check", functools.partial(check_actions))
+            service_options.setdefault("output_check", check_actions)
             service_options.setdefault("batch_clips", 64)
             service_options.setdefault("max_pending", 4096)
         super().__init__(

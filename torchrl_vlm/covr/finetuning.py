@@ -122,7 +122,7 @@ class FineTuning:
             logger.info("COVR fine-tune skipped at schedule point %d: %d of %d D_f samples kept (min_samples=%d)",
                         self.fired, 0 if kept is None else kept.batch_size[0], n, self.min_samples)
             return
-        version = self.version + 1 if self._in_flight is None else self._in_flight["version"] + 1
+        version = self.version + 1  # a failed fine-tune's number is used again: it left no version behind
         request = TensorDict({
             "frames": kept["frames"][None], "action": kept["action"][None], "weight": weights[None],
             "version": torch.tensor([version]), "base_version": torch.tensor([self.version]),
