@@ -13,7 +13,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # MuJoCo renders offscreen through EGL (in software on a machine without a GPU).
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1 MUJOCO_GL=egl
 
-.PHONY: test demo venv vllm clean
+.PHONY: test lint demo venv vllm clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ vllm: $(VLLM_STAMP)
 test: $(STAMP)
 	@$(MAKE) --no-print-directory vllm || echo "vLLM's CPU build could not be installed: the tests against vLLM are skipped"
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests
+
+# ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes, import order, bugbear, pyupgrade; CI runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check torchrl_vlm recipes benchmarks tests
 
 # The main job: VLM-RB (DQN + MixtureSampler + the scoring process) on DoorKey-5x5, with the
 # ideal event scorer standing in for a VLM (no weights can be downloaded here). A few minutes on 2 cores.

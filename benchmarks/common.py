@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ def sections(text: str) -> list[tuple[re.Match, str]]:
     included, up to the next heading."""
     headings = list(SECTION_HEADING.finditer(text))
     ends = [h.start() for h in headings[1:]] + [len(text)]
-    return [(heading, text[heading.start():end]) for heading, end in zip(headings, ends)]
+    return [(heading, text[heading.start():end]) for heading, end in zip(headings, ends, strict=True)]
 
 
 def replace_section(text: str, title: str, section: str) -> str:
@@ -213,7 +213,8 @@ def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
 
 
 def tiny_vlm_path() -> str:
-    """The tiny offline Idefics3 of ``torchrl_vlm.testing`` (built once, under ``$TORCHRL_VLM_CACHE`` or the temp folder)."""
+    """The tiny offline Idefics3 of ``torchrl_vlm.testing`` (built once, under ``$TORCHRL_VLM_CACHE`` or the temp
+    folder)."""
     from torchrl_vlm.testing import _RECIPE_VERSION, make_tiny_vlm
 
     cache = Path(os.environ.get("TORCHRL_VLM_CACHE", tempfile.gettempdir()))

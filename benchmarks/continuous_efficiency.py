@@ -50,7 +50,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
 from sample_efficiency import first_reach, median_steps, pair_by_seed, permutation_p, seed_ratio, study_cells
 
@@ -355,12 +354,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                         help="env steps between a cell's checkpoints, from which a stopped cell resumes")
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
     parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the study's cells on disk")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once (default: one per core)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="cells run at once (default: one per core)")
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
-    parser.add_argument("--tiny-vlm", action="store_true",
-                        help="COVR methods: the offline tiny random VLM as the prior (built once in ~/.cache/torchrl_vlm)")
+    parser.add_argument(
+        "--tiny-vlm",
+        action="store_true",
+        help="COVR methods: the offline tiny random VLM as the prior (built once in ~/.cache/torchrl_vlm)",
+    )
     args = parser.parse_args(argv)
     if args.tiny_vlm:
         args.override = [f"covr.model={TINY_VLM_DIR}", "covr.max_new_tokens=24", *args.override]
@@ -379,10 +382,34 @@ def cell_command(args, method: str, seed: int) -> list[str]:
         from torchrl_vlm.testing import make_tiny_vlm
 
         make_tiny_vlm(TINY_VLM_DIR)  # once, before the cells that load it start
-    cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--family", args.family, "--env", args.env,
-           "--algo", args.algo, "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
-           "--eval-episodes", str(args.eval_episodes), "--definition", args.definition, "--fpr", str(args.fpr),
-           "--fnr", str(args.fnr), "--tag", args.tag, "--checkpoint-interval", str(args.checkpoint_interval)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--cell",
+        f"{method}:{seed}",
+        "--family",
+        args.family,
+        "--env",
+        args.env,
+        "--algo",
+        args.algo,
+        "--frames",
+        str(args.frames),
+        "--eval-interval",
+        str(args.eval_interval),
+        "--eval-episodes",
+        str(args.eval_episodes),
+        "--definition",
+        args.definition,
+        "--fpr",
+        str(args.fpr),
+        "--fnr",
+        str(args.fnr),
+        "--tag",
+        args.tag,
+        "--checkpoint-interval",
+        str(args.checkpoint_interval),
+    ]
     return cmd + (["--override", *args.override] if args.override else [])
 
 
@@ -401,8 +428,9 @@ def main():
         path = cell_path(args, method, int(seed))
         write_atomic(path, json.dumps(result, indent=1, default=float))
         shutil.rmtree(RUNS_DIR / study_name(args) / f"{method}_s{seed}", ignore_errors=True)
-        print(f"{method} seed {seed}: final return {result['final_return']:.1f} -> {path.relative_to(ROOT)}",
-              flush=True)
+        print(
+            f"{method} seed {seed}: final return {result['final_return']:.1f} -> {path.relative_to(ROOT)}", flush=True
+        )
         return
 
     if not args.merge_only:
@@ -412,12 +440,17 @@ def main():
             if path.exists():
                 differ = settings_differ(json.loads(path.read_text()), args)
                 if differ:
-                    parser.error(f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
-                                 "pass --tag to keep this variant apart, or delete the cell")
+                    parser.error(
+                        f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
+                        "pass --tag to keep this variant apart, or delete the cell"
+                    )
                 continue
             commands.append(cell_command(args, method, seed))
-        print(f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
-              f"{args.jobs} at a time", flush=True)
+        print(
+            f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
+            f"{args.jobs} at a time",
+            flush=True,
+        )
         run_cells(commands, args.jobs)
 
     folder = RESULTS_DIR / study_name(args)
@@ -448,13 +481,22 @@ def main():
             for row in r["evals"]:
                 writer.writerow([r["method"], r["seed"], *(row.get(k, "") for k in keys)])
     png = folder / "learning_curves.png"
-    title = (f"{args.algo.upper()} on {args.family} {args.env}, {args.frames:,} env steps"
-             f" (action repeat {action_repeat(args)}), scorer definition '{args.definition}'")
+    title = (
+        f"{args.algo.upper()} on {args.family} {args.env}, {args.frames:,} env steps"
+        f" (action repeat {action_repeat(args)}), scorer definition '{args.definition}'"
+    )
     plot(curves, png, title, measure, level, top=1000.0 if measure == "return" else 5.0)
     lvl = f"{level:g}"
     table = markdown_table(
-        ["method", "seeds", f"env steps to {measure} {lvl}", "per seed", f"last 3 evals {measure}, median [min, max]",
-         "last 3 evals success, median [min, max]", "env SPS"],
+        [
+            "method",
+            "seeds",
+            f"env steps to {measure} {lvl}",
+            "per seed",
+            f"last 3 evals {measure}, median [min, max]",
+            "last 3 evals success, median [min, max]",
+            "env SPS",
+        ],
         rows,
     )
     comparison = compare_with(results, methods, measure, level)
@@ -463,9 +505,16 @@ def main():
             f"\n\nAgainst uniform replay, seed by seed (same env seeds): env steps to {measure} {lvl}, method / "
             "uniform; p: exact one-sided permutation test on ranks (a seed that never got there ranks last) that the "
             f"method is faster there, and that its last-3-evaluation {measure} and success are higher.\n\n"
-            + markdown_table([
-                "method", f"steps to {measure} {lvl} vs uniform, per seed", "p (faster)", f"p (higher late {measure})",
-                "p (higher late success)"], comparison)
+            + markdown_table(
+                [
+                    "method",
+                    f"steps to {measure} {lvl} vs uniform, per seed",
+                    "p (faster)",
+                    f"p (higher late {measure})",
+                    "p (higher late success)",
+                ],
+                comparison,
+            )
         )
     covr_rows = covr_diagnostics(results)
     if covr_rows:
@@ -474,8 +523,20 @@ def main():
             "rows holding a valid prior, fine-tunes done, failed (or adapters rejected) and skipped (too few samples "
             "kept), the last fine-tune's share of D_f kept and its RALW loss before and after, and the share of the "
             "prior's answers that did not parse.\n\n"
-            + markdown_table(["method", "rows with a prior", "fine-tunes", "failed", "skipped", "kept / D_f",
-                              "loss before", "loss after", "unparsed answers"], covr_rows)
+            + markdown_table(
+                [
+                    "method",
+                    "rows with a prior",
+                    "fine-tunes",
+                    "failed",
+                    "skipped",
+                    "kept / D_f",
+                    "loss before",
+                    "loss after",
+                    "unparsed answers",
+                ],
+                covr_rows,
+            )
         )
     diagnostics = vlm_diagnostics(results)
     if diagnostics:
@@ -484,28 +545,47 @@ def main():
             "share of scored clips the scorer said yes to, the share of the buffer's slots holding priority 1, the "
             "share of the last batch drawn from q_P, and the mean |δ| of all slots against that of the positive "
             "ones (cells run before these were logged show —).\n\n"
-            + markdown_table(["method", "positive clips / scored", "positive slots / buffer", "q_P share of a batch",
-                              "mean |δ|, all slots", "mean |δ|, positive slots"], diagnostics)
+            + markdown_table(
+                [
+                    "method",
+                    "positive clips / scored",
+                    "positive slots / buffer",
+                    "q_P share of a batch",
+                    "mean |δ|, all slots",
+                    "mean |δ|, positive slots",
+                ],
+                diagnostics,
+            )
         )
     recipe_cfg = recipe_config(args.algo, cell_overrides(args, "uniform", 0))
-    settings = (f"lr {recipe_cfg.optim.lr:g}, batch {recipe_cfg.buffer.batch_size}, "
-                f"{'×'.join(map(str, recipe_cfg.network.hidden))}, γ {recipe_cfg.loss.gamma}, τ {recipe_cfg.loss.tau}, "
-                f"{recipe_cfg.collector.init_random_frames:,} random agent steps, {recipe_cfg.env.num_envs} envs, "
-                f"{recipe_cfg.optim.updates_per_frame:g} update per agent step")
+    settings = (
+        f"lr {recipe_cfg.optim.lr:g}, batch {recipe_cfg.buffer.batch_size}, "
+        f"{'×'.join(map(str, recipe_cfg.network.hidden))}, γ {recipe_cfg.loss.gamma}, τ {recipe_cfg.loss.tau}, "
+        f"{recipe_cfg.collector.init_random_frames:,} random agent steps, {recipe_cfg.env.num_envs} envs, "
+        f"{recipe_cfg.optim.updates_per_frame:g} update per agent step"
+    )
     body = (
         f"{title}. {args.algo.upper()} with the `env.family={args.family}` defaults ({settings}); VLM-RB: TD "
         f"boosting, λmax {recipe_cfg.buffer.lam_max} over the first half; vlm_noisy: fpr {args.fpr}, fnr {args.fnr}"
         + (f"; further overrides: `{' '.join(args.override)}`" if args.override else "")
         + f". Evaluation every {args.eval_interval:,} env steps on {args.eval_episodes} greedy episodes"
-        + ("; 'subgoals' is the mean number of the task's 5 subgoals satisfied when an episode ends (one holds at "
-           "the start)" if measure == "subgoals" else "; return: the episode's summed reward (at most 1000)")
+        + (
+            "; 'subgoals' is the mean number of the task's 5 subgoals satisfied when an episode ends (one holds at "
+            "the start)"
+            if measure == "subgoals"
+            else "; return: the episode's summed reward (at most 1000)"
+        )
         + ". Medians count a seed that never got there as infinite (reached/seeds in brackets). Env SPS is the "
         "cell's own wall-clock rate, with whatever shared (or paused) the machine meanwhile: it does not compare "
         "methods.\n\n"
         f"{table}\n\nCurves: `{png.relative_to(ROOT)}`; every evaluation: "
         f"`{(folder / 'evals.csv').relative_to(ROOT)}`.\n"
-        + (f"\n**Interim**: {len(missing)} of the study's {len(cells)} cells are not finished and are left out "
-           f"({', '.join(missing)}); the same command resumes them.\n" if missing else "")
+        + (
+            f"\n**Interim**: {len(missing)} of the study's {len(cells)} cells are not finished and are left out "
+            f"({', '.join(missing)}); the same command resumes them.\n"
+            if missing
+            else ""
+        )
     )
     print(body)
     if not args.no_record:

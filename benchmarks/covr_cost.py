@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import markdown_table, paired_slowdown, recipe, recipe_config, record_results, tiny_vlm_path
 
 VARIANTS = {
@@ -120,7 +119,7 @@ def main():
         ["fine-tune", "D_f (agent steps since the last)", "samples (EDDF keeps at most half)", "gradient steps",
          "seconds", "s a step"],
         [[i + 1, f"{n:,}", f"{t['samples']:,}", t["steps"], f"{t['seconds']:.1f}", f"{t['per_step']:.3f}"]
-         for i, (n, t) in enumerate(zip(schedule, tunes))])
+         for i, (n, t) in enumerate(zip(schedule, tunes, strict=True))])
     body = (f"{args.env}, state SAC (8 envs, batch 256, 256×256, one update per agent step), {args.frames:,} agent "
             f"steps a run (256 random first), {args.rounds} alternating rounds; the VLM: `{Path(model).name}` "
             f"(frames {args.frame_size}×{args.frame_size}, at most 24 new tokens), a fine-tune at {args.psi0} agent "

@@ -21,11 +21,13 @@ at each of ``--coeffs``, the noisy planner at each ``--noise`` rate and the last
 only merges (the study's cells on disk); ``--cell ENV:ALGO:TEACHER:SEED`` runs one
 cell in this process.
 
-    python benchmarks/distill_efficiency.py --quick    # LavaGapS7 + Dynamic-Obstacles-6x6, PPO, λ 0.5, 3 seeds (~15 min)
+    # LavaGapS7 + Dynamic-Obstacles-6x6, PPO, λ 0.5, 3 seeds (~15 min)
+    python benchmarks/distill_efficiency.py --quick
     # the study in RESULTS.md (200k steps, 3 seeds; PPO with λ 0.01 and 0.5 on the four tasks, A2C with λ 0.5
     # and the noisy planner at 0.2-0.8 with PPO on LavaGapS7 and Dynamic-Obstacles-6x6):
     python benchmarks/distill_efficiency.py --study lvlm2p-200k
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +40,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +70,7 @@ STUDIES = {
 
 def teachers(coeffs: list[float], noise: list[float]) -> list[str]:
     """Names of the teacher variants: none, the planner at each λ, noisy planners at the last λ."""
-    return (["none"] + [f"planner_l{c:g}" for c in coeffs]
-            + [f"noisy{rate:g}_l{coeffs[-1]:g}" for rate in noise])
+    return ["none"] + [f"planner_l{c:g}" for c in coeffs] + [f"noisy{rate:g}_l{coeffs[-1]:g}" for rate in noise]
 
 
 def teacher_overrides(name: str) -> list[str]:
@@ -88,9 +88,13 @@ def teacher_overrides(name: str) -> list[str]:
 
 def study_groups(grids: list[dict]) -> list[tuple[str, str, str]]:
     """The (env, algo, teacher) groups of a union of grids, once each, ordered by env, then algo, then teacher."""
-    groups = {(env, algo, teacher)
-              for grid in grids for env in grid["envs"] for algo in grid["algos"]
-              for teacher in teachers(grid["coeffs"], grid["noise"])}
+    groups = {
+        (env, algo, teacher)
+        for grid in grids
+        for env in grid["envs"]
+        for algo in grid["algos"]
+        for teacher in teachers(grid["coeffs"], grid["noise"])
+    }
 
     def order(values):  # first appearance over the grids
         return list(dict.fromkeys(values))
@@ -128,8 +132,9 @@ def success_curves(cells: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """
     longest = max((c["evals"] for c in cells), key=len)
     frames = np.array([r["frames"] for r in longest])
-    success = np.array([[c["evals"][min(i, len(c["evals"]) - 1)]["success"] for i in range(len(frames))]
-                        for c in cells])
+    success = np.array(
+        [[c["evals"][min(i, len(c["evals"]) - 1)]["success"] for i in range(len(frames))] for c in cells]
+    )
     return frames, success
 
 
@@ -164,35 +169,59 @@ def run_cell(args, env: str, algo: str, teacher: str, seed: int) -> dict:
     run_dir = RUNS_DIR / env / f"{algo}_{teacher}_s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # scratch of an earlier, killed attempt at this cell
     summary = recipe("ppo_minigrid_distill").train(recipe_config("ppo_minigrid_distill", all_overrides), run_dir)
-    return {"env": env, "algo": algo, "teacher": teacher, "seed": seed, "frames": args.frames,
-            "overrides": all_overrides, "evals": summary["evals"], "solved_at": summary["solved_at"],
-            "final_success": summary["final_success"], "sps": summary["sps"]}
+    return {
+        "env": env,
+        "algo": algo,
+        "teacher": teacher,
+        "seed": seed,
+        "frames": args.frames,
+        "overrides": all_overrides,
+        "evals": summary["evals"],
+        "solved_at": summary["solved_at"],
+        "final_success": summary["final_success"],
+        "sps": summary["sps"],
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", default=None, choices=sorted(STUDIES),
-                        help="a named study (its grids, seeds and budget; see STUDIES) instead of the grid flags")
+    parser.add_argument(
+        "--study",
+        default=None,
+        choices=sorted(STUDIES),
+        help="a named study (its grids, seeds and budget; see STUDIES) instead of the grid flags",
+    )
     parser.add_argument("--envs", nargs="+", default=None, choices=ENVS, help="default: all four")
     parser.add_argument("--algos", nargs="+", default=None, choices=["ppo", "a2c"], help="default: ppo a2c")
     parser.add_argument("--seeds", type=int, default=None, help="default 5 (--quick: 3)")
     parser.add_argument("--frames", type=int, default=None, help="default 500k (--quick: 150k)")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 25")
     parser.add_argument("--solved", type=float, default=0.9)
-    parser.add_argument("--coeffs", nargs="+", type=float, default=None,
-                        help="distillation λ values for the planner teacher (the paper: 0.01); "
-                             "default 0.01 0.5 (--quick: 0.5)")
+    parser.add_argument(
+        "--coeffs",
+        nargs="+",
+        type=float,
+        default=None,
+        help="distillation λ values for the planner teacher (the paper: 0.01); default 0.01 0.5 (--quick: 0.5)",
+    )
     parser.add_argument("--noise", nargs="*", type=float, default=None, help="noisy-planner error rates to add")
     parser.add_argument("--cell", default=None, help="run one cell ENV:ALGO:TEACHER:SEED and exit")
     parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the study's cells on disk")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="cells run at once (each is single-threaded; default: one per core)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="cells run at once (each is single-threaded; default: one per core)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-record", action="store_true", help="print the table; leave RESULTS.md alone")
     args = parser.parse_args()
     if args.study:
-        given = [f"--{name}" for name in ("envs", "algos", "seeds", "frames", "coeffs", "noise", "quick")
-                 if getattr(args, name) not in (None, False)]
+        given = [
+            f"--{name}"
+            for name in ("envs", "algos", "seeds", "frames", "coeffs", "noise", "quick")
+            if getattr(args, name) not in (None, False)
+        ]
         if given:
             parser.error(f"--study fixes the study's cells; drop {' '.join(given)}")
         study = STUDIES[args.study]
@@ -204,8 +233,14 @@ def main():
         args.coeffs = args.coeffs or ([0.5] if args.quick else [0.01, 0.5])
         args.seeds = args.seeds or (3 if args.quick else 5)
         args.frames = args.frames or (150_000 if args.quick else 500_000)
-        grids = [{"envs": args.envs or list(ENVS), "algos": args.algos or ["ppo", "a2c"],
-                  "coeffs": args.coeffs, "noise": args.noise or []}]
+        grids = [
+            {
+                "envs": args.envs or list(ENVS),
+                "algos": args.algos or ["ppo", "a2c"],
+                "coeffs": args.coeffs,
+                "noise": args.noise or [],
+            }
+        ]
     args.eval_interval = args.eval_interval or max(1000, args.frames // 25)
 
     if args.cell:
@@ -213,16 +248,20 @@ def main():
         result = run_cell(args, env, algo, teacher, int(seed))
         path = cell_path(env, algo, teacher, int(seed), args.frames)
         write_atomic(path, json.dumps(result, indent=1, default=float))  # a killed run leaves no half-written cell
-        print(f"{env} {algo} teacher={teacher} seed {seed}: solved at {result['solved_at']}, "
-              f"final {result['final_success']:.2f}, SPS {result['sps']:.0f}", flush=True)
+        print(
+            f"{env} {algo} teacher={teacher} seed {seed}: solved at {result['solved_at']}, "
+            f"final {result['final_success']:.2f}, SPS {result['sps']:.0f}",
+            flush=True,
+        )
         return
 
     groups = study_groups(grids)
     cells = [(env, algo, teacher, seed) for seed in range(args.seeds) for env, algo, teacher in groups]
 
     def same_settings(cell: dict) -> bool:
-        return set(cell["overrides"]) == set(cell_overrides(args, cell["env"], cell["algo"], cell["teacher"],
-                                                            cell["seed"]))
+        return set(cell["overrides"]) == set(
+            cell_overrides(args, cell["env"], cell["algo"], cell["teacher"], cell["seed"])
+        )
 
     if not args.merge_only:
         commands = []
@@ -232,11 +271,25 @@ def main():
                 if not same_settings(json.loads(path.read_text())):
                     parser.error(f"{path.relative_to(ROOT)} was run with other settings; delete it to rerun it")
                 continue
-            commands.append([sys.executable, __file__, "--cell", f"{env}:{algo}:{teacher}:{seed}",
-                             "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
-                             "--solved", str(args.solved)])
-        print(f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
-              f"{args.jobs} at a time", flush=True)
+            commands.append(
+                [
+                    sys.executable,
+                    __file__,
+                    "--cell",
+                    f"{env}:{algo}:{teacher}:{seed}",
+                    "--frames",
+                    str(args.frames),
+                    "--eval-interval",
+                    str(args.eval_interval),
+                    "--solved",
+                    str(args.solved),
+                ]
+            )
+        print(
+            f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
+            f"{args.jobs} at a time",
+            flush=True,
+        )
         run_cells(commands, args.jobs)
 
     # Merge the study's cells, and only them: the table is a function of the command.
@@ -267,7 +320,7 @@ def main():
     envs = list(dict.fromkeys(env for env, _, _ in groups))
     names = list(dict.fromkeys(teacher for _, _, teacher in groups))
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
-    panels = dict(zip(envs, axes[0]))
+    panels = dict(zip(envs, axes[0], strict=True))
     rows, ratios, csv_rows, baselines = [], [], [], {}
     for env, algo, teacher in groups:
         cells_here = sorted(by_group.get((env, algo, teacher), []), key=lambda c: c["seed"])
@@ -284,19 +337,31 @@ def main():
             if ratio is not None and teacher.startswith("planner"):
                 ratios.append(f"{env.replace('MiniGrid-', '')} {algo} {teacher}: {ratio[0]}")
         spread = ", ".join("never" if not math.isfinite(s) else f"{s / 1000:.0f}k" for s in solved)
-        rows.append([env.replace("MiniGrid-", ""), algo, teacher, len(cells_here),
-                     "never (median)" if not math.isfinite(median) else f"{median / 1000:.0f}k",
-                     f"{reached}/{len(cells_here)}", spread,
-                     "—" if ratio is None else ratio[1],
-                     f"{np.median([c['final_success'] for c in cells_here]):.2f}"])
+        rows.append(
+            [
+                env.replace("MiniGrid-", ""),
+                algo,
+                teacher,
+                len(cells_here),
+                "never (median)" if not math.isfinite(median) else f"{median / 1000:.0f}k",
+                f"{reached}/{len(cells_here)}",
+                spread,
+                "—" if ratio is None else ratio[1],
+                f"{np.median([c['final_success'] for c in cells_here]):.2f}",
+            ]
+        )
         frames, succ = success_curves(cells_here)
         # One colour per teacher and one line style per algorithm, the same in every panel.
         color = plt.cm.tab10(names.index(teacher) % 10)
         ax = panels[env]
-        ax.plot(frames, succ.mean(0), label=f"{algo}+{teacher}", color=color,
-                linestyle="-" if algo == "ppo" else "--")
-        ax.fill_between(frames, np.clip(succ.mean(0) - succ.std(0), 0, 1),
-                        np.clip(succ.mean(0) + succ.std(0), 0, 1), color=color, alpha=0.12)
+        ax.plot(frames, succ.mean(0), label=f"{algo}+{teacher}", color=color, linestyle="-" if algo == "ppo" else "--")
+        ax.fill_between(
+            frames,
+            np.clip(succ.mean(0) - succ.std(0), 0, 1),
+            np.clip(succ.mean(0) + succ.std(0), 0, 1),
+            color=color,
+            alpha=0.12,
+        )
         for c in cells_here:
             for r in c["evals"]:
                 csv_rows.append([env, algo, teacher, c["seed"], r["frames"], r["success"], r["return"]])
@@ -307,7 +372,7 @@ def main():
     panels[envs[0]].set_ylabel("greedy eval success (mean ± std)")
     labels = {}
     for ax in panels.values():
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             labels.setdefault(label, handle)
     fig.legend(labels.values(), labels.keys(), loc="lower center", ncol=min(len(labels), 6), fontsize=8)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 6), 1, 1))
@@ -316,19 +381,34 @@ def main():
     fig.savefig(png, dpi=110)
     with (RESULTS_DIR / f"evals_{args.frames // 1000}k.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["env", "algo", "teacher", "seed", "frames", "success", "return"], *csv_rows])
-    table = markdown_table(["env", "algo", "teacher", "seeds", f"steps to success ≥ {args.solved} (median)",
-                            "reached", "per seed", "speed-up vs no teacher", "success at the end"], rows)
+    table = markdown_table(
+        [
+            "env",
+            "algo",
+            "teacher",
+            "seeds",
+            f"steps to success ≥ {args.solved} (median)",
+            "reached",
+            "per seed",
+            "speed-up vs no teacher",
+            "success at the end",
+        ],
+        rows,
+    )
     speedups = "; ".join(ratios) if ratios else "n/a"
-    body = (f"{args.frames:,} env steps per run; 3 envs × 128-step rollouts, lr 1e-3, γ 0.99, GAE 0.95, "
-            f"entropy 0.01; PPO 4 epochs of minibatch 256, A2C one step on the whole rollout; the student sees "
-            f"the symbolic view, direction and mission words; soft targets, distillation λ as named (planner_lX: λ = X); evaluation every {args.eval_interval:,} steps on "
-            f"16 greedy episodes; a run ends at its first evaluation with success ≥ {args.solved} "
-            f"(curves carry that value forward), so 'success at the end' covers the whole budget only for runs that "
-            f"never got there. Teacher 'planner' is the exact MiniGrid planner (a perfect teacher, an upper bound "
-            f"of what a VLM gives); 'noisyR' names a wrong action on a share R of states.\n\n{table}\n\n"
-            f"Speed-ups with the exact planner teacher, where the student got there ('>': the baseline did not "
-            f"within the budget, so a lower bound): {speedups} "
-            f"(target ≥ 2×; the paper: 2.56× PPO, 2.86× A2C with Gemini). Curves: `{png.relative_to(ROOT)}`.\n")
+    body = (
+        f"{args.frames:,} env steps per run; 3 envs × 128-step rollouts, lr 1e-3, γ 0.99, GAE 0.95, "
+        f"entropy 0.01; PPO 4 epochs of minibatch 256, A2C one step on the whole rollout; the student sees "
+        "the symbolic view, direction and mission words; soft targets, distillation λ as named (planner_lX: λ = X); "
+        f"evaluation every {args.eval_interval:,} steps on "
+        f"16 greedy episodes; a run ends at its first evaluation with success ≥ {args.solved} "
+        f"(curves carry that value forward), so 'success at the end' covers the whole budget only for runs that "
+        f"never got there. Teacher 'planner' is the exact MiniGrid planner (a perfect teacher, an upper bound "
+        f"of what a VLM gives); 'noisyR' names a wrong action on a share R of states.\n\n{table}\n\n"
+        f"Speed-ups with the exact planner teacher, where the student got there ('>': the baseline did not "
+        f"within the budget, so a lower bound): {speedups} "
+        f"(target ≥ 2×; the paper: 2.56× PPO, 2.86× A2C with Gemini). Curves: `{png.relative_to(ROOT)}`.\n"
+    )
     print(body)
     if not args.no_record:
         record_results(f"Distillation efficiency (LVLM2P), {args.frames // 1000}k steps", body)

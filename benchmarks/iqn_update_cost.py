@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results
 from torchrl.collectors import Collector
 from torchrl.objectives import HardUpdate
 
 from torchrl_vlm.objectives import iqn
 from torchrl_vlm.training import make_adam
-
-from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results
 
 #: (name, overrides): DQN, then IQN from the paper's sample counts down.
 VARIANTS = [

@@ -39,11 +39,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
 from common import markdown_table, record_results, run_cells, write_atomic
 from sample_efficiency import (
-    budget_suffix, first_reach, gain, late_success, median_steps, permutation_p, run_cell, schedule_overrides,
-    seed_ratio, steps_k,
+    budget_suffix,
+    first_reach,
+    gain,
+    late_success,
+    median_steps,
+    permutation_p,
+    run_cell,
+    schedule_overrides,
+    seed_ratio,
+    steps_k,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +163,7 @@ def merge(args) -> None:
                           "late_success": late})
             rows.append([name, f"{fpr:g}", f"{fnr:g}", len(seeds), ", ".join(steps_k(v) for v in steps),
                          median_steps(steps), "—" if g is None else f"{100 * g:+.0f}%",
-                         ", ".join(seed_ratio(c, b) for c, b in zip(steps, base)), f"{p:.2f}",
+                         ", ".join(seed_ratio(c, b) for c, b in zip(steps, base, strict=True)), f"{p:.2f}",
                          f"{np.median(late):.2f}"])
     budget = f"{args.frames:,} steps of a {args.schedule_frames:,}-step schedule"
     title = f"{args.env} ({args.definition}), {budget}: VLM-RB with a noisy scorer vs uniform"

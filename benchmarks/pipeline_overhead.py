@@ -34,9 +34,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from common import markdown_table, paired_slowdown, recipe, recipe_config, record_results
-
 
 VARIANTS = {
     "uniform": ["buffer.sampler=uniform", "env.render=false"],
@@ -139,14 +137,22 @@ def main():
         frames_cost = paired_slowdown(sps["vlm_frames"], sps["vlm"])[1]
         verdict += (f" Rendering a frame at every step and shipping it costs a further {frames_cost * 100:.1f}% "
                     "(vlm_frames against vlm).")
-    scorer = (f"Scorer of the last VLM-RB round: {stats.get('clips_submitted', 0):.0f} clips submitted, "
-              f"{stats.get('clips_scored', 0):.0f} scored, {stats.get('clips_dropped', 0):.0f} dropped, "
-              f"latency mean {stats.get('latency_mean_s', float('nan')):.2f}s, p95 {stats.get('latency_p95_s', float('nan')):.2f}s, "
-              f"coverage {stats.get('coverage', 0):.2f}.")
-    latency = (f"the VLM-RB scorer answers after {args.latency}s per call (a sleep: no CPU); vlm_frames renders 8 px "
-               "per cell" if args.domain == "minigrid" else "the VLM-RB scorer is the event scorer (no frames)")
-    body = (f"{args.env}, {args.frames:,} env steps per run ({domain['random_frames']:,} random first), "
-            f"{domain['loop']}, {args.rounds} alternating rounds; {latency}.\n\n{table}\n\n{verdict}\n{scorer}\n")
+    scorer = (
+        f"Scorer of the last VLM-RB round: {stats.get('clips_submitted', 0):.0f} clips submitted, "
+        f"{stats.get('clips_scored', 0):.0f} scored, {stats.get('clips_dropped', 0):.0f} dropped, "
+        f"latency mean {stats.get('latency_mean_s', float('nan')):.2f}s, "
+        f"p95 {stats.get('latency_p95_s', float('nan')):.2f}s, "
+        f"coverage {stats.get('coverage', 0):.2f}."
+    )
+    latency = (
+        f"the VLM-RB scorer answers after {args.latency}s per call (a sleep: no CPU); vlm_frames renders 8 px per cell"
+        if args.domain == "minigrid"
+        else "the VLM-RB scorer is the event scorer (no frames)"
+    )
+    body = (
+        f"{args.env}, {args.frames:,} env steps per run ({domain['random_frames']:,} random first), "
+        f"{domain['loop']}, {args.rounds} alternating rounds; {latency}.\n\n{table}\n\n{verdict}\n{scorer}\n"
+    )
     print(body)
     if not args.no_record:
         record_results(domain["title"], body)

@@ -69,7 +69,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
 
 from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS
@@ -209,7 +208,7 @@ def run_settings(overrides: list[str]) -> set[str]:
     rates = {k: float(v) for k, v in pairs if k in RATES}
     if scorer == "noisy_events" and all(r == 0 for r in rates.values()):
         scorer = "events"
-    settings = {o for o, (k, _) in zip(overrides, pairs) if k not in (*RATES, "vlm.scorer")}
+    settings = {o for o, (k, _) in zip(overrides, pairs, strict=True) if k not in (*RATES, "vlm.scorer")}
     if scorer is not None:
         settings.add(f"vlm.scorer={scorer}")
     if scorer == "noisy_events":
@@ -297,7 +296,7 @@ def compare_with(results: list[dict], methods: list[str]) -> list[list]:
             [
                 method,
                 baseline,
-                ", ".join(f"s{s}: {seed_ratio(c, b)}" for s, c, b in zip(seeds, *steps)),
+                ", ".join(f"s{s}: {seed_ratio(c, b)}" for s, c, b in zip(seeds, *steps, strict=True)),
                 f"{permutation_p(*steps):.2f}",
                 f"{permutation_p(*late):.2f}",
             ]
@@ -357,9 +356,9 @@ def plot_ablations(points: dict, budget: int, path: Path, title: str) -> None:
 
     never = 1.08 * budget
     fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4), sharey=True, squeeze=False)
-    for ax, (axis, ran) in zip(axes[0], points.items()):
+    for ax, (axis, ran) in zip(axes[0], points.items(), strict=True):
         uniform = max((base for *_, base in ran), key=len)  # every value ran on these seeds, or on fewer
-        for x, (value, _, steps, _) in enumerate(ran):
+        for x, (_value, _, steps, _) in enumerate(ran):
             ys = [min(v, never) for v in steps]
             ax.scatter(x + np.linspace(-0.12, 0.12, len(ys)), ys, s=22, zorder=3)
             ax.hlines(min(np.median(steps), never), x - 0.3, x + 0.3, color="k", lw=2)
@@ -381,7 +380,8 @@ def plot_ablations(points: dict, budget: int, path: Path, title: str) -> None:
 
 
 def median_steps(values: list[float]) -> str:
-    """Median steps to a level over seeds, in thousands, with (reached/seeds); "—" where the median seed never got there."""
+    """Median steps to a level over seeds, in thousands, with (reached/seeds); "—" where the median seed never got
+    there."""
     reached = [v for v in values if math.isfinite(v)]
     if len(reached) * 2 <= len(values):  # at least half never got there: the median is not reached
         return f"— ({len(reached)}/{len(values)})"
@@ -461,9 +461,15 @@ def plot(curves: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = curve_panels(list(curves))
-    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4 if len(panels) == 1 else 3.4 * len(panels)),
-                             sharey=True, sharex=True, squeeze=False)
-    for row, (panel, methods) in zip(axes, panels):
+    fig, axes = plt.subplots(
+        len(panels),
+        2,
+        figsize=(11, 4 if len(panels) == 1 else 3.4 * len(panels)),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
+    )
+    for row, (panel, methods) in zip(axes, panels, strict=True):
         for ax, index, name in ((row[0], 1, "greedy"), (row[1], 2, "ε = 0.05")):
             others = iter(f"C{i}" for i in (0, 1, 2, 4, 5, 6, 8, 9))
             for method in methods:
@@ -492,22 +498,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--env", default=None, help="a DoorKey id (default: 8x8; --quick: 5x5)")
     parser.add_argument("--frames", type=int, default=None, help="default: 1.5M (--quick: 60k)")
     parser.add_argument("--seeds", type=int, default=None, help="default: 5 (--quick: 3)")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD[:SEEDS]",
-                        help=f"of {', '.join(METHODS)}; METHOD:N runs N seeds of it instead of --seeds "
-                             f"(default: {' '.join(DEFAULT_METHODS)})")
-    parser.add_argument("--definition", default="any", choices=list(EVENT_DEFINITIONS),
-                        help="what the event scorer counts as meaningful (see above)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        metavar="METHOD[:SEEDS]",
+        help=f"of {', '.join(METHODS)}; METHOD:N runs N seeds of it instead of --seeds "
+        f"(default: {' '.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--definition",
+        default="any",
+        choices=list(EVENT_DEFINITIONS),
+        help="what the event scorer counts as meaningful (see above)",
+    )
     parser.add_argument("--fpr", type=float, default=0.1, help="vlm_noisy: false-positive rate")
     parser.add_argument("--fnr", type=float, default=0.1, help="vlm_noisy: false-negative rate")
-    parser.add_argument("--schedule-frames", type=int, default=None,
-                        help="ε and λ follow the schedules of a run this long, stopped at --frames "
-                             "(default: --frames)")
+    parser.add_argument(
+        "--schedule-frames",
+        type=int,
+        default=None,
+        help="ε and λ follow the schedules of a run this long, stopped at --frames (default: --frames)",
+    )
     parser.add_argument("--eval-interval", type=int, default=None, help="default: frames / 30")
     parser.add_argument("--eval-episodes", type=int, default=16)
     parser.add_argument("--cell", default=None, help="run one cell, METHOD:SEED, and exit")
     parser.add_argument("--merge-only", action="store_true", help="do not run, only merge the study's cells on disk")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="cells run at once (each is single-threaded; default: one per core)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="cells run at once (each is single-threaded; default: one per core)",
+    )
     parser.add_argument("--quick", action="store_true", help="DoorKey-5x5, 3 seeds, 60k steps")
     parser.add_argument("--tag", default="", help="suffix of the results folder, to keep variants apart")
     parser.add_argument("--override", nargs="*", default=[], help="extra recipe overrides for every cell")
@@ -540,8 +562,10 @@ def main():
         result = run_cell(args, method, int(seed))
         path = cell_path(args.env, method, int(seed), args.tag)
         write_atomic(path, json.dumps(result, indent=1, default=float))  # a killed run leaves no half-written cell
-        print(f"{method} seed {seed}: final greedy success {result['final_success_greedy']:.2f}, "
-              f"SPS {result['sps']:.0f} -> {path.relative_to(ROOT)}")
+        print(
+            f"{method} seed {seed}: final greedy success {result['final_success_greedy']:.2f}, "
+            f"SPS {result['sps']:.0f} -> {path.relative_to(ROOT)}"
+        )
         return
 
     if not args.merge_only:
@@ -551,20 +575,43 @@ def main():
             if path.exists():  # done in an earlier call: a study resumes where it stopped
                 differ = settings_differ(load_cell(path), args)
                 if differ:
-                    parser.error(f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
-                                 "pass --tag to keep this variant apart, or delete the cell")
+                    parser.error(
+                        f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
+                        "pass --tag to keep this variant apart, or delete the cell"
+                    )
                 continue
-            cmd = [sys.executable, __file__, "--cell", f"{method}:{seed}", "--env", args.env,
-                   "--frames", str(args.frames), "--eval-interval", str(args.eval_interval),
-                   "--eval-episodes", str(args.eval_episodes), "--definition", args.definition,
-                   "--fpr", str(args.fpr), "--fnr", str(args.fnr), "--tag", args.tag]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--cell",
+                f"{method}:{seed}",
+                "--env",
+                args.env,
+                "--frames",
+                str(args.frames),
+                "--eval-interval",
+                str(args.eval_interval),
+                "--eval-episodes",
+                str(args.eval_episodes),
+                "--definition",
+                args.definition,
+                "--fpr",
+                str(args.fpr),
+                "--fnr",
+                str(args.fnr),
+                "--tag",
+                args.tag,
+            ]
             if args.schedule_frames:
                 cmd += ["--schedule-frames", str(args.schedule_frames)]
             if args.override:
                 cmd += ["--override", *args.override]
             commands.append(cmd)
-        print(f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
-              f"{args.jobs} at a time", flush=True)
+        print(
+            f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
+            f"{args.jobs} at a time",
+            flush=True,
+        )
         run_cells(commands, args.jobs)
 
     # Merge the study's cells, and only them: the table is a function of the command.
@@ -581,8 +628,10 @@ def main():
     if missing:
         print(f"not on disk, left out: {', '.join(missing)}")
     if other:
-        print(f"left out {len(other)} cell(s) run with other settings: "
-              + ", ".join(f"{c['method']}_s{c['seed']}" for c in other))
+        print(
+            f"left out {len(other)} cell(s) run with other settings: "
+            + ", ".join(f"{c['method']}_s{c['seed']}" for c in other)
+        )
     named = {cell_path(args.env, method, seed, args.tag) for method, seed in cells}
     stray = [p.stem for p in sorted(folder.glob("*_s*.json")) if p not in named]
     if stray:
@@ -598,15 +647,32 @@ def main():
         writer.writerow(["method", "seed", "frames", "success_greedy", "success_eps", "return_greedy"])
         for r in results:
             for row in r["evals"]:
-                writer.writerow([r["method"], r["seed"], row["frames"], row["success_greedy"], row["success_eps"],
-                                 row["return_greedy"]])
+                writer.writerow(
+                    [
+                        r["method"],
+                        r["seed"],
+                        row["frames"],
+                        row["success_greedy"],
+                        row["success_eps"],
+                        row["return_greedy"],
+                    ]
+                )
     png = folder / "learning_curves.png"
     title = f"{args.env}, {args.frames:,} steps, scorer definition '{args.definition}'"
     plot(curves, png, title)
     table = markdown_table(
-        ["method", "seeds", "steps to 0.5 (greedy)", "steps to 0.9 (greedy)", "per seed to 0.9",
-         "steps to 0.9 (ε=0.05)", "final success greedy, median [min, max]", "final ε=0.05",
-         "last 3 evals greedy, median [min, max]", "SPS"],
+        [
+            "method",
+            "seeds",
+            "steps to 0.5 (greedy)",
+            "steps to 0.9 (greedy)",
+            "per seed to 0.9",
+            "steps to 0.9 (ε=0.05)",
+            "final success greedy, median [min, max]",
+            "final ε=0.05",
+            "last 3 evals greedy, median [min, max]",
+            "SPS",
+        ],
         rows,
     )
     comparison = compare_with(results, methods)
@@ -615,8 +681,10 @@ def main():
             "\n\nAgainst uniform replay with the same algorithm, seed by seed (same env seeds): steps to 0.9 "
             "greedy, method / baseline; p: exact one-sided permutation test on ranks (a seed that never got there "
             "ranks last) that the method is faster to 0.9, and that its last-3-evaluation success is higher.\n\n"
-            + markdown_table(["method", "baseline", "steps to 0.9 vs baseline, per seed", "p (faster)",
-                              "p (higher late success)"], comparison)
+            + markdown_table(
+                ["method", "baseline", "steps to 0.9 vs baseline, per seed", "p (faster)", "p (higher late success)"],
+                comparison,
+            )
         )
     points = ablation_points(results)
     if points:
@@ -626,14 +694,28 @@ def main():
             "\n\nThe ablations, one axis at a time (the other at its default), against uniform replay on the same env "
             "seeds: gain = 1 − median steps to 0.9 greedy / uniform's; p as above. Figure: "
             f"`{ablation_png.relative_to(ROOT)}`.\n\n"
-            + markdown_table(["ablation", "value", "method", "seeds", "steps to 0.9 greedy, per seed", "median",
-                              "gain vs uniform", "p (faster)"], ablation_rows(points))
+            + markdown_table(
+                [
+                    "ablation",
+                    "value",
+                    "method",
+                    "seeds",
+                    "steps to 0.9 greedy, per seed",
+                    "median",
+                    "gain vs uniform",
+                    "p (faster)",
+                ],
+                ablation_rows(points),
+            )
         )
     recipe_cfg = recipe_config("dqn_minigrid", cell_overrides(args, "uniform", 0))
     eps_steps = round(recipe_cfg.collector.eps_fraction * args.frames)
     lam_steps = round(recipe_cfg.buffer.warmup_fraction * args.frames)
-    schedule_note = (f" (the schedules of a {args.schedule_frames:,}-step run, stopped at {args.frames:,})"
-                     if args.schedule_frames and args.schedule_frames != args.frames else "")
+    schedule_note = (
+        f" (the schedules of a {args.schedule_frames:,}-step run, stopped at {args.frames:,})"
+        if args.schedule_frames and args.schedule_frames != args.frames
+        else ""
+    )
     body = (
         f"{title}. Double DQN (iqn_*: IQN, N = N' = 8, K = 32), MLP 2×128, Adam 2.5e-4, batch 128, 8 envs, "
         f"3-step returns, target every 1000 steps, one update per 4 steps; ε to 0.05 over the first "

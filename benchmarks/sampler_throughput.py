@@ -26,17 +26,21 @@ import argparse
 import time
 
 import torch
+from common import interleaved_medians, markdown_table, record_results
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, PrioritizedSampler, RandomSampler
 
-from common import interleaved_medians, markdown_table, record_results
 from torchrl_vlm import MixtureSampler, make_minigrid_env, make_replay_buffer
 
 
 def build(capacity: int, batch: int, positives: float):
     storage = LazyTensorStorage(capacity)
     data = TensorDict(
-        {"observation": torch.zeros(capacity, 4), "vlm_priority": torch.zeros(capacity), "td_error": torch.zeros(capacity)},
+        {
+            "observation": torch.zeros(capacity, 4),
+            "vlm_priority": torch.zeros(capacity),
+            "td_error": torch.zeros(capacity),
+        },
         [capacity],
     )
     n_pos = int(positives * capacity)
@@ -84,9 +88,7 @@ def sampler_part(capacity: int, batch: int, rounds: int, per_round: int) -> str:
             s.update_priority(clip, ones * 0.5, storage=rb.storage)
 
     write_fns = {
-        name: (lambda rb=rb: write(rb))
-        for name, rb in buffers.items()
-        if not isinstance(rb.sampler, RandomSampler)
+        name: (lambda rb=rb: write(rb)) for name, rb in buffers.items() if not isinstance(rb.sampler, RandomSampler)
     }
     sample_t = interleaved_medians(sample_fns, rounds, per_round)
     rb_t = interleaved_medians(rb_fns, rounds, per_round // 4)
@@ -155,8 +157,8 @@ def render_part(steps: int) -> str:
         raw.reset(seed=0)
         render = interleaved_medians(
             {
-                "minigrid": lambda: raw.unwrapped.get_frame(highlight=False, tile_size=8),
-                "ours": lambda: render_full_grid(raw, 8),
+                "minigrid": lambda raw=raw: raw.unwrapped.get_frame(highlight=False, tile_size=8),
+                "ours": lambda raw=raw: render_full_grid(raw, 8),
             },
             rounds=5,
             per_round=max(steps // 10, 10),

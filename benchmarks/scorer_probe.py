@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from common import markdown_table, record_results, tiny_vlm_path
+
 from torchrl_vlm.probe.cli import main as probe
 
 
@@ -73,7 +74,8 @@ def main() -> None:
         f"exactly these clips. VLM: `{Path(model).name if args.model is None else model}`"
         f"{' (the tiny random Idefics3 of torchrl_vlm.testing)' if args.model is None else ''}, CPU.\n\n{table}\n\n"
         f"A trivial rival on these clips: clip length alone (shorter = positive) has ROC-AUC {length_auc:.2f} "
-        "(episodes that end at the goal, the planner's, give the short clips). A scorer has to beat it to show it reads the "
+        "(episodes that end at the goal, the planner's, give the short clips). "
+        "A scorer has to beat it to show it reads the "
         "frames.\n"
     )
     print(body)

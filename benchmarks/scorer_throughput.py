@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import markdown_table, minigrid_like_clips, record_results, tiny_vlm_path
 from tensordict import TensorDict
 
-from common import markdown_table, minigrid_like_clips, record_results, tiny_vlm_path
 from torchrl_vlm.scoring.transformers import TransformersScorer
 from torchrl_vlm.testing import TINY_VLM_MARKER
 
@@ -118,9 +118,9 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(modes) if r % 2 == 0 else list(modes)[::-1]
         for label in order:
-            l, p = run(scorer, clips, modes[label])
-            lat[label].append(l)
-            totals[label].append(float(l.sum()))
+            latency, p = run(scorer, clips, modes[label])
+            lat[label].append(latency)
+            totals[label].append(float(latency.sum()))
             prep[label] += p
     rows = []
     speed = {}
@@ -158,7 +158,8 @@ def main() -> None:
     ratio = speed["batched"] / speed["one clip at a time"]
     body = "\n".join(
         [
-            f"- model: `{Path(model).name if tiny else model}`{' (tiny random Idefics3 from torchrl_vlm.testing, in a temporary folder)' if tiny else ''}, "
+            f"- model: `{Path(model).name if tiny else model}`"
+            f"{' (tiny random Idefics3 from torchrl_vlm.testing, in a temporary folder)' if tiny else ''}, "
             f"device {scorer.device}, dtype {scorer.dtype}, torch threads {torch.get_num_threads()}, "
             f"load {load_s:.1f} s",
             f"- {args.clips} clips of {args.clip_len} steps, {args.frame_size}x{args.frame_size} px; "

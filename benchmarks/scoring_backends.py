@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import markdown_table, minigrid_like_clips, record_results, tiny_vlm_path
 
 IN_NETNS = "TORCHRL_VLM_BENCH_NETNS"

@@ -35,11 +35,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 from torchrl_vlm.training import remember_absent_pandas  # noqa: E402
-
-from common import interleaved_medians, markdown_table, recipe, recipe_config, record_results  # noqa: E402
 
 
 class PlainSAC:

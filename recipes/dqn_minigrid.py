@@ -61,16 +61,16 @@ from torchrl_vlm import (
 )
 from torchrl_vlm.objectives import IQNLoss, IQNNetwork, IQNQValues
 from torchrl_vlm.training import (
+    VLM_RANGES,
     EpisodeMetrics,
     Every,
     Range,
     StopRequest,
-    VLM_RANGES,
     check_common_config,
     check_known_keys,
-    describe_logs,
     check_resumable,
     close_all,
+    describe_logs,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
@@ -359,7 +359,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             eps_end=cfg.collector.eps_end,
         )
         policy = TensorDictSequential(q_net, explore)
-        eps_policy = TensorDictSequential(q_net, EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps))
+        greedy_ish = EGreedyModule(action_spec, eps_init=cfg.eval.eps, eps_end=cfg.eval.eps)
+        eps_policy = TensorDictSequential(q_net, greedy_ish)
 
         loss_module = make_loss(cfg, q_net)
         updates_per_target = max(1, cfg.loss.target_update_frames // cfg.optim.frames_per_update)
@@ -374,8 +375,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if cfg.checkpoint.resume:
             state = load_checkpoint(cfg.checkpoint.resume)
             # A checkpoint from before algo existed is DQN's; IQN's settings matter to IQN runs only.
-            check_resumable({"algo": "dqn", **state["config"]}, cfg,
-                            RESUME_MUST_MATCH + (("iqn",) if cfg.algo == "iqn" else ()))
+            check_resumable(
+                {"algo": "dqn", **state["config"]}, cfg, RESUME_MUST_MATCH + (("iqn",) if cfg.algo == "iqn" else ())
+            )
             collected, updates = state["collected_frames"], state["updates"]
             solved_at = state.get("solved_at")
             if total_frames <= collected:
@@ -416,8 +418,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             nonlocal solved_at
             greedy = evaluate_success(eval_env, q_net, max_steps=eval_steps)
             eps = evaluate_success(eval_env, eps_policy, max_steps=eval_steps, exploration=ExplorationType.RANDOM)
-            row = {"frames": collected, "success_greedy": greedy["success"], "success_eps": eps["success"],
-                   "return_greedy": greedy["return"]}
+            row = {
+                "frames": collected,
+                "success_greedy": greedy["success"],
+                "success_eps": eps["success"],
+                "return_greedy": greedy["return"],
+            }
             evals.append(row)
             if solved_at is None and eps["success"] >= cfg.eval.solved_success:  # ε=0.05: greedy flickers
                 solved_at = collected
@@ -538,9 +544,11 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def print_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
     print("\n=== run summary ===")
     print(f"frames {summary['frames']}  updates {summary['updates']}  SPS {summary['sps']:.0f}")
-    print(f"final eval success: greedy {summary['final_success_greedy']:.2f}, "
-          f"eps=0.05 {summary['final_success_eps']:.2f}; solved "
-          + ("never" if summary["solved_at"] is None else f"at {summary['solved_at']} frames"))
+    print(
+        f"final eval success: greedy {summary['final_success_greedy']:.2f}, "
+        f"eps=0.05 {summary['final_success_eps']:.2f}; solved "
+        + ("never" if summary["solved_at"] is None else f"at {summary['solved_at']} frames")
+    )
     if summary["lambda"] is not None:
         print(f"lambda {summary['lambda']:.3f}")
     stats = summary["buffer_stats"]
@@ -549,9 +557,15 @@ def print_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
             "scorer: {submitted:.0f} clips submitted, {scored:.0f} scored, {pos:.0f} positive, "
             "{dropped:.0f} dropped, {lost:.0f} lost, {stale:.0f} stale slots rejected, coverage {cov:.2f}, "
             "latency mean {lat:.3f}s p95 {p95:.3f}s".format(
-                submitted=stats["clips_submitted"], scored=stats["clips_scored"], pos=stats["positive_clips"],
-                dropped=stats["clips_dropped"], lost=stats["clips_lost"], stale=stats["stale_rejected"],
-                cov=stats["coverage"], lat=stats["latency_mean_s"], p95=stats["latency_p95_s"],
+                submitted=stats["clips_submitted"],
+                scored=stats["clips_scored"],
+                pos=stats["positive_clips"],
+                dropped=stats["clips_dropped"],
+                lost=stats["clips_lost"],
+                stale=stats["stale_rejected"],
+                cov=stats["coverage"],
+                lat=stats["latency_mean_s"],
+                p95=stats["latency_p95_s"],
             )
         )
     print(describe_logs(cfg, summary["out_dir"]))

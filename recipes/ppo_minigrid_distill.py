@@ -44,9 +44,9 @@ from torchrl_vlm.training import (
     StopRequest,
     check_common_config,
     check_known_keys,
-    describe_logs,
     check_resumable,
     close_all,
+    describe_logs,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
@@ -104,7 +104,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.teacher not in TEACHERS:
         raise ValueError(f"teacher={cfg.teacher!r}; choose one of {TEACHERS}")
     if cfg.env.name not in LVLM2P_ENVS and not cfg.env.name.startswith("MiniGrid-DoorKey"):
-        raise ValueError(f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(LVLM2P_ENVS)} or a DoorKey")
+        raise ValueError(
+            f"env.name={cfg.env.name!r} is not supported; choose one of {', '.join(LVLM2P_ENVS)} or a DoorKey"
+        )
     check_common_config(cfg, RANGES)
     if cfg.algo == "ppo" and cfg.optim.minibatch_size > cfg.collector.frames_per_batch:
         raise ValueError(
@@ -351,7 +353,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     break
 
             loop_seconds = time.perf_counter() - t_start
-            if not evals or evals[-1]["frames"] != collected:  # a stopped run, or one ending on an eval, has just had one
+            if (
+                not evals or evals[-1]["frames"] != collected
+            ):  # a stopped run, or one ending on an eval, has just had one
                 last_eval = evaluate()
             if cfg.checkpoint.at_end:
                 checkpoint(out_dir / "checkpoint")

@@ -27,15 +27,15 @@ from typing import Any
 
 import hydra
 import torch
+import utils_actor_critic
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torchrl.envs import ExplorationType
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
-
-import utils_actor_critic
 from utils_actor_critic import SHARED_RANGES, Algorithm, print_summary
+
 from torchrl_vlm.covr import COVRSACLoss
 from torchrl_vlm.training import Range, make_adam
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import hydra
 import torch
+import utils_actor_critic
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperator
 from torchrl.objectives import SoftUpdate, TD3Loss
-
-import utils_actor_critic
 from utils_actor_critic import SHARED_RANGES, Algorithm, print_summary
+
 from torchrl_vlm.training import Range, make_adam
 
 __all__ = ["RANGES", "check_config", "make_actor_critic", "make_algorithm", "train"]

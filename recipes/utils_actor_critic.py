@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ from torchrl_vlm.training import (
     check_common_config,
     check_known_keys,
     check_resumable,
-    describe_logs,
     close_all,
+    describe_logs,
     get_rng_state,
     load_checkpoint,
     log_metrics,
@@ -212,7 +213,7 @@ def scorer_factory(cfg: DictConfig):
 def make_prior_buffer(cfg: DictConfig, action_dim: int, out_dir: Path):
     """COVR's replay (:class:`~torchrl_vlm.covr.PriorReplayBuffer`): the action prior in its own process, and with
     ``covr.prior=covr`` the fine-tuning loop (D_f, schedule, EDDF, RALW, LoRA in a process of its own)."""
-    from torchrl_vlm.covr import ActionPrior, FineTuning, FinetuneBuffer, LoRAFineTuner, PriorReplayBuffer
+    from torchrl_vlm.covr import ActionPrior, FinetuneBuffer, FineTuning, LoRAFineTuner, PriorReplayBuffer
     from torchrl_vlm.covr.prior import DEFAULT_PROMPT
 
     c, b = cfg.covr, cfg.buffer

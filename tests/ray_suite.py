@@ -17,8 +17,8 @@ if os.environ.get("TORCHRL_VLM_RAY_NETNS") != "1":
     pytest.skip("run through tests/test_ray_scoring.py (a network namespace of its own)", allow_module_level=True)
 
 import ray  # noqa: E402
-
 from _scorers import HangsOnSingleStepClips, LengthScorer, SlowConstantScorer  # noqa: E402
+
 from torchrl_vlm import MixtureSampler, ScoringService, ScoringServiceError, VLMReplayBuffer  # noqa: E402
 from torchrl_vlm.scoring.ray_service import RayScoringService  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_replicas_answer_what_the_scorer_says():
         tickets = [service.submit(clips(b), meta=i) for i, b in enumerate(batches)]
         answers = drain(service, tickets)
         assert sorted(answers) == tickets
-        for ticket, lengths in zip(tickets, batches):
+        for ticket, lengths in zip(tickets, batches, strict=True):
             torch.testing.assert_close(answers[ticket], torch.tensor(lengths) / 8.0)
         stats = service.stats()
         assert stats["clips_scored"] == stats["clips_submitted"] == sum(map(len, batches))
@@ -126,11 +126,11 @@ def test_a_scorer_that_cannot_be_built_is_a_clear_error():
 
 
 def test_the_vlm_buffer_does_not_care_which_backend_it_holds():
+    from _scorers import ClipFingerprintScorer, clip_fingerprint
     from torchrl.collectors import Collector
     from torchrl.data import LazyTensorStorage
     from torchrl.envs.utils import RandomPolicy
 
-    from _scorers import ClipFingerprintScorer, clip_fingerprint
     from torchrl_vlm import make_minigrid_env
 
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=4, seed=0, render=False)

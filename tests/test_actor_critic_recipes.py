@@ -15,6 +15,7 @@ sys.path.insert(0, str(RECIPES))
 
 import sac  # noqa: E402
 import td3  # noqa: E402
+
 from torchrl_vlm.training import load_checkpoint  # noqa: E402
 
 TINY = [
@@ -182,7 +183,7 @@ def test_random_shift_crops_each_frame_of_the_padded_batch_at_its_own_offset():
     out = sac.random_shift(frames, 2, generator=g)
     padded = torch.nn.functional.pad(frames.permute(0, 3, 1, 2).float(), (2,) * 4, mode="replicate").permute(0, 2, 3, 1)
     offsets = set()
-    for frame, shifted in zip(padded, out):
+    for frame, shifted in zip(padded, out, strict=True):
         matches = [(dy, dx) for dy in range(5) for dx in range(5)
                    if torch.equal(frame[dy:dy + 12, dx:dx + 10].to(torch.uint8), shifted)]
         assert matches

@@ -314,7 +314,8 @@ def test_speedup_is_a_lower_bound_when_the_baseline_never_got_there():
 
 def test_success_curves_carry_a_solved_run_s_last_evaluation_forward():
     solved = {"evals": [{"frames": 8, "success": 0.5}, {"frames": 16, "success": 0.95}]}  # stopped when solved
-    unsolved = {"evals": [{"frames": 8, "success": 0.0}, {"frames": 16, "success": 0.25}, {"frames": 24, "success": 0.5}]}
+    unsolved = {"evals": [{"frames": 8, "success": 0.0}, {"frames": 16, "success": 0.25},
+                          {"frames": 24, "success": 0.5}]}
     frames, success = success_curves([solved, unsolved])
     np.testing.assert_array_equal(frames, [8, 16, 24])
     np.testing.assert_array_equal(success, [[0.5, 0.95, 0.95], [0.0, 0.25, 0.5]])
@@ -324,12 +325,20 @@ def test_the_distillation_study_names_the_cells_it_ran():
     groups = study_groups(STUDIES["lvlm2p-200k"]["grids"])
     assert len(groups) == 24  # 72 cells of 3 seeds
     assert [(algo, teacher) for env, algo, teacher in groups if env == "MiniGrid-LavaGapS7-v0"] == [
-        ("ppo", "none"), ("ppo", "planner_l0.01"), ("ppo", "planner_l0.5"), ("ppo", "noisy0.2_l0.5"),
-        ("ppo", "noisy0.4_l0.5"), ("ppo", "noisy0.6_l0.5"), ("ppo", "noisy0.8_l0.5"),
-        ("a2c", "none"), ("a2c", "planner_l0.5"),
+        ("ppo", "none"),
+        ("ppo", "planner_l0.01"),
+        ("ppo", "planner_l0.5"),
+        ("ppo", "noisy0.2_l0.5"),
+        ("ppo", "noisy0.4_l0.5"),
+        ("ppo", "noisy0.6_l0.5"),
+        ("ppo", "noisy0.8_l0.5"),
+        ("a2c", "none"),
+        ("a2c", "planner_l0.5"),
     ]
     assert [(algo, teacher) for env, algo, teacher in groups if env == "MiniGrid-Fetch-6x6-N2-v0"] == [
-        ("ppo", "none"), ("ppo", "planner_l0.01"), ("ppo", "planner_l0.5"),
+        ("ppo", "none"),
+        ("ppo", "planner_l0.01"),
+        ("ppo", "planner_l0.5"),
     ]
     assert [env for env, _, _ in groups][::9][:2] == ["MiniGrid-LavaGapS7-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0"]
 
@@ -338,7 +347,10 @@ def test_teacher_overrides_are_read_from_the_variant_name():
     assert teacher_overrides("none") == ["teacher=none"]
     assert teacher_overrides("planner_l0.01") == ["teacher=planner", "loss.distill_coeff=0.01"]
     assert teacher_overrides("noisy0.2_l0.5") == [
-        "teacher=noisy_planner", "teacher_planner.error_rate=0.2", "loss.distill_coeff=0.5"]
+        "teacher=noisy_planner",
+        "teacher_planner.error_rate=0.2",
+        "loss.distill_coeff=0.5",
+    ]
     with pytest.raises(ValueError):
         teacher_overrides("oracle_l0.5")
 
@@ -405,7 +417,9 @@ old pipeline
 
 def test_replace_section_replaces_the_study_s_section_in_place():
     new = replace_section(RESULTS_TEXT, "Sampler throughput", "## Sampler throughput (2026-02-01 09:00)\n\nnew table\n")
-    assert new == """# Benchmark results
+    assert (
+        new
+        == """# Benchmark results
 
 Intro.
 
@@ -421,6 +435,7 @@ distill notes
 
 old pipeline
 """
+    )
 
 
 def test_replace_section_appends_a_new_study_and_leaves_the_others():
@@ -440,11 +455,15 @@ def test_replace_section_keeps_one_section_of_a_title_written_twice():
 
 def test_replace_section_keeps_a_hand_written_section_after_the_study():
     # An analysis under its own heading, dated without a time, is not part of the study above it.
-    text = RESULTS_TEXT.replace("## Distillation", "## Sampler throughput: what it shows (2026-01-01)\n\nanalysis\n\n## Distillation")
+    text = RESULTS_TEXT.replace(
+        "## Distillation", "## Sampler throughput: what it shows (2026-01-01)\n\nanalysis\n\n## Distillation"
+    )
     new = replace_section(text, "Sampler throughput", "## Sampler throughput (2026-02-01 09:00)\n\nnew table")
     assert "old sampler table" not in new
     assert new.index("new table") < new.index("## Sampler throughput: what it shows (2026-01-01)\n\nanalysis")
-    again = replace_section(new, "Sampler throughput: what it shows", "## Sampler throughput: what it shows (2026-02-02)\n\nv2")
+    again = replace_section(
+        new, "Sampler throughput: what it shows", "## Sampler throughput: what it shows (2026-02-02)\n\nv2"
+    )
     assert "analysis" not in again and again.index("new table") < again.index("v2") < again.index("## Distillation")
 
 
@@ -472,9 +491,18 @@ def test_noisy_sweep_gain_and_its_table_for_the_probe(tmp_path, monkeypatch):
     from torchrl_vlm.probe.report import place_on_gain_table
 
     table = tmp_path / "gain.json"
-    table.write_text(json.dumps({"env": "E", "definition": "first_progress", "cells": [
-        {"fpr": 0.0, "fnr": 0.0, "gain": 0.3, "p": 0.05, "seeds": 3},
-        {"fpr": 0.3, "fnr": 0.6, "gain": -0.1, "p": 0.8, "seeds": 3}]}))
+    table.write_text(
+        json.dumps(
+            {
+                "env": "E",
+                "definition": "first_progress",
+                "cells": [
+                    {"fpr": 0.0, "fnr": 0.0, "gain": 0.3, "p": 0.05, "seeds": 3},
+                    {"fpr": 0.3, "fnr": 0.6, "gain": -0.1, "p": 0.8, "seeds": 3},
+                ],
+            }
+        )
+    )
     cell = place_on_gain_table(0.25, 0.5, table)
     assert (cell["fpr"], cell["fnr"], cell["gain"], cell["env"]) == (0.3, 0.6, -0.1, "E")
     assert place_on_gain_table(0.1, 0.1, tmp_path / "none.json") is None
@@ -483,15 +511,27 @@ def test_noisy_sweep_gain_and_its_table_for_the_probe(tmp_path, monkeypatch):
 def test_the_continuous_study_times_levels_in_env_steps_and_reads_old_and_new_counter_names():
     import continuous_efficiency as ce
 
-    evals = [{"frames": 2000, "env_steps": 8000, "return": 500.0}, {"frames": 4000, "env_steps": 16000, "return": 910.0}]
+    evals = [
+        {"frames": 2000, "env_steps": 8000, "return": 500.0},
+        {"frames": 4000, "env_steps": 16000, "return": 910.0},
+    ]
     assert ce.reach(evals, "return", 900) == 16000 and math.isinf(ce.reach(evals, "return", 950))
     args = ce.parse_args(["--env", "cartpole-swingup_sparse", "--frames", "400000", "--eval-interval", "4"])[1]
     assert ce.action_repeat(args) == 8 and ce.agent_steps(args, 400_000) == 50_000
     assert ce.agent_steps(args, 4) == 1 and ce.agent_steps(args, 0) == 0  # an interval never rounds to "at the end"
     old = {"clips_scored": 100.0, "positives": 10.0, "num_positive": 50.0, "size": 1000.0, "priority_fraction": 0.5}
-    new = {"clips_scored": 100.0, "positive_clips": 20.0, "positive_slots": 100.0, "size": 1000.0,
-           "priority_fraction": 0.5, "td_error_mean": 2.0, "td_error_positive_mean": 1.0}
-    (row,) = ce.vlm_diagnostics([{"method": "vlm_events", "vlm_stats": old}, {"method": "vlm_events", "vlm_stats": new}])
+    new = {
+        "clips_scored": 100.0,
+        "positive_clips": 20.0,
+        "positive_slots": 100.0,
+        "size": 1000.0,
+        "priority_fraction": 0.5,
+        "td_error_mean": 2.0,
+        "td_error_positive_mean": 1.0,
+    }
+    (row,) = ce.vlm_diagnostics(
+        [{"method": "vlm_events", "vlm_stats": old}, {"method": "vlm_events", "vlm_stats": new}]
+    )
     assert row[0] == "vlm_events" and row[1] == "0.150 [0.100, 0.200]" and row[2] == "0.075 [0.050, 0.100]"
     assert row[4] == "2.000 [2.000, 2.000]"  # the older cell has no |δ| logged: left out, not zero
 
@@ -501,16 +541,38 @@ def test_covr_cells_report_their_prior_and_fine_tunes_and_ignore_other_methods_s
 
     parser, args = ce.parse_args(["--env", "cartpole-swingup", "--tiny-vlm", "--methods", "uniform", "covr"])
     assert any(o.startswith("covr.model=") for o in args.override)
-    stats = {"prior_rows_answered": 100.0, "prior_coverage": 0.4, "covr_finetunes": 2.0, "covr_finetunes_failed": 1.0,
-             "covr_adapters_rejected": 0.0, "covr_finetunes_skipped": 0.0, "covr_last_kept": 30.0,
-             "covr_last_offered": 120.0, "covr_last_loss_before": 2.0, "covr_last_loss_after": 1.0,
-             "parse_failures": 25.0, "prior_answers": 100.0}
+    stats = {
+        "prior_rows_answered": 100.0,
+        "prior_coverage": 0.4,
+        "covr_finetunes": 2.0,
+        "covr_finetunes_failed": 1.0,
+        "covr_adapters_rejected": 0.0,
+        "covr_finetunes_skipped": 0.0,
+        "covr_last_kept": 30.0,
+        "covr_last_offered": 120.0,
+        "covr_last_loss_before": 2.0,
+        "covr_last_loss_after": 1.0,
+        "parse_failures": 25.0,
+        "prior_answers": 100.0,
+    }
     cells = [{"method": "covr", "vlm_stats": stats}, {"method": "uniform", "vlm_stats": {}}]
     (row,) = ce.covr_diagnostics(cells)
-    assert row == ["covr", "0.400 [0.400, 0.400]", "2 [2, 2]", "1 [1, 1]", "0 [0, 0]", "0.250 [0.250, 0.250]",
-                   "2.000 [2.000, 2.000]", "1.000 [1.000, 1.000]", "0.250 [0.250, 0.250]"]
+    assert row == [
+        "covr",
+        "0.400 [0.400, 0.400]",
+        "2 [2, 2]",
+        "1 [1, 1]",
+        "0 [0, 0]",
+        "0.250 [0.250, 0.250]",
+        "2.000 [2.000, 2.000]",
+        "1.000 [1.000, 1.000]",
+        "0.250 [0.250, 0.250]",
+    ]
     # A uniform cell stored without the prior's settings is the same cell; a COVR cell is not.
     for method, differs in (("uniform", False), ("covr", True)):
-        stored = {"method": method, "seed": 0,
-                  "overrides": [o for o in ce.cell_overrides(args, method, 0) if not o.startswith("covr.model")]}
+        stored = {
+            "method": method,
+            "seed": 0,
+            "overrides": [o for o in ce.cell_overrides(args, method, 0) if not o.startswith("covr.model")],
+        }
         assert bool(ce.settings_differ(stored, args)) == differs

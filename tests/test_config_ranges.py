@@ -74,7 +74,9 @@ def test_every_numeric_key_of_the_yaml_has_a_range(name):
     keys = set(_numeric_keys(defaults))
     assert keys - set(ranges) == set(), f"numeric keys of {name}.yaml without a range"
     # ... and every range names a key the YAML has (null defaults included: max_steps, lam_max, score_lag).
-    assert {k for k in ranges if OmegaConf.select(OmegaConf.create(defaults), k, default="<missing>") == "<missing>"} == set()
+    assert {
+        k for k in ranges if OmegaConf.select(OmegaConf.create(defaults), k, default="<missing>") == "<missing>"
+    } == set()
     for key, allowed in ranges.items():
         assert allowed.allows(OmegaConf.select(OmegaConf.create(defaults), key)), (key, "its default is refused")
 
@@ -108,8 +110,11 @@ def test_a_key_the_yaml_lacks_is_refused_naming_the_nearest_one(name):
     # Hydra's own hint after a typo is +key=..., which adds the key, and the recipe then ignored it.
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
         cfg = compose(name, overrides=["+collector.total_frame=5"])
-    with pytest.raises(ValueError, match=r"unknown config key\(s\): collector.total_frame \(did you mean "
-                                         r"collector.total_frames\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown config key\(s\): collector.total_frame \(did you mean "
+        r"collector.total_frames\?\)",
+    ):
         RECIPE_MODULES[name].check_config(cfg)
     # A value under a key whose default is not a group is a value, not a key.
     cfg = _config(name)

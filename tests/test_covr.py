@@ -190,9 +190,14 @@ def _sac_loss(prior_coeff=2.0):
     torch.manual_seed(0)
     spec = Bounded(-1, 1, shape=(2,))
     actor = ProbabilisticActor(
-        TensorDictModule(torch.nn.Sequential(MLP(in_features=3, out_features=4, num_cells=[16]),
-                                             NormalParamExtractor()), in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"], spec=spec, distribution_class=TanhNormal,
+        TensorDictModule(
+            torch.nn.Sequential(MLP(in_features=3, out_features=4, num_cells=[16]), NormalParamExtractor()),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
     )
     qvalue = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[16]), in_keys=["action", "observation"])
@@ -201,12 +206,19 @@ def _sac_loss(prior_coeff=2.0):
 
 def _batch(valid):
     n = len(valid)
-    return TensorDict({
-        "observation": torch.randn(n, 3), "action": torch.rand(n, 2) * 2 - 1,
-        ("next", "observation"): torch.randn(n, 3), ("next", "reward"): torch.randn(n, 1),
-        ("next", "done"): torch.zeros(n, 1, dtype=torch.bool), ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
-        "vlm_action": torch.full((n, 2), 0.9), "vlm_action_valid": torch.tensor(valid),
-    }, [n])
+    return TensorDict(
+        {
+            "observation": torch.randn(n, 3),
+            "action": torch.rand(n, 2) * 2 - 1,
+            ("next", "observation"): torch.randn(n, 3),
+            ("next", "reward"): torch.randn(n, 1),
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+            "vlm_action": torch.full((n, 2), 0.9),
+            "vlm_action_valid": torch.tensor(valid),
+        },
+        [n],
+    )
 
 
 def test_covr_sac_loss_pulls_the_actor_only_on_rows_with_a_prior():

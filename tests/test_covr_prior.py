@@ -9,15 +9,15 @@ import time
 
 import pytest
 import torch
+from _covr_parts import DamagingFineTuner, DyingFineTuner, FramePrior, GarbagePrior, OOMFineTuner
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage
 
-from _covr_parts import DamagingFineTuner, DyingFineTuner, FramePrior, GarbagePrior, OOMFineTuner
 from torchrl_vlm.covr import (
     ActionPrior,
     AdapterError,
-    FineTuning,
     FinetuneBuffer,
+    FineTuning,
     LoRAFineTuner,
     PriorReplayBuffer,
     verify_adapter,

@@ -83,7 +83,7 @@ def test_mission_features_tell_the_goal_apart():
     check_env_specs(env)
     td = env.reset()
     assert td["observation"].shape[-1] == plain.observation_spec["observation"].shape[-1] + len(MISSION_WORDS)
-    for row, mission in zip(td["observation"], decode_mission(td["mission"])):
+    for row, mission in zip(td["observation"], decode_mission(td["mission"]), strict=True):
         assert torch.equal(row[-len(MISSION_WORDS):], torch.as_tensor(mission_features(mission)))
 
 
@@ -197,7 +197,7 @@ def test_render_clips_renders_when_the_parent_gives_no_frame():
     assert td["pixels"].shape == (3, 160, 160, 3)
     assert torch.equal(td["next", "pixels"][-1], torch.as_tensor(base._env.render()))
     with pytest.raises(ValueError, match="frame_shape"):
-        TransformedEnv(GymEnv("MiniGrid-DoorKey-5x5-v0"), RenderClips()).observation_spec
+        _ = TransformedEnv(GymEnv("MiniGrid-DoorKey-5x5-v0"), RenderClips()).observation_spec
 
 
 def test_clip_counter_survives_a_checkpoint():

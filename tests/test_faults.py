@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scorers import (
+    BuildFailsWhenFlagged,
+    BuildHangsWhenFlagged,
+    ClipFingerprintScorer,
+    SlowConstantScorer,
+    clip_fingerprint,
+)
 from tensordict import TensorDict
 
-from _scorers import BuildFailsWhenFlagged, BuildHangsWhenFlagged, ClipFingerprintScorer, SlowConstantScorer, clip_fingerprint
 from torchrl_vlm import ScoringService, ScoringServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +54,7 @@ def test_worker_kills_at_random_moments_end_in_counted_restarts():
 
     def collect(results):
         for result in results:
-            answered.update(zip(result.meta["ids"], result.scores.tolist()))
+            answered.update(zip(result.meta["ids"], result.scores.tolist(), strict=True))
 
     try:
         next_id = 0
@@ -136,7 +142,8 @@ def test_a_restarted_worker_that_cannot_rebuild_uses_a_restart_then_gives_up_cle
     try:
         flag.touch()
         os.kill(service.worker_pid, signal.SIGKILL)
-        with pytest.raises(ScoringServiceError, match="(?s)could not rebuild its scorer.*out of memory.*restarted 2 times"):
+        expected = "(?s)could not rebuild its scorer.*out of memory.*restarted 2 times"
+        with pytest.raises(ScoringServiceError, match=expected):
             t0 = time.monotonic()
             while time.monotonic() - t0 < 60:
                 service.poll()
@@ -181,14 +188,29 @@ CTRL_C_RUNS = {
 @pytest.mark.parametrize("recipe", list(CTRL_C_RUNS))
 def test_ctrl_c_ends_the_run_with_a_checkpoint_and_no_orphan(recipe, tmp_path):
     overrides = [
-        *CTRL_C_RUNS[recipe], "env.num_envs=2", "collector.total_frames=10000000",
-        "collector.frames_per_batch=32", "collector.init_random_frames=64", "buffer.capacity=2000",
-        "buffer.sampler=vlm", "vlm.clip_len=8", "eval.interval=0", "eval.episodes=1", "logger.backend=csv",
-        "logger.log_interval=64", "logger.progress=false", f"hydra.run.dir={tmp_path}",
+        *CTRL_C_RUNS[recipe],
+        "env.num_envs=2",
+        "collector.total_frames=10000000",
+        "collector.frames_per_batch=32",
+        "collector.init_random_frames=64",
+        "buffer.capacity=2000",
+        "buffer.sampler=vlm",
+        "vlm.clip_len=8",
+        "eval.interval=0",
+        "eval.episodes=1",
+        "logger.backend=csv",
+        "logger.log_interval=64",
+        "logger.progress=false",
+        f"hydra.run.dir={tmp_path}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "RL_WARNINGS": "False", "MUJOCO_GL": "egl"}
-    run = subprocess.Popen([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *overrides], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *overrides],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.rglob("scalars/train/sps.csv")):  # the loop is running

@@ -65,7 +65,7 @@ def test_quantiles_of_a_two_armed_bandit_are_recovered():
     HardUpdate(loss, value_network_update_interval=1)
     optim = torch.optim.Adam(loss.parameters(), lr=3e-3)
     ones = torch.ones(batch_size, 1)
-    for step in range(STEPS):
+    for _ in range(STEPS):
         arm = torch.randint(0, 2, (batch_size,))
         reward = rewards[arm, torch.randint(0, n, (batch_size,))]
         out = loss(batch(ones, arm, reward, ones, torch.ones(batch_size, dtype=torch.bool)))

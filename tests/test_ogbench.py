@@ -249,7 +249,11 @@ def test_ogbench_event_scorer_refuses_bad_input():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(env_name="scene-singletask-task1-v0"), ValueError, "env_name=.*task1.*choose one of scene-singletask-task3"),
+        (
+            dict(env_name="scene-singletask-task1-v0"),
+            ValueError,
+            "env_name=.*task1.*choose one of scene-singletask-task3",
+        ),
         (dict(env_name=3), ValueError, "env_name=3"),
         (dict(num_envs=0), ValueError, "num_envs must be an int >= 1, got 0"),
         (dict(num_envs="2"), TypeError, "num_envs must be an int"),
@@ -281,7 +285,9 @@ def test_the_scripted_policy_completes_subgoals_that_random_motions_do_not(env_n
             generator = torch.Generator().manual_seed(0)
             for _ in range(400):
                 assert td["scripted_action"].shape == (2, 5) and td["scripted_action"].abs().max() <= 1
-                td["action"] = td["scripted_action"] if policy == "scripted" else torch.rand(2, 5, generator=generator) * 2 - 1
+                td["action"] = (
+                    td["scripted_action"] if policy == "scripted" else torch.rand(2, 5, generator=generator) * 2 - 1
+                )
                 stepped, td = env.step_and_maybe_reset(td)
                 first += stepped["next", "events"][:, COL["first_subgoal_0"] : COL["first_subgoal_0"] + 5].sum(0)
             done_by[policy] = first

@@ -16,8 +16,8 @@ from tensordict import TensorDict
 
 from torchrl_vlm import loopback
 from torchrl_vlm.loopback import free_port
-from torchrl_vlm.testing import make_tiny_vlm
 from torchrl_vlm.scoring.openai import OpenAIScorer, OpenAIScorerError, p_yes_from_top_logprobs
+from torchrl_vlm.testing import make_tiny_vlm
 
 
 def make_clips(b=2, length=4, mission=None) -> TensorDict:
@@ -122,7 +122,9 @@ def test_unreachable_server_fails_fast():
     port = free_port()  # closed again: nothing listens there
     scorer = OpenAIScorer(f"http://127.0.0.1:{port}/v1", "some-model", timeout_s=5.0)
     start = time.monotonic()
-    with pytest.raises(OpenAIScorerError, match=rf"cannot reach the server at http://127.0.0.1:{port}/v1 \(model 'some-model'\)"):
+    with pytest.raises(
+        OpenAIScorerError, match=rf"cannot reach the server at http://127.0.0.1:{port}/v1 \(model 'some-model'\)"
+    ):
         scorer(make_clips(b=3))
     assert time.monotonic() - start < 10
     assert scorer.stats()["openai_retries"] >= 2
@@ -154,7 +156,9 @@ def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
     # transformers serve, pinned to one model, answers HTTP 400 "Server is pinned to '...'; requested '...'".
     scorer = OpenAIScorer(transformers_server, "nosuch", num_frames=1, timeout_s=60.0)
     start = time.monotonic()
-    with pytest.raises(OpenAIScorerError, match=r"does not serve model 'nosuch' \(HTTP 400\): .*requested 'nosuch'\. Pass the name"):
+    with pytest.raises(
+        OpenAIScorerError, match=r"does not serve model 'nosuch' \(HTTP 400\): .*requested 'nosuch'\. Pass the name"
+    ):
         scorer(make_clips(b=1))
     assert time.monotonic() - start < 10
 
@@ -162,14 +166,21 @@ def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
 def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(transformers_server, tiny_vlm, tmp_path):
     """vlm.scorer=openai end to end: frames rendered, clips sent to the real server, and its missing logprobs
     stop the run with the scorer's own explanation (here after one failed batch)."""
+    import dqn_minigrid
     from test_recipes import config
 
-    import dqn_minigrid
     from torchrl_vlm import ScoringServiceError
 
-    cfg = config("buffer.sampler=vlm", "vlm.scorer=openai", f"vlm.base_url={transformers_server}",
-                 f"vlm.model={tiny_vlm}", "vlm.num_frames=2", "vlm.max_consecutive_errors=1",
-                 "collector.total_frames=2048", "logger.gallery_interval=0")
+    cfg = config(
+        "buffer.sampler=vlm",
+        "vlm.scorer=openai",
+        f"vlm.base_url={transformers_server}",
+        f"vlm.model={tiny_vlm}",
+        "vlm.num_frames=2",
+        "vlm.max_consecutive_errors=1",
+        "collector.total_frames=2048",
+        "logger.gallery_interval=0",
+    )
     assert dqn_minigrid.wants_frames(cfg)
     with pytest.raises(ScoringServiceError, match="returned no logprobs"):
         dqn_minigrid.train(cfg, tmp_path)
@@ -177,14 +188,31 @@ def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(tra
         dqn_minigrid.scorer_factory(config("vlm.scorer=openai"))
 
 
-def test_the_probe_with_a_server_without_logprobs_stops_with_the_reason(transformers_server, tiny_vlm, tmp_path,
-                                                                          capsys):
+def test_the_probe_with_a_server_without_logprobs_stops_with_the_reason(
+    transformers_server, tiny_vlm, tmp_path, capsys
+):
     from torchrl_vlm.probe.cli import main as probe_main
 
     with pytest.raises(SystemExit) as stop:
-        probe_main(["--env", "MiniGrid-DoorKey-5x5-v0", "--clips", "4", "--scorer", "openai", "--base-url",
-                    transformers_server, "--model", str(tiny_vlm), "--num-frames", "2", "--out", str(tmp_path),
-                    "--quiet"])
+        probe_main(
+            [
+                "--env",
+                "MiniGrid-DoorKey-5x5-v0",
+                "--clips",
+                "4",
+                "--scorer",
+                "openai",
+                "--base-url",
+                transformers_server,
+                "--model",
+                str(tiny_vlm),
+                "--num-frames",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
     assert stop.value.code == 2
     assert "returned no logprobs" in capsys.readouterr().err
 
@@ -218,8 +246,7 @@ def test_vllm_logprobs_give_p_yes_and_top_k_stays_within_its_bound(vllm_url, vll
 
     vocab = len(AutoTokenizer.from_pretrained(vllm_tiny))
     clips = make_clips(b=8, length=6)
-    exact = OpenAIScorer(vllm_url, str(vllm_tiny), num_frames=2, top_logprobs=vocab, max_concurrency=4,
-                         timeout_s=120.0)
+    exact = OpenAIScorer(vllm_url, str(vllm_tiny), num_frames=2, top_logprobs=vocab, max_concurrency=4, timeout_s=120.0)
     scores = exact(clips)
     stats = exact.stats()
     assert stats["openai_requests"] == 8 and stats["openai_no_answer"] == 0 and stats["openai_retries"] == 0
@@ -257,15 +284,22 @@ def test_the_dqn_recipe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     """vlm.scorer=openai end to end against vLLM: frames rendered, clips sent, P(yes) from logprobs in the buffer."""
     from test_recipes import _stored, config, dqn_minigrid
 
-    cfg = config("buffer.sampler=vlm", "vlm.scorer=openai", f"vlm.base_url={vllm_url}", f"vlm.model={vllm_tiny}",
-                 "vlm.num_frames=2", "vlm.score_lag=1", "collector.total_frames=256", "logger.gallery_interval=0")
+    cfg = config(
+        "buffer.sampler=vlm",
+        "vlm.scorer=openai",
+        f"vlm.base_url={vllm_url}",
+        f"vlm.model={vllm_tiny}",
+        "vlm.num_frames=2",
+        "vlm.score_lag=1",
+        "collector.total_frames=256",
+        "logger.gallery_interval=0",
+    )
     summary = dqn_minigrid.train(cfg, tmp_path)
     stats = summary["buffer_stats"]
     assert stats["clips_scored"] > 0 and stats["clips_lost"] == 0 and stats["openai_requests"] >= stats["clips_scored"]
     scores = _stored(summary["checkpoint"])["vlm_score"][: summary["frames"]]
     scores = scores[~scores.isnan()]
     assert scores.numel() > 0 and bool(((scores >= 0) & (scores <= 1)).all())
-
 
 
 def test_the_probe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
@@ -276,9 +310,36 @@ def test_the_probe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     from torchrl_vlm.probe.cli import main as probe_main
 
     out = tmp_path / "probe"
-    assert probe_main(["--env", "MiniGrid-DoorKey-5x5-v0", "--clips", "16", "--clip-len", "8", "--scorer", "openai",
-                       "--base-url", vllm_url, "--model", str(vllm_tiny), "--num-frames", "2", "--timeout-s", "120",
-                       "--definition", "any", "--out", str(out), "--json", str(out / "r.json"), "--quiet"]) == 0
+    assert (
+        probe_main(
+            [
+                "--env",
+                "MiniGrid-DoorKey-5x5-v0",
+                "--clips",
+                "16",
+                "--clip-len",
+                "8",
+                "--scorer",
+                "openai",
+                "--base-url",
+                vllm_url,
+                "--model",
+                str(vllm_tiny),
+                "--num-frames",
+                "2",
+                "--timeout-s",
+                "120",
+                "--definition",
+                "any",
+                "--out",
+                str(out),
+                "--json",
+                str(out / "r.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "r.json").read_text())
     assert report["clips"] == 16 and report["clips_per_s"] > 0
     assert {"precision", "recall", "f1", "roc_auc", "base_rate"} <= set(report)

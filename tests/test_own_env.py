@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scorers import FrameShapeScorer, RaisingScorer, event_in_clip, two_argument_scorer
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage
 from torchrl.envs import Compose, GymEnv, RewardSum, StepCounter, ToTensorImage, TransformedEnv
 from torchrl.envs.utils import RandomPolicy
 
-from _scorers import FrameShapeScorer, RaisingScorer, event_in_clip, two_argument_scorer
 from torchrl_vlm import MiniGridEventScorer, RenderClips, Scorer, ScoringServiceError, VLMReplayBuffer
 from torchrl_vlm.scoring.cache import cached, read_verdicts, scorer_identity
 
@@ -174,6 +174,7 @@ def test_the_verdict_audit_fails_on_a_model_the_cache_does_not_hold(tmp_path):
 
 def test_each_form_is_read_by_the_arguments_it_still_needs():
     from _scorers import FactoryObject, PropertyScorer, keyword_scorer
+
     from torchrl_vlm.scoring.base import _same, as_scorer_factory, factory_needs_frames
 
     assert as_scorer_factory(functools.partial(keyword_scorer, k=2.0)).func is _same  # still needs the clips
@@ -186,6 +187,7 @@ def test_each_form_is_read_by_the_arguments_it_still_needs():
 
 def test_scorers_that_differ_get_different_cache_identities():
     from _scorers import keyword_scorer
+
     from torchrl_vlm import NoisyScorer
 
     class Holder:

@@ -157,7 +157,11 @@ def test_resume_refuses_a_different_replay_setup(tmp_path):
     dqn_minigrid.train(config("buffer.sampler=vlm", "collector.total_frames=128"), tmp_path / "a")
     with pytest.raises(ValueError, match="buffer:"):
         dqn_minigrid.train(
-            config("buffer.sampler=uniform", "collector.total_frames=256", f"checkpoint.resume={tmp_path / 'a' / 'checkpoint'}"),
+            config(
+                "buffer.sampler=uniform",
+                "collector.total_frames=256",
+                f"checkpoint.resume={tmp_path / 'a' / 'checkpoint'}",
+            ),
             tmp_path / "b",
         )
 
@@ -169,25 +173,37 @@ def test_iqn_resumes_its_networks_and_refuses_another_algorithm(tmp_path):
     saved = dqn_minigrid.load_checkpoint(ckpt)["loss_module"]
     assert any(k.startswith("target_value_network_params") for k in saved)
     # With a learning rate of 0 the online network stays the restored one (a fresh one would differ).
-    resumed = dqn_minigrid.train(config(*iqn, "collector.total_frames=256", "optim.lr=0.0",
-                                        f"checkpoint.resume={ckpt}"), tmp_path / "b")
+    resumed = dqn_minigrid.train(
+        config(*iqn, "collector.total_frames=256", "optim.lr=0.0", f"checkpoint.resume={ckpt}"), tmp_path / "b"
+    )
     assert resumed["start_frames"] == 128 and resumed["updates"] > first["updates"]
     after = dqn_minigrid.load_checkpoint(resumed["checkpoint"])["loss_module"]
     for key, value in saved.items():
         if key.startswith("value_network_params"):
             torch.testing.assert_close(after[key], value)
     with pytest.raises(ValueError, match="algo"):
-        dqn_minigrid.train(config("algo=dqn", "buffer.sampler=uniform", "collector.total_frames=256",
-                                  f"checkpoint.resume={ckpt}"), tmp_path / "c")
+        dqn_minigrid.train(
+            config("algo=dqn", "buffer.sampler=uniform", "collector.total_frames=256", f"checkpoint.resume={ckpt}"),
+            tmp_path / "c",
+        )
     with pytest.raises(ValueError, match="iqn"):
-        dqn_minigrid.train(config("algo=iqn", "buffer.sampler=uniform", "collector.total_frames=256",
-                                  f"checkpoint.resume={ckpt}"), tmp_path / "d")
+        dqn_minigrid.train(
+            config("algo=iqn", "buffer.sampler=uniform", "collector.total_frames=256", f"checkpoint.resume={ckpt}"),
+            tmp_path / "d",
+        )
 
 
 def test_iqn_settings_do_not_bind_a_dqn_resume(tmp_path):
     first = dqn_minigrid.train(config("buffer.sampler=uniform", "collector.total_frames=128"), tmp_path / "a")
-    resumed = dqn_minigrid.train(config("buffer.sampler=uniform", "collector.total_frames=192", "iqn.kappa=2.0",
-                                        f"checkpoint.resume={first['checkpoint']}"), tmp_path / "b")
+    resumed = dqn_minigrid.train(
+        config(
+            "buffer.sampler=uniform",
+            "collector.total_frames=192",
+            "iqn.kappa=2.0",
+            f"checkpoint.resume={first['checkpoint']}",
+        ),
+        tmp_path / "b",
+    )
     assert resumed["start_frames"] == 128 and resumed["frames"] == 192
 
 
@@ -202,7 +218,10 @@ def test_iqn_settings_do_not_bind_a_dqn_resume(tmp_path):
         (["logger.mode=sometimes"], "logger.mode"),
         (["buffer.sampler=uniform", "buffer.td_boost=true"], "buffer.td_boost"),
         (["vlm.definition=keys"], "first_progress"),
-        (["vlm.false_positive_rate=1.5"], r"vlm.false_positive_rate=1.5 is not allowed; it must be a number >= 0 and <= 1"),
+        (
+            ["vlm.false_positive_rate=1.5"],
+            r"vlm.false_positive_rate=1.5 is not allowed; it must be a number >= 0 and <= 1",
+        ),
         (["algo=c51"], r"algo='c51'; choose one of \('dqn', 'iqn'\)"),
         (["algo=iqn", "iqn.kappa=0"], "iqn.kappa=0"),
         (["algo=iqn", "iqn.num_quantiles=0"], "iqn.num_quantiles=0"),
@@ -217,7 +236,9 @@ def test_a_missing_model_offline_suggests_the_way_out(tmp_path):
     from torchrl_vlm import ScoringServiceError
 
     with pytest.raises(ScoringServiceError, match="vlm.model='acme/no-such-vlm'.*local folder.*vlm.scorer=events"):
-        dqn_minigrid.train(config("buffer.sampler=vlm", "vlm.scorer=transformers", "vlm.model=acme/no-such-vlm"), tmp_path)
+        dqn_minigrid.train(
+            config("buffer.sampler=vlm", "vlm.scorer=transformers", "vlm.model=acme/no-such-vlm"), tmp_path
+        )
 
 
 LEARNS_5X5 = [
@@ -278,12 +299,20 @@ def test_score_lag_makes_two_runs_identical_under_different_scorer_latencies(tmp
     for latency in (0.0, 0.4):
         out = tmp_path / f"latency_{latency}"
         summary = dqn_minigrid.train(
-            config("buffer.sampler=vlm", "vlm.score_lag=1", f"vlm.latency_s={latency}", "vlm.batch_clips=2",
-                   "collector.total_frames=768", "logger.gallery_interval=0"),
+            config(
+                "buffer.sampler=vlm",
+                "vlm.score_lag=1",
+                f"vlm.latency_s={latency}",
+                "vlm.batch_clips=2",
+                "collector.total_frames=768",
+                "logger.gallery_interval=0",
+            ),
             out,
         )
         losses = next((out / "logs").rglob("scalars/train/loss.csv")).read_text()
-        runs.append((summary, losses, _stored(summary["checkpoint"]), dqn_minigrid.load_checkpoint(summary["checkpoint"])))
+        runs.append(
+            (summary, losses, _stored(summary["checkpoint"]), dqn_minigrid.load_checkpoint(summary["checkpoint"]))
+        )
     (fast, fast_loss, fast_rb, fast_ckpt), (slow, slow_loss, slow_rb, slow_ckpt) = runs
     assert slow["buffer_stats"]["score_wait_s"] > fast["buffer_stats"]["score_wait_s"]
     assert fast["buffer_stats"]["positive_clips"] > 0  # priorities were in play
@@ -304,8 +333,13 @@ def test_a_rerun_with_the_verdict_cache_asks_the_scorer_nothing(tmp_path):
     runs = []
     for attempt in ("first", "rerun"):
         summary = dqn_minigrid.train(
-            config("buffer.sampler=vlm", "vlm.score_lag=1", f"vlm.cache={cache}", "collector.total_frames=512",
-                   "logger.gallery_interval=0"),
+            config(
+                "buffer.sampler=vlm",
+                "vlm.score_lag=1",
+                f"vlm.cache={cache}",
+                "collector.total_frames=512",
+                "logger.gallery_interval=0",
+            ),
             tmp_path / attempt,
         )
         runs.append((summary["buffer_stats"], _stored(summary["checkpoint"])))

@@ -85,8 +85,8 @@ def test_single_trans_env_check(frames):
         env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", max_steps=6, clip_len=CLIP_LEN, tile_size=2)
     else:
         import gymnasium as gym
-
         from torchrl.envs import GymWrapper
+
         from torchrl_vlm.envs.minigrid import MiniGridObservation
 
         gym_env = MiniGridObservation(

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from _state import assert_same_state
 from tensordict import TensorDict
 from torch import multiprocessing as mp
 from torchrl.data import (
@@ -17,8 +18,6 @@ from torchrl.data import (
 )
 
 from torchrl_vlm import MixtureSampler, make_replay_buffer, mixture_lambda
-
-from _state import assert_same_state
 
 
 def _filled_buffer(sampler, n=1000, capacity=None, batch_size=250):
@@ -132,7 +131,7 @@ def test_positive_set_stays_consistent_under_random_writes():
             prio = (torch.rand(index.numel(), generator=gen) < 0.5).float()
             sampler.update_priority(index, prio)
             # duplicates: the last value written wins
-            for i, p in zip(index.tolist(), prio.tolist()):
+            for i, p in zip(index.tolist(), prio.tolist(), strict=True):
                 reference[i] = p
         members = sampler._pos_list[: sampler.num_positive]
         assert sorted(members.tolist()) == torch.nonzero(reference).squeeze(-1).tolist()

@@ -11,10 +11,9 @@ import pickle
 
 import pytest
 import torch
+from _state import assert_same_state
 from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torch.utils._pytree import tree_map
-
-import torchrl_vlm.replay.sampler as sampler_module
 from torchrl.data import (
     LazyMemmapStorage,
     LazyTensorStorage,
@@ -25,9 +24,9 @@ from torchrl.data import (
     TensorDictReplayBuffer,
     TensorDictRoundRobinWriter,
 )
-from torchrl_vlm.replay.sampler import MixtureSampler
 
-from _state import assert_same_state
+import torchrl_vlm.replay.sampler as sampler_module
+from torchrl_vlm.replay.sampler import MixtureSampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:Got conflicting batch_sizes:UserWarning")
 

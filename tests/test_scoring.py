@@ -7,12 +7,12 @@ import time
 
 import pytest
 import torch
+from _scorers import BrokenAtStart, HangingScorer, RaisingScorer, SlowConstantScorer
 from tensordict import NonTensorStack, TensorDict
 from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage
 from torchrl.envs.utils import RandomPolicy
 
-from _scorers import BrokenAtStart, HangingScorer, RaisingScorer, SlowConstantScorer
-from torchrl.data import LazyTensorStorage
 from torchrl_vlm import (
     EVENT_DEFINITIONS,
     EVENT_NAMES,

@@ -11,8 +11,7 @@ import pytest
 import torch
 from tensordict import NonTensorStack, TensorDict
 
-from torchrl_vlm.scoring.base import Scorer
-from torchrl_vlm.scoring.base import frame_indices
+from torchrl_vlm.scoring.base import Scorer, frame_indices
 from torchrl_vlm.scoring.transformers import DEFAULT_PROMPT, TransformersScorer
 from torchrl_vlm.testing import TINY_VLM_MARKER, make_tiny_vlm
 

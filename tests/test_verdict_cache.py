@@ -5,11 +5,17 @@ import shutil
 
 import pytest
 import torch
+from _scorers import FrameMeanScorer
 from tensordict import NonTensorStack, TensorDict
 
-from _scorers import FrameMeanScorer
 from torchrl_vlm import (
-    CachedScorer, ScoringService, TransformersScorer, VerdictCacheError, cached, read_verdicts, verdict_gallery,
+    CachedScorer,
+    ScoringService,
+    TransformersScorer,
+    VerdictCacheError,
+    cached,
+    read_verdicts,
+    verdict_gallery,
 )
 from torchrl_vlm import verdicts as verdicts_cli
 from torchrl_vlm.scoring.base import frame_indices
@@ -61,7 +67,9 @@ def test_every_verdict_can_be_audited(tmp_path):
     best = rows[0]
     assert best["run"] == "dqn_seed3" and best["step"] == 640 and best["clip_id"] == int(scores.argmax())
     assert best["model"] == "_scorers.FrameMeanScorer" and len(best["view_sha256"]) == 64
-    assert [r["clip_id"] for r in read_verdicts(path, order="score", limit=2)] == scores.argsort(descending=True)[:2].tolist()
+    assert [r["clip_id"] for r in read_verdicts(path, order="score", limit=2)] == scores.argsort(descending=True)[
+        :2
+    ].tolist()
     with pytest.raises(ValueError, match="order='best'"):
         read_verdicts(path, order="best")
     with pytest.raises(FileNotFoundError, match="no verdict cache"):
@@ -80,8 +88,12 @@ def test_thumbnails_are_the_clips_own_frames_and_the_gallery_shows_the_extremes(
     import sqlite3
 
     db = sqlite3.connect(path)
-    by_clip = {cid: (n, png) for cid, n, png in db.execute(
-        "SELECT v.clip_id, t.frames, t.png FROM verdicts v JOIN thumbnails t ON t.key = v.key")}
+    by_clip = {
+        cid: (n, png)
+        for cid, n, png in db.execute(
+            "SELECT v.clip_id, t.frames, t.png FROM verdicts v JOIN thumbnails t ON t.key = v.key"
+        )
+    }
     db.close()
     for b in (0, 2):
         n, png = by_clip[b]
@@ -128,8 +140,11 @@ def test_the_verdicts_command_lists_audits_and_draws(tmp_path, capsys):
     assert out[0] == "6 verdicts"
     positive = int((scores >= 0.5).sum())
     assert f"  run sac_seed1: 6 verdicts, {positive / 6:.1%} with P(yes) >= 0.5" in out
-    listed = [float(line.split()[0]) for line in out[out.index(next(l for l in out if l.startswith(" P(yes)"))) + 1:]
-              if line[:8].strip().replace(".", "").isdigit()]
+    listed = [
+        float(line.split()[0])
+        for line in out[out.index(next(row for row in out if row.startswith(" P(yes)"))) + 1 :]
+        if line[:8].strip().replace(".", "").isdigit()
+    ]
     assert listed == pytest.approx(sorted(scores.tolist(), reverse=True)[:3], abs=5e-4)
     assert (tmp_path / "g.png").is_file() and out[-1] == f"gallery: {tmp_path / 'g.png'}"
     with pytest.raises(SystemExit) as stop:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scorers import ClipFingerprintScorer, LastFrameScorer, LengthScorer, clip_fingerprint, last_frame_fingerprint
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage
 from torchrl.envs.utils import RandomPolicy
 
-from _scorers import ClipFingerprintScorer, LastFrameScorer, LengthScorer, clip_fingerprint, last_frame_fingerprint
 from torchrl_vlm import (
     EVENT_DEFINITIONS,
     EVENT_NAMES,
@@ -31,15 +31,18 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def _batches(env, frames, frames_per_batch, seed=0):
     """Collector batches of a random policy, cloned (the collector reuses its buffers)."""
     torch.manual_seed(seed)
-    collector = Collector(env, RandomPolicy(env.full_action_spec), frames_per_batch=frames_per_batch, total_frames=frames)
+    collector = Collector(
+        env, RandomPolicy(env.full_action_spec), frames_per_batch=frames_per_batch, total_frames=frames
+    )
     out = [batch.clone() for batch in collector]
     collector.shutdown()
     return out
 
 
 def _buffer(scorer, capacity=5000, **kwargs):
-    return VLMReplayBuffer(storage=LazyTensorStorage(capacity), scorer=scorer, batch_size=kwargs.pop("batch_size", 64),
-                           **kwargs)
+    return VLMReplayBuffer(
+        storage=LazyTensorStorage(capacity), scorer=scorer, batch_size=kwargs.pop("batch_size", 64), **kwargs
+    )
 
 
 # ----------------------------------------------------------------- the README
@@ -63,8 +66,9 @@ def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lam
     the λ part always lands on positives, the uniform part like a Binomial.
     """
     clip_len, lam = 8, 0.5
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=0, max_steps=40,
-                            render=False)
+    env = make_minigrid_env(
+        "MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=0, max_steps=40, render=False
+    )
     sampler = MixtureSampler(lam_max=lam)
     with _buffer(MiniGridEventScorer, sampler=sampler, clip_len=clip_len, score_lag=0, batch_size=100) as rb:
         # 3 envs x 25 steps per batch: clips of 8 straddle the batches.
@@ -107,8 +111,9 @@ def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lam
 
 def test_score_lag_lands_each_verdict_exactly_k_extends_later():
     clip_len, lag = 4, 2
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=1, render=False,
-                            max_steps=10)
+    env = make_minigrid_env(
+        "MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=clip_len, seed=1, render=False, max_steps=10
+    )
     batches = _batches(env, 400, 10)
     # The extend in which each clip's last step arrived: that is when the clip completes.
     completed = {}
@@ -162,8 +167,9 @@ def test_a_late_verdict_never_lands_on_a_reused_slot():
 def test_a_clip_cut_short_by_a_partial_reset_is_scored_as_the_steps_it_had():
     clip_len = 8
     # Episodes of at most 11 steps in 3 envs: clips end at clip_len or at an episode's end, at different times.
-    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=2, render=False,
-                            max_steps=11)
+    env = make_minigrid_env(
+        "MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=2, render=False, max_steps=11
+    )
     with _buffer(LengthScorer, clip_len=clip_len, score_lag=0) as rb:
         for batch in _batches(env, 600, 30):
             rb.extend(batch)
@@ -284,8 +290,13 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
     batches = _batches(env, 900, 30)
 
     def fresh():
-        return _buffer(ClipFingerprintScorer, capacity=600, clip_len=clip_len, score_lag=1,
-                       sampler=MixtureSampler(lam_max=0.5, warmup=900))
+        return _buffer(
+            ClipFingerprintScorer,
+            capacity=600,
+            clip_len=clip_len,
+            score_lag=1,
+            sampler=MixtureSampler(lam_max=0.5, warmup=900),
+        )
 
     with fresh() as original, fresh() as restored:
         for batch in batches[:13]:
@@ -303,17 +314,28 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
         for key in ("observation", "action", "clip_id", "vlm_priority", "vlm_score"):
             torch.testing.assert_close(a[key], b[key], equal_nan=True, rtol=0, atol=0)
         sa, sb = original.stats(), restored.stats()
-        for key in ("positive_clips", "slots_written", "slots_scored", "coverage", "lambda", "positive_slots", "extends"):
+        for key in (
+            "positive_clips",
+            "slots_written",
+            "slots_scored",
+            "coverage",
+            "lambda",
+            "positive_slots",
+            "extends",
+        ):
             assert sa[key] == sb[key], key
-        assert torch.equal(original.writer.generations_of(torch.arange(600)),
-                           restored.writer.generations_of(torch.arange(600)))
+        assert torch.equal(
+            original.writer.generations_of(torch.arange(600)), restored.writer.generations_of(torch.arange(600))
+        )
 
 
 def test_a_state_dict_taken_while_verdicts_arrive_keeps_sampler_and_column_agreed():
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=4, seed=7, render=False, max_steps=30)
     batches = _batches(env, 200, 20)
-    with _buffer(functools.partial(ClipFingerprintScorer, 0.05), capacity=500, clip_len=4) as rb, \
-            _buffer(ClipFingerprintScorer, capacity=500, clip_len=4) as restored:
+    with (
+        _buffer(functools.partial(ClipFingerprintScorer, 0.05), capacity=500, clip_len=4) as rb,
+        _buffer(ClipFingerprintScorer, capacity=500, clip_len=4) as restored,
+    ):
         for batch in batches:
             rb.extend(batch)  # asynchronous: verdicts still in flight
         restored.load_state_dict(rb.state_dict())  # drains, then saves what the drain wrote
@@ -331,7 +353,9 @@ def test_bad_arguments_are_refused_naming_them():
         VLMReplayBuffer(storage=storage, scorer=MiniGridEventScorer, score_lag=-1)
     with pytest.raises(ValueError, match="clip_len"):
         VLMReplayBuffer(storage=storage, scorer=MiniGridEventScorer, clip_len=0)
-    with pytest.raises(TypeError, match="scorer must be a scorer or its factory .or a ScoringService, where one is taken., got str"):
+    with pytest.raises(
+        TypeError, match="scorer must be a scorer or its factory .or a ScoringService, where one is taken., got str"
+    ):
         VLMReplayBuffer(storage=storage, scorer="acme/vlm")
     with ScoringService(MiniGridEventScorer) as service:
         with pytest.raises(TypeError, match="max_pending"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tensordict import NonTensorStack, TensorDict
 
-from torchrl_vlm.envs.minigrid import encode_mission, make_minigrid_env
 from torchrl_vlm.envs import MINIGRID_ACTIONS
+from torchrl_vlm.envs.minigrid import encode_mission, make_minigrid_env
 from torchrl_vlm.teacher.vlm import DEFAULT_TEACHER_PROMPT, VLMTeacher
 
 MISSIONS = ["go to the red door", "go to the grey door", "get to the green goal square", "pick up the blue key"]
@@ -85,9 +85,9 @@ def test_labels_resolve_to_single_tokens(tiny_vlm, teacher):
     tok = teacher.tokenizer
     assert teacher.labels == tuple("ABCDEFG")
     seen = set()
-    for label, ids, variants in zip(teacher.labels, teacher.label_token_ids, teacher.label_variants):
+    for label, ids, variants in zip(teacher.labels, teacher.label_token_ids, teacher.label_variants, strict=True):
         assert label in variants and len(ids) == len(variants) >= 1
-        for variant, i in zip(variants, ids):
+        for variant, i in zip(variants, ids, strict=True):
             assert tok.encode(variant, add_special_tokens=False) == [i]
         assert not seen & set(ids)
         seen |= set(ids)
@@ -121,7 +121,8 @@ def test_mission_changes_prompt_and_probs(tiny_vlm, teacher):
     probs = teacher(states)
     assert not torch.allclose(probs[0], probs[1])
     # A non-tensor mission entry (one string per state) reads the same as the bytes.
-    as_strings = TensorDict({"pixels": pixels, "mission": NonTensorStack("go to the red door", "go to the blue door")}, [2])
+    missions = NonTensorStack("go to the red door", "go to the blue door")
+    as_strings = TensorDict({"pixels": pixels, "mission": missions}, [2])
     torch.testing.assert_close(teacher(as_strings), probs, atol=1e-6, rtol=0)
     # A prompt without {mission} needs no mission.
     blind = VLMTeacher(tiny_vlm, prompt="Actions:\n{actions}\nAnswer with a letter.")

@@ -271,7 +271,8 @@ class HFVisionLanguageModel:
                 reason = f"there is no folder {name!r}"
             else:
                 reason = f"{type(err).__name__}: {str(err).strip().rstrip('.')}"
-            raise OSError(f"{self.owner} could not load model {self.model_name!r}{where}: {reason}. Hint: {hint}.") from err
+            raise OSError(
+                f"{self.owner} could not load model {self.model_name!r}{where}: {reason}. Hint: {hint}.") from err
         model.eval().requires_grad_(False)
         model.to(self.device)
         return processor, model
@@ -320,7 +321,7 @@ class HFVisionLanguageModel:
             ) from err
         if isinstance(texts, str):
             texts = [texts]
-        for text, n in zip(texts, num_images):
+        for text, n in zip(texts, num_images, strict=True):
             found = text.count(self.image_token)
             if found != n:
                 raise ValueError(

@@ -244,7 +244,8 @@ def make_tiny_vlm(
     if _is_complete(path):
         return _check_existing()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ValueError(f"path {str(path)!r} exists and is not a tiny VLM folder (no {TINY_VLM_MARKER}); refusing to overwrite it")
+        raise ValueError(f"path {str(path)!r} exists and is not a tiny VLM folder (no {TINY_VLM_MARKER}); "
+                         "refusing to overwrite it")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

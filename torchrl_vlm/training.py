@@ -18,9 +18,9 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -427,7 +427,7 @@ class StopRequest:
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested}: stopping after this batch (again to stop at once)", flush=True)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -18,7 +18,8 @@ fixed number of extends after they start (``FineTuning(lag=...)``): a run is the
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase

@@ -123,7 +123,8 @@ def eddf_mask(returns: torch.Tensor, entropy: float | torch.Tensor, *, entropy_s
         bool ``[N]``.
     """
     if entropy_sign not in (1.0, -1.0):
-        raise ValueError(f"entropy_sign must be 1.0 (eq. 5 as written) or -1.0 (its stated intent), got {entropy_sign!r}")
+        raise ValueError(
+            f"entropy_sign must be 1.0 (eq. 5 as written) or -1.0 (its stated intent), got {entropy_sign!r}")
     entropy = float(entropy)
     if not math.isfinite(entropy):
         raise ValueError(f"entropy must be finite, got {entropy!r}")
@@ -163,8 +164,14 @@ def ralw_weights(returns: torch.Tensor) -> torch.Tensor:
     return g_bar.clamp_min(0.0).float()
 
 
-def ralw_token_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
-                   label_smoothing: float = 0.1, ignore_index: int = -100) -> torch.Tensor:
+def ralw_token_nll(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    label_smoothing: float = 0.1,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """COVR eq. 6: L = (1/N_v) Σ_b w_b Σ_t −log p(y_b,t | x_b, y_b,<t), with label smoothing.
 
     Args:
@@ -176,12 +183,17 @@ def ralw_token_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Te
     N_v counts the valid label tokens of the whole batch (weighted or not), as the paper writes it.
     """
     if logits.ndim != 3 or labels.shape != logits.shape[:2] or weights.shape != logits.shape[:1]:
-        raise ValueError(f"logits [B, T, V], labels [B, T] and weights [B] expected, got {list(logits.shape)}, "
-                         f"{list(labels.shape)} and {list(weights.shape)}")
+        raise ValueError(
+            f"logits [B, T, V], labels [B, T] and weights [B] expected, got {list(logits.shape)}, "
+            f"{list(labels.shape)} and {list(weights.shape)}"
+        )
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     nll = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=ignore_index, reduction="none",
+        logits.float().transpose(1, 2),
+        labels,
+        ignore_index=ignore_index,
+        reduction="none",
         label_smoothing=label_smoothing,
     )  # [B, T], 0 where ignored
     valid = labels != ignore_index

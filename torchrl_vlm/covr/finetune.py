@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -43,7 +44,11 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 def check_finetune(output: Any, n: int, name: str) -> torch.Tensor:
     """The service's check of a fine-tune's answer: finite float ``[n, len(FINETUNE_FIELDS)]``."""
     width = len(FINETUNE_FIELDS)
-    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (n, width) or not bool(torch.isfinite(output).all()):
+    if (
+        not isinstance(output, torch.Tensor)
+        or tuple(output.shape) != (n, width)
+        or not bool(torch.isfinite(output).all())
+    ):
         got = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(f"{name} must return finite [{n}, {width}] fine-tune results, got {got}")
     return output.float()
@@ -120,13 +125,23 @@ class LoRAFineTuner(VLMBacked):
         self.image_size = resolve_image_size(image_size)
         self.adapter_root = str(adapter_root)
         self.vlm = HFVisionLanguageModel(
-            model, dtype=dtype, device=device, local_files_only=local_files_only,
-            trust_remote_code=trust_remote_code, processor_kwargs=processor_kwargs, owner="LoRAFineTuner",
+            model,
+            dtype=dtype,
+            device=device,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+            processor_kwargs=processor_kwargs,
+            owner="LoRAFineTuner",
         )
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
-        config = LoraConfig(r=self.rank, lora_alpha=float(alpha), lora_dropout=float(dropout),
-                            target_modules=list(target_modules), bias="none")
+        config = LoraConfig(
+            r=self.rank,
+            lora_alpha=float(alpha),
+            lora_dropout=float(dropout),
+            target_modules=list(target_modules),
+            bias="none",
+        )
         state = torch.random.get_rng_state()
         try:
             torch.manual_seed(self.seed)
@@ -153,8 +168,12 @@ class LoRAFineTuner(VLMBacked):
         self.version = None  # the adapter in memory is no longer any version on disk
         steps = self._train(frames, actions, weights, mission, generator)
         loss_after = self.loss(frames[held_out], actions[held_out], weights[held_out], mission)
-        write_adapter(self.vlm.model, self.adapter_root, version,
-                      {"base_version": base, "samples": n, "steps": steps, "model": self.model_name})
+        write_adapter(
+            self.vlm.model,
+            self.adapter_root,
+            version,
+            {"base_version": base, "samples": n, "steps": steps, "model": self.model_name},
+        )
         self.version = version
         seconds = time.perf_counter() - t0
         return torch.tensor([[loss_before, loss_after, seconds, n, float(weights.sum()), steps]])
@@ -187,7 +206,7 @@ class LoRAFineTuner(VLMBacked):
                 for start in range(0, len(order), self.batch_size):
                     if self.max_steps is not None and steps >= self.max_steps:
                         return steps
-                    rows = order[start:start + self.batch_size]
+                    rows = order[start : start + self.batch_size]
                     if not bool((weights[rows] > 0).any()):
                         continue  # RALW gave these samples no weight: no gradient to take
                     loss = self._batch_loss(frames[rows], actions[rows], weights[rows], mission)
@@ -216,26 +235,33 @@ class LoRAFineTuner(VLMBacked):
         turns = [[user_turn(1, prompt_text(self.prompt, self.action_dim, mission))] for _ in range(frames.shape[0])]
         prompts = vlm.render(turns, [1] * len(turns))
         eos = vlm.tokenizer.eos_token or ""
-        full = [p + format_action(a) + eos for p, a in zip(prompts, actions)]
+        full = [p + format_action(a) + eos for p, a in zip(prompts, actions, strict=True)]
         # The answer's tokens: what the whole text has beyond its prompt (the same count once images expand).
-        n_answer = [len(vlm.tokenizer.encode(f, add_special_tokens=False))
-                    - len(vlm.tokenizer.encode(p, add_special_tokens=False)) for f, p in zip(full, prompts)]
+        n_answer = [
+            len(vlm.tokenizer.encode(f, add_special_tokens=False))
+            - len(vlm.tokenizer.encode(p, add_special_tokens=False))
+            for f, p in zip(full, prompts, strict=True)
+        ]
         bos = vlm.tokenizer.bos_token
         inputs = vlm.processor(
-            text=full, images=[[img] for img in to_pil_images(frames, self.image_size)], padding=True,
-            return_tensors="pt", add_special_tokens=not (bos and all(t.startswith(bos) for t in full)),
+            text=full,
+            images=[[img] for img in to_pil_images(frames, self.image_size)],
+            padding=True,
+            return_tensors="pt",
+            add_special_tokens=not (bos and all(t.startswith(bos) for t in full)),
             **vlm.processor_kwargs,
         )
         kwargs = vlm.to_model(inputs)
         ids = kwargs["input_ids"]
         labels = torch.full_like(ids, -100)
         for row, k in enumerate(n_answer):  # left padding: every answer ends its row
-            labels[row, ids.shape[1] - k:] = ids[row, ids.shape[1] - k:]
+            labels[row, ids.shape[1] - k :] = ids[row, ids.shape[1] - k :]
         if vlm._pass_position_ids:
             kwargs["position_ids"] = (kwargs["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)
         logits = vlm.model(**kwargs).logits
-        return ralw_token_nll(logits[:, :-1], labels[:, 1:], weights.to(logits.device),
-                              label_smoothing=self.label_smoothing)
+        return ralw_token_nll(
+            logits[:, :-1], labels[:, 1:], weights.to(logits.device), label_smoothing=self.label_smoothing
+        )
 
     def stats(self) -> dict[str, float]:
         return {"finetuner_version": float(-2 if self.version is None else self.version)}

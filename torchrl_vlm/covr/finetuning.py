@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,21 +165,36 @@ class FineTuning:
             verify_adapter(adapter_path(self.adapter_root, flight["version"]))
         except AdapterError as err:
             self.counts["adapters_rejected"] += 1
-            logger.warning("COVR adapter %d rejected, the prior keeps adapter %d: %s", flight["version"], self.version, err)
+            logger.warning(
+                "COVR adapter %d rejected, the prior keeps adapter %d: %s", flight["version"], self.version, err
+            )
             return
         self.version = flight["version"]
         self.counts["finetunes"] += 1
-        self.last = {**dict(zip(FINETUNE_FIELDS, numbers.tolist())), "kept": float(flight["kept"]),
-                     "offered": float(flight["offered"]), "version": float(self.version),
-                     "wall_s": time.monotonic() - flight["started"]}
-        logger.info("COVR fine-tune %d: loss %.3f -> %.3f on %d of %d samples (weight mass %.1f), %.1f s",
-                    self.version, self.last["loss_before"], self.last["loss_after"], flight["kept"], flight["offered"],
-                    self.last["weight_mass"], self.last["seconds"])
+        self.last = {
+            **dict(zip(FINETUNE_FIELDS, numbers.tolist(), strict=True)),
+            "kept": float(flight["kept"]),
+            "offered": float(flight["offered"]),
+            "version": float(self.version),
+            "wall_s": time.monotonic() - flight["started"],
+        }
+        logger.info(
+            "COVR fine-tune %d: loss %.3f -> %.3f on %d of %d samples (weight mass %.1f), %.1f s",
+            self.version,
+            self.last["loss_before"],
+            self.last["loss_after"],
+            flight["kept"],
+            flight["offered"],
+            self.last["weight_mass"],
+            self.last["seconds"],
+        )
 
     def drain(self, timeout_s: float | None = None) -> None:
         """Waits for a fine-tune in flight to finish (checkpoints); with a lag, its result is held, not applied."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._in_flight is not None and self._result is None and self.service.is_pending(self._in_flight["ticket"]):
+        while (
+            self._in_flight is not None and self._result is None and self.service.is_pending(self._in_flight["ticket"])
+        ):
             if deadline is not None and time.monotonic() > deadline:
                 return
             time.sleep(0.01)
@@ -208,14 +224,27 @@ class FineTuning:
                 files[f.name] = torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8)
         flight = None
         if self._in_flight is not None and self._result is not None:  # lag mode: done, not yet due
-            flight = {"version": self._in_flight["version"], "due": self._in_flight["due"],
-                      "kept": self._in_flight["kept"], "offered": self._in_flight["offered"], "result": self._result}
+            flight = {
+                "version": self._in_flight["version"],
+                "due": self._in_flight["due"],
+                "kept": self._in_flight["kept"],
+                "offered": self._in_flight["offered"],
+                "result": self._result,
+            }
             vpath = adapter_path(self.adapter_root, flight["version"])
-            flight["files"] = {f.name: torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8)
-                               for f in sorted(vpath.iterdir())}
-        return {"version": self.version, "fired": self.fired, "counts": dict(self.counts), "last": dict(self.last),
-                "buffer": self.buffer.state_dict(), "adapter": files, "in_flight": flight,
-                "rng": self.rng.bit_generator.state}
+            flight["files"] = {
+                f.name: torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in sorted(vpath.iterdir())
+            }
+        return {
+            "version": self.version,
+            "fired": self.fired,
+            "counts": dict(self.counts),
+            "last": dict(self.last),
+            "buffer": self.buffer.state_dict(),
+            "adapter": files,
+            "in_flight": flight,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.drain()
@@ -230,8 +259,14 @@ class FineTuning:
         flight = state["in_flight"]
         if flight is not None:
             self._restore_files(flight["version"], flight["files"])
-            self._in_flight = {"ticket": -1, "version": flight["version"], "due": flight["due"],
-                               "kept": flight["kept"], "offered": flight["offered"], "started": time.monotonic()}
+            self._in_flight = {
+                "ticket": -1,
+                "version": flight["version"],
+                "due": flight["due"],
+                "kept": flight["kept"],
+                "offered": flight["offered"],
+                "started": time.monotonic(),
+            }
             self._result = flight["result"]
 
     def _restore_files(self, version: int, files: dict[str, torch.Tensor]) -> None:

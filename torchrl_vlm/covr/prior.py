@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -81,7 +82,8 @@ class ActionPrior(VLMBacked):
         batch_size: frames per ``generate`` call.
         image_size: ``(h, w)`` (or an int) the frames are resized to; ``None`` leaves it to the processor.
         adapter_root: where the fine-tuner writes LoRA adapter versions; ``None``: the base model only.
-        device, dtype, local_files_only, trust_remote_code, processor_kwargs: as :class:`~torchrl_vlm.TransformersScorer`.
+        device, dtype, local_files_only, trust_remote_code, processor_kwargs: as
+            :class:`~torchrl_vlm.TransformersScorer`.
 
     A call takes a TensorDict ``[B]`` with ``frames`` (uint8 ``[B, H, W, 3]``), optionally ``mission``
     (strings) and ``adapter`` (int64 ``[B]``, the adapter version to answer with; −1 is the base model), and
@@ -117,8 +119,13 @@ class ActionPrior(VLMBacked):
         self.image_size = resolve_image_size(image_size)
         self.adapter_root = None if adapter_root is None else str(adapter_root)
         self.vlm = HFVisionLanguageModel(
-            model, dtype=dtype, device=device, local_files_only=local_files_only,
-            trust_remote_code=trust_remote_code, processor_kwargs=processor_kwargs, owner="ActionPrior",
+            model,
+            dtype=dtype,
+            device=device,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+            processor_kwargs=processor_kwargs,
+            owner="ActionPrior",
         )
         longest = format_action(-0.99 * torch.ones(self.action_dim))
         needed = len(self.tokenizer.encode(longest, add_special_tokens=False)) + 1
@@ -172,9 +179,9 @@ class ActionPrior(VLMBacked):
             rows = [i for i, v in enumerate(versions) if v == version]
             self.use_adapter(version)
             for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
+                chunk = rows[start : start + self.batch_size]
                 texts = self.answer(frames[chunk], [missions[i] for i in chunk])
-                for i, text in zip(chunk, texts):
+                for i, text in zip(chunk, texts, strict=True):
                     action = parse_action(text, self.action_dim)
                     if action is None:
                         self.counts["parse_failures"] += 1

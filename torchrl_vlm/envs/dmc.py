@@ -213,10 +213,12 @@ def make_dmc_env(
     """
     tasks = dmc_tasks()
     if not isinstance(domain, str) or domain not in tasks:
-        raise ValueError(f"domain={domain!r} is not a dm_control suite domain; choose one of {', '.join(sorted(tasks))}")
+        raise ValueError(
+            f"domain={domain!r} is not a dm_control suite domain; choose one of {', '.join(sorted(tasks))}")
     if not isinstance(task, str) or task not in tasks[domain]:
-        raise ValueError(f"task={task!r} is not a task of the {domain!r} domain; choose one of "
-                         f"{', '.join(tasks[domain])}")
+        raise ValueError(
+            f"task={task!r} is not a task of the {domain!r} domain; choose one of {', '.join(tasks[domain])}"
+        )
     check_int("num_envs", num_envs)
     check_int("clip_len", clip_len)
     check_int("frame_size", frame_size, 8)
@@ -230,8 +232,9 @@ def make_dmc_env(
     if seed is not None:
         check_int("seed", seed, 0)
 
-    make_one = functools.partial(_make_single, domain, task, action_repeat, bool(render), bool(from_pixels),
-                                 frame_size, camera_id, device)
+    make_one = functools.partial(
+        _make_single, domain, task, action_repeat, bool(render), bool(from_pixels), frame_size, camera_id, device
+    )
     base = make_one() if num_envs == 1 else SerialEnv(num_envs, make_one, device=device)
     env = with_clip_tags(base, clip_len=clip_len, frames=bool(render), worker_id=worker_id, seed=seed)
     env.action_repeat = action_repeat  # what turns agent steps into the env steps the literature reports

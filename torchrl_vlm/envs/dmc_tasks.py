@@ -19,7 +19,8 @@ This module imports neither torchrl nor dm_control (a scoring process reads
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 __all__ = [
     "DMC_ACTION_REPEAT",

@@ -139,16 +139,22 @@ class SceneScriptedPolicy:
         if self.part == _CUBE:
             mocap = base._cube_target_mocap_ids[0]
             return {"privileged/target_block": 0, "privileged/target_block_pos": data.mocap_pos[mocap].copy(),
-                    "privileged/target_block_yaw": np.array([lie.SO3(wxyz=data.mocap_quat[mocap]).compute_yaw_radians()])}
+                    "privileged/target_block_yaw": np.array(
+                        [lie.SO3(wxyz=data.mocap_quat[mocap]).compute_yaw_radians()])}
         if self.part in (_BUTTON_0, _BUTTON_1):
             button = self.part - _BUTTON_0
-            return {"privileged/target_button": button, "privileged/target_button_state": self._target,
-                    "privileged/target_button_top_pos": data.site_xpos[base._button_site_ids[button]].copy()}
+            return {
+                "privileged/target_button": button,
+                "privileged/target_button_state": self._target,
+                "privileged/target_button_top_pos": data.site_xpos[base._button_site_ids[button]].copy(),
+            }
         # Where the handle would be with the slide at the target: it moves with the slide joint, along
         # the joint's axis in world coordinates (data.xaxis).
         name = _ORACLE_OF[self.part]
         joint = base._model.joint(f"{name}_slide").id
         handle = data.site_xpos[base._drawer_site_id if self.part == _DRAWER else base._window_site_id]
         shift = (self._target - data.qpos[base._model.jnt_qposadr[joint]]) * data.xaxis[joint]
-        return {f"privileged/target_{name}_pos": np.array([self._target]),
-                f"privileged/target_{name}_handle_pos": handle + shift}
+        return {
+            f"privileged/target_{name}_pos": np.array([self._target]),
+            f"privileged/target_{name}_handle_pos": handle + shift,
+        }

@@ -52,10 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="non_overlapping: score only the clips training would cut")
     clips.add_argument("--policies", nargs="+", default=None,
                        help="behaviour policies (MiniGrid: random planner; OGBench: random scripted)")
-    clips.add_argument("--epsilon", type=float, default=0.3, help="the planner's or scripted policy's share of random actions")
+    clips.add_argument(
+        "--epsilon", type=float, default=0.3, help="the planner's or scripted policy's share of random actions"
+    )
     clips.add_argument("--seed", type=int, default=0, help="seeds the envs and the policies")
-    clips.add_argument("--definition", default="first_progress", help="what a positive clip is: any, "
-                       "first_progress or goal_only (the event scorer's definitions)")
+    clips.add_argument(
+        "--definition",
+        default="first_progress",
+        help="what a positive clip is: any, first_progress or goal_only (the event scorer's definitions)",
+    )
     scorer = p.add_argument_group("scorer")
     scorer.add_argument("--scorer", choices=SCORERS, required=True)
     scorer.add_argument("--fpr", type=float, default=0.1, help="noisy_events: false-positive rate")
@@ -68,10 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--max-concurrency", type=int, default=8, help="openai: requests in flight")
     scorer.add_argument("--timeout-s", type=float, default=60.0, help="openai: per-request time limit")
     scorer.add_argument("--num-frames", type=int, default=8, help="frames shown per clip")
-    scorer.add_argument("--prompt", action="append", default=None,
-                        help="the question (repeat it to vote over several prompts)")
-    scorer.add_argument("--prompt-variant", choices=("task_agnostic", "goal_conditioned"), default="task_agnostic",
-                        help="goal_conditioned: the clip's mission goes before the question")
+    scorer.add_argument(
+        "--prompt", action="append", default=None, help="the question (repeat it to vote over several prompts)"
+    )
+    scorer.add_argument(
+        "--prompt-variant",
+        choices=("task_agnostic", "goal_conditioned"),
+        default="task_agnostic",
+        help="goal_conditioned: the clip's mission goes before the question",
+    )
     scorer.add_argument("--vote", choices=("frames", "prompts"), default=None, help="majority voting")
     scorer.add_argument("--votes", type=int, default=3, help="--vote frames: interleaved frame subsets")
     scorer.add_argument("--batch-size", type=int, default=16, help="clips per scorer call")
@@ -128,13 +138,26 @@ def build_scorer(args, domain: str):
         if args.scorer == "transformers":
             from torchrl_vlm.scoring.transformers import TransformersScorer
 
-            return TransformersScorer(args.model, prompt=prompts[0], num_frames=args.num_frames,
-                                      device=args.device, batch_size=args.batch_size, mission_in_prompt=mission)
+            return TransformersScorer(
+                args.model,
+                prompt=prompts[0],
+                num_frames=args.num_frames,
+                device=args.device,
+                batch_size=args.batch_size,
+                mission_in_prompt=mission,
+            )
         from torchrl_vlm.scoring.openai import OpenAIScorer
 
-        return OpenAIScorer(args.base_url, args.model, prompt=prompts[0], num_frames=args.num_frames,
-                            api_key=args.api_key, max_concurrency=args.max_concurrency, timeout_s=args.timeout_s,
-                            mission_in_prompt=mission)
+        return OpenAIScorer(
+            args.base_url,
+            args.model,
+            prompt=prompts[0],
+            num_frames=args.num_frames,
+            api_key=args.api_key,
+            max_concurrency=args.max_concurrency,
+            timeout_s=args.timeout_s,
+            mission_in_prompt=mission,
+        )
     except Exception as err:  # noqa: BLE001 - any failure to build is reported with the option that caused it
         what = f" from --model {args.model}" if args.model else ""
         raise ProbeError(f"--scorer {args.scorer} could not be built{what}: {type(err).__name__}: {err}") from None
@@ -148,23 +171,31 @@ def _notes(args, report: dict) -> list[str]:
     if math.isnan(auc):
         notes.append("ROC-AUC needs both positive and negative clips; this set has one class only: collect more")
     elif report["near_chance"]:
-        notes.append(f"ROC-AUC {auc:.3f} is within {1.96 * se:.3f} of 0.5: this scorer cannot be told apart "
-                     "from one that guesses, on these clips")
+        notes.append(
+            f"ROC-AUC {auc:.3f} is within {1.96 * se:.3f} of 0.5: this scorer cannot be told apart "
+            "from one that guesses, on these clips"
+        )
     if args.scorer == "transformers" and args.model and (Path(args.model) / TINY_VLM_MARKER).is_file():
-        notes.append("this is the tiny random model of torchrl_vlm.testing (a smoke test of the plumbing): "
-                     "its answers are random, so chance is the expected result")
+        notes.append(
+            "this is the tiny random model of torchrl_vlm.testing (a smoke test of the plumbing): "
+            "its answers are random, so chance is the expected result"
+        )
     if args.scorer == "events":
         notes.append("the event scorer is the labeller itself: precision = recall = 1 by construction")
     notes.append(f"base rate {report['base_rate']:.3f}: a scorer saying yes to every clip has this precision")
     if not math.isnan(report["length_auc"]):
-        notes.append(f"clip length alone (shorter = positive) has ROC-AUC {report['length_auc']:.3f} on these clips: "
-                     "a scorer has to beat that to show it reads the frames")
+        notes.append(
+            f"clip length alone (shorter = positive) has ROC-AUC {report['length_auc']:.3f} on these clips: "
+            "a scorer has to beat that to show it reads the frames"
+        )
     from torchrl_vlm.probe.report import place_on_gain_table
 
     cell = place_on_gain_table(report["fpr"], report["fnr"])
     if math.isnan(report["fpr"]) or math.isnan(report["fnr"]):
-        notes.append("gain against scorer error: this clip set lacks positives or negatives, so fpr or fnr is "
-                     "undefined and the scorer cannot be placed on the sweep")
+        notes.append(
+            "gain against scorer error: this clip set lacks positives or negatives, so fpr or fnr is "
+            "undefined and the scorer cannot be placed on the sweep"
+        )
     elif cell is None:
         notes.append("gain against scorer error: no sweep recorded yet (benchmarks/noisy_sweep.py)")
     else:
@@ -172,15 +203,19 @@ def _notes(args, report: dict) -> list[str]:
         if g is None:
             gain = "no gain could be measured (a median seed of VLM-RB or of uniform never reached 0.9 greedy success)"
         else:
-            gain = f"VLM-RB reached 0.9 greedy success in {abs(100 * g):.0f}% {'fewer' if g >= 0 else 'more'} steps " \
-                   "than uniform replay"
+            gain = (
+                f"VLM-RB reached 0.9 greedy success in {abs(100 * g):.0f}% {'fewer' if g >= 0 else 'more'} steps "
+                "than uniform replay"
+            )
         budget = f", {cell['frames']:,} steps" if cell.get("frames") else ""
         if cell.get("schedule_frames") and cell["schedule_frames"] != cell.get("frames"):
             budget += f" of a {cell['schedule_frames']:,}-step run's ε and λ schedules"
-        notes.append(f"your scorer's (fpr, fnr) on these clips is ({report['fpr']:.2f}, {report['fnr']:.2f}); at the "
-                     f"nearest measured error ({cell['fpr']:.2f}, {cell['fnr']:.2f}), {gain} on {cell['env']} "
-                     f"({cell['definition']}{budget}, {cell['seeds']} seeds; "
-                     f"one-sided permutation p = {cell['p']:.2f})")
+        notes.append(
+            f"your scorer's (fpr, fnr) on these clips is ({report['fpr']:.2f}, {report['fnr']:.2f}); at the "
+            f"nearest measured error ({cell['fpr']:.2f}, {cell['fnr']:.2f}), {gain} on {cell['env']} "
+            f"({cell['definition']}{budget}, {cell['seeds']} seeds; "
+            f"one-sided permutation p = {cell['p']:.2f})"
+        )
     return notes
 
 
@@ -203,9 +238,16 @@ def run(args) -> dict:
         except ValueError as err:
             raise ProbeError(f"--env: {err}") from None
         scorer = build_scorer(args, domain)  # a scorer that cannot be built fails before the collection
-        clipset = collect_clips(args.env, args.clips, clip_len=args.clip_len, stride=args.stride,
-                                policies=args.policies, epsilon=args.epsilon, seed=args.seed,
-                                progress=not args.quiet)
+        clipset = collect_clips(
+            args.env,
+            args.clips,
+            clip_len=args.clip_len,
+            stride=args.stride,
+            policies=args.policies,
+            epsilon=args.epsilon,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
         source = f"collected (seed {args.seed}, policies {', '.join(clipset.policies)})"
         if not args.no_save_clips:
             saved = clipset.save(out / "clips")
@@ -216,19 +258,39 @@ def run(args) -> dict:
         labels = clipset.labels(args.definition)
     except ValueError as err:
         raise ProbeError(f"--definition: {err}") from None
-    prompts = (args.prompt if args.prompt and len(args.prompt) > 1 else list(VOTE_PROMPTS)) \
-        if args.vote == "prompts" else None
-    scored = score_clips(scorer, clipset.clips(), batch_size=args.batch_size, threshold=args.threshold,
-                         vote=args.vote, votes=args.votes, prompts=prompts, progress=not args.quiet)
+    prompts = (
+        (args.prompt if args.prompt and len(args.prompt) > 1 else list(VOTE_PROMPTS))
+        if args.vote == "prompts"
+        else None
+    )
+    scored = score_clips(
+        scorer,
+        clipset.clips(),
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        vote=args.vote,
+        votes=args.votes,
+        prompts=prompts,
+        progress=not args.quiet,
+    )
     report = build_report(scored, labels, threshold=args.threshold)
     # A trivial rival: shorter clips are more often positive where episodes end at the goal.
     report["length_auc"] = roc_auc(-clipset.mask.sum(-1).double(), labels)[0]
-    report.update({
-        "env": clipset.env_name, "definition": args.definition, "scorer": args.scorer, "scorer_repr": repr(scorer),
-        "clip_len": clipset.clip_len, "stride": clipset.stride, "windows": args.windows,
-        "prompt_variant": args.prompt_variant, "vote": args.vote, "num_frames": args.num_frames,
-        "source": source,
-    })
+    report.update(
+        {
+            "env": clipset.env_name,
+            "definition": args.definition,
+            "scorer": args.scorer,
+            "scorer_repr": repr(scorer),
+            "clip_len": clipset.clip_len,
+            "stride": clipset.stride,
+            "windows": args.windows,
+            "prompt_variant": args.prompt_variant,
+            "vote": args.vote,
+            "num_frames": args.num_frames,
+            "source": source,
+        }
+    )
     title = f"probe: {args.scorer} on {clipset.env_name} ({args.definition}), {len(clipset)} clips {source}"
     diagram = out / "reliability.png"
     reliability_diagram(report["calibration"], diagram, f"{args.scorer} on {clipset.env_name}")

@@ -74,7 +74,10 @@ def domain_of(env_name: str) -> str:
 
 def _event_scorer(domain: str, definition: str):
     from torchrl_vlm.scoring.oracle import (
-        EVENT_DEFINITIONS, OGBENCH_EVENT_DEFINITIONS, MiniGridEventScorer, OGBenchEventScorer,
+        EVENT_DEFINITIONS,
+        OGBENCH_EVENT_DEFINITIONS,
+        MiniGridEventScorer,
+        OGBenchEventScorer,
     )
 
     known, cls = ((EVENT_DEFINITIONS, MiniGridEventScorer) if domain == "minigrid"

@@ -15,8 +15,8 @@ other samplers ignore the call.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
@@ -62,7 +62,10 @@ class FilledPartCheckpointer(TensorStorageCheckpointer):
         if not is_tensor_collection(data) or getattr(storage, "ndim", 1) != 1 or len(storage) >= storage.max_size:
             return True
         target = Path(path).absolute()
-        places = (getattr(data, "saved_path", None) if data.is_memmap() else None, getattr(storage, "scratch_dir", None))
+        places = (
+            getattr(data, "saved_path", None) if data.is_memmap() else None,
+            getattr(storage, "scratch_dir", None),
+        )
         return any(place and Path(place).absolute() == target for place in places)
 
     def dumps(self, storage, path):
@@ -291,8 +294,7 @@ def make_replay_buffer(
             sampler = PrioritizedSampler(capacity, alpha=per_alpha, beta=per_beta)
         else:
             raise ValueError(
-                f"sampler must be one of {SAMPLER_CHOICES} or a Sampler instance "
-                f"(e.g. MixtureSampler), got {sampler!r}"
+                f"sampler must be one of {SAMPLER_CHOICES} or a Sampler instance (e.g. MixtureSampler), got {sampler!r}"
             )
     elif not isinstance(sampler, Sampler):
         raise TypeError(

@@ -162,7 +162,8 @@ class ClipAssembler:
                 last_seen[cid] = seen
         self._last_seen = last_seen
         if bool(keep.any()):
-            rows = torch.cat([order[s : s + c] for s, c in zip(starts[keep].tolist(), counts[keep].tolist())])
+            spans = zip(starts[keep].tolist(), counts[keep].tolist(), strict=True)
+            rows = torch.cat([order[s : s + c] for s, c in spans])
             self._carry = steps[rows]
             self._carry_missions = None if missions is None else [missions[i] for i in rows.tolist()]
         else:

@@ -8,7 +8,9 @@ from torchrl_vlm._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("Scorer", "check_scores", "validate_clips"), "torchrl_vlm.scoring.base"),
     "VLMReplayBuffer": "torchrl_vlm.scoring.buffer",
-    **dict.fromkeys(("CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"), "torchrl_vlm.scoring.cache"),
+    **dict.fromkeys(
+        ("CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"), "torchrl_vlm.scoring.cache"
+    ),
     "ClipGallery": "torchrl_vlm.scoring.gallery",
     **dict.fromkeys(
         (

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import pickle
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase

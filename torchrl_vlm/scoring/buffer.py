@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
@@ -356,7 +357,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         super()._load_writeback_state(state)
         self.assembler.load_state_dict(state["assembler"])
 
-    def __enter__(self) -> "VLMReplayBuffer":
+    def __enter__(self) -> VLMReplayBuffer:
         return self
 
     def __repr__(self) -> str:

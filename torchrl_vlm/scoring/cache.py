@@ -266,7 +266,7 @@ class CachedScorer:
             index = torch.tensor(list(ask.values()))
             fresh = check_scores(self.base(clips[index]), len(ask), f"{type(self.base).__name__}")
             self._store(clips, index, fresh, keys, shas, prompts)
-            found.update(zip(ask, fresh.tolist()))
+            found.update(zip(ask, fresh.tolist(), strict=True))
         self.hits += n - len(ask)
         self.misses += len(ask)
         return torch.tensor([found[k] for k in keys], dtype=torch.float32)
@@ -296,7 +296,7 @@ class CachedScorer:
             (keys[i], float(s), self.model, self.identity, prompts[i], shas[i], self.run,
              None if steps is None else int(steps[i]), None if ids is None else int(ids[i]), now,
              _checksum(keys[i], s))
-            for i, s in zip(index.tolist(), scores.tolist())
+            for i, s in zip(index.tolist(), scores.tolist(), strict=True)
         ]
         strips = []
         if self.thumbnails and "frames" in clips.keys():

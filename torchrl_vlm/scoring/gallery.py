@@ -42,7 +42,7 @@ class ClipGallery:
         return torch.stack([frames[b, index[b]] for b in range(frames.shape[0])])
 
     def add(self, thumbnails: torch.Tensor, scores: torch.Tensor, clip_ids: torch.Tensor) -> None:
-        for thumb, score, cid in zip(thumbnails, scores.tolist(), clip_ids.tolist()):
+        for thumb, score, cid in zip(thumbnails, scores.tolist(), clip_ids.tolist(), strict=True):
             self._items.append((float(score), int(cid), thumb))
 
     def chosen(self, rows: int = 8) -> list[tuple[float, int, torch.Tensor]]:

@@ -214,7 +214,8 @@ class OpenAIScorer(PromptedClipScorer):
         if not isinstance(base_url, str):
             raise TypeError(f"base_url must be a string such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https:// (e.g. 'http://127.0.0.1:8000/v1'), got {base_url!r}")
+            raise ValueError(
+                f"base_url must start with http:// or https:// (e.g. 'http://127.0.0.1:8000/v1'), got {base_url!r}")
         if not isinstance(model, str) or not model.strip():
             raise TypeError(f"model must be a non-empty string (the name the server serves), got {model!r}")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -246,9 +247,7 @@ class OpenAIScorer(PromptedClipScorer):
     # ------------------------------------------------------------------ prompts
     def messages(self, frames: torch.Tensor, mission: str | None = None) -> list[dict[str, Any]]:
         """One user turn: each of ``frames`` (uint8 ``[N, H, W, 3]``) as a PNG data URL, then the question."""
-        content: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": _png_data_url(f)}} for f in frames
-        ]
+        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": _png_data_url(f)}} for f in frames]
         content.append({"type": "text", "text": self.build_prompt(mission)})
         return [{"role": "user", "content": content}]
 
@@ -301,8 +300,13 @@ class OpenAIScorer(PromptedClipScorer):
             delay = min(_BACKOFF_BASE_S * 2**attempt, _BACKOFF_MAX_S)
             try:
                 response = self._http().post(url, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError) as err:
+            except (
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+            ) as err:
                 if last:
                     raise OpenAIScorerError(
                         f"cannot reach {self._where()} after {attempt + 1} attempt(s): {type(err).__name__}: {err}. "
@@ -352,8 +356,10 @@ class OpenAIScorer(PromptedClipScorer):
         hint = ""
         low = message.lower()
         if "image" in low and any(w in low for w in ("at most", "limit", "maximum", "exceed")):
-            hint = (f" The server caps images per request: lower num_frames (now {self.num_frames}) or start "
-                    f"vLLM with --limit-mm-per-prompt '{{\"image\": {self.num_frames}}}'.")
+            hint = (
+                f" The server caps images per request: lower num_frames (now {self.num_frames}) or start "
+                f"vLLM with --limit-mm-per-prompt '{{\"image\": {self.num_frames}}}'."
+            )
         elif "logprob" in low:
             hint = f" Lower top_logprobs (now {self.top_logprobs}) or raise vLLM's --max-logprobs."
         after = f" after {attempts} attempts" if attempts > 1 else ""
@@ -445,5 +451,7 @@ class OpenAIScorer(PromptedClipScorer):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.base_url!r}, {self.model!r}, num_frames={self.num_frames}, "
-                f"max_concurrency={self.max_concurrency}, mission_in_prompt={self.mission_in_prompt})")
+        return (
+            f"{type(self).__name__}({self.base_url!r}, {self.model!r}, num_frames={self.num_frames}, "
+            f"max_concurrency={self.max_concurrency}, mission_in_prompt={self.mission_in_prompt})"
+        )

@@ -3,13 +3,14 @@
 They are named stand-ins, never silent fallbacks:
 
 - :class:`MiniGridEventScorer` (:class:`OGBenchEventScorer` for OGBench's
-  ``scene`` tasks, :class:`DMCEventScorer` for DeepMind Control) reads the simulator's events and plays an *ideal* VLM, the
-  upper bound of what a scorer can give VLM-RB;
+  ``scene`` tasks, :class:`DMCEventScorer` for DeepMind Control) reads the simulator's events and plays an
+  *ideal* VLM, the upper bound of what a scorer can give VLM-RB;
 - :class:`NoisyScorer` gives any scorer chosen false-positive and
   false-negative rates, which answers "how accurate must my VLM be?";
 - :class:`DelayedScorer` adds a fixed latency that uses no CPU, to measure the
   pipeline's overhead as if a VLM ran on its own GPU.
 """
+
 from __future__ import annotations
 
 import functools
@@ -105,9 +106,7 @@ class _EventScorer:
             raise ValueError(f"{type(self).__name__} needs the clips' 'events' entry (bool [B, L, E])")
         width = len(self.event_names)
         if events.ndim != 3 or events.shape[-1] != width:
-            raise ValueError(
-                f"clips['events'] must be [B, L, {width}] ({self.names_label}), got {list(events.shape)}"
-            )
+            raise ValueError(f"clips['events'] must be [B, L, {width}] ({self.names_label}), got {list(events.shape)}")
         hit = events[..., self.columns].any(-1) & clips["mask"]
         return hit.any(-1).float()
 
@@ -236,10 +235,7 @@ class NoisyScorer:
         return (truth ^ flipped).float()
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.base!r}, fpr={self.false_positive_rate}, "
-            f"fnr={self.false_negative_rate})"
-        )
+        return f"{type(self).__name__}({self.base!r}, fpr={self.false_positive_rate}, fnr={self.false_negative_rate})"
 
 
 class DelayedScorer:

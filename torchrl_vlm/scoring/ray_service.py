@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -177,7 +178,7 @@ class RayScoringService(ScoringService):
                 if own:
                     self._scorer_stats = {k: float(v) for k, v in own.items()}
                 now = time.monotonic()
-                for ticket, s in zip(tickets, scores):
+                for ticket, s in zip(tickets, scores, strict=True):
                     self._in_flight.pop(ticket, None)
                     entry = self._pending.pop(ticket, None)
                     if entry is None:
@@ -230,7 +231,7 @@ class RayScoringService(ScoringService):
     def _watchdog(self) -> None:
         """Kills a replica stuck on a batch for longer than ``hang_timeout_s``; Ray restarts it."""
         now = time.monotonic()
-        for ref, (replica, tickets, t0) in list(self._calls.items()):
+        for replica, _, t0 in list(self._calls.values()):
             if now - t0 > self.hang_timeout_s and replica not in self._down and replica not in self._dead:
                 self._ray.kill(self._replicas[replica], no_restart=False)
                 self._mark_down(replica, f"hung for more than {self.hang_timeout_s:.0f}s on one batch (killed)")

@@ -39,8 +39,9 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
@@ -445,7 +446,7 @@ class ScoringService:
             self._process = None
         self._close_queues()
 
-    def __enter__(self) -> "ScoringService":
+    def __enter__(self) -> ScoringService:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -566,7 +567,7 @@ class ScoringService:
                     self._scorer_stats = {k: float(v) for k, v in message[3].items()}
                 self._errors_in_a_row = 0
                 now = time.monotonic()
-                for ticket, scores in zip(message[1], message[2]):
+                for ticket, scores in zip(message[1], message[2], strict=True):
                     self._in_flight.pop(ticket, None)
                     entry = self._pending.pop(ticket, None)
                     if entry is None:  # answered after being counted lost

@@ -234,12 +234,13 @@ class TransformersScorer(PromptedClipScorer, VLMBacked):
         frames, mask = clips.get("frames"), clips.get("mask")
         missions = self._missions(clips)
         images = [self._images(frames[b], mask[b]) for b in range(frames.shape[0])]
-        conversations = [self.messages(len(imgs), m) for imgs, m in zip(images, missions)]
+        conversations = [self.messages(len(imgs), m) for imgs, m in zip(images, missions, strict=True)]
         return self.vlm.prepare(
             conversations,
             images,
             item="clip",
-            too_long_hint=f"lower num_frames (now {self.num_frames}), image_size or the processor's tiling (processor_kwargs)",
+            too_long_hint=(f"lower num_frames (now {self.num_frames}), image_size or the processor's tiling "
+                           "(processor_kwargs)"),
         )
 
     # ------------------------------------------------------------------ scoring

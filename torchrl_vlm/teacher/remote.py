@@ -9,7 +9,8 @@ suited to action distributions.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -69,7 +70,7 @@ class RemoteTeacher:
     def close(self) -> None:
         self.service.close()
 
-    def __enter__(self) -> "RemoteTeacher":
+    def __enter__(self) -> RemoteTeacher:
         return self
 
     def __exit__(self, *exc) -> None:

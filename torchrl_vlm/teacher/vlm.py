@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS, decode_mission
 from torchrl_vlm._checks import check_int
+from torchrl_vlm.envs.minigrid_names import MINIGRID_ACTIONS, decode_mission
 from torchrl_vlm.hf_vlm import (
     HFVisionLanguageModel,
     VLMBacked,
@@ -198,7 +198,7 @@ class VLMTeacher(VLMBacked):
         labels = tuple(labels)
         if len(labels) != len(action_names):
             raise ValueError(f"labels has {len(labels)} entries for {len(action_names)} actions")
-        if not all(isinstance(l, str) and l.strip() == l and l for l in labels):
+        if not all(isinstance(label, str) and label.strip() == label and label for label in labels):
             raise ValueError(f"labels must be non-empty strings without surrounding spaces, got {labels!r}")
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels must be distinct, got {labels!r}")
@@ -270,7 +270,7 @@ class VLMTeacher(VLMBacked):
     # ------------------------------------------------------------------ prompts
     def action_list(self) -> str:
         """The labelled action list: ``"A. turn left\\nB. turn right\\n..."``."""
-        return "\n".join(f"{label}. {name}" for label, name in zip(self.labels, self.action_names))
+        return "\n".join(f"{label}. {name}" for label, name in zip(self.labels, self.action_names, strict=True))
 
     def build_prompt(self, mission: str | None = None) -> str:
         """The text of the action question for one state."""
@@ -303,7 +303,8 @@ class VLMTeacher(VLMBacked):
         if pixels is None:
             raise ValueError("td has no 'pixels' entry (uint8 [*batch, H, W, 3]); build the env with render=True")
         if not torch.is_tensor(pixels) or pixels.dtype != torch.uint8:
-            raise TypeError(f"td['pixels'] must be a uint8 tensor, got {getattr(pixels, 'dtype', type(pixels).__name__)}")
+            got = getattr(pixels, "dtype", type(pixels).__name__)
+            raise TypeError(f"td['pixels'] must be a uint8 tensor, got {got}")
         if pixels.ndim < 3 or pixels.shape[-1] != 3 or pixels.shape[-3] < 1 or pixels.shape[-2] < 1:
             raise ValueError(f"td['pixels'] must be [*batch, H, W, 3], got {list(pixels.shape)}")
         batch = pixels.shape[:-3]
@@ -354,7 +355,7 @@ class VLMTeacher(VLMBacked):
         if analyses is None:
             conversations = [self.messages(m) for m in missions]
         else:
-            conversations = [self.messages(m, a) for m, a in zip(missions, analyses)]
+            conversations = [self.messages(m, a) for m, a in zip(missions, analyses, strict=True)]
         return self.vlm.prepare(conversations, images, item="state", too_long_hint="lower image_size or max_new_tokens")
 
     def _analyse(self, frames, missions) -> list[str]:
@@ -412,5 +413,6 @@ class VLMTeacher(VLMBacked):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.model_name!r}, n_actions={self.n_actions}, temperature={self.temperature}, "
-            f"two_stage={self.two_stage}, batch_size={self.batch_size}, device={str(self.device)!r}, dtype={self.dtype})"
+            f"two_stage={self.two_stage}, batch_size={self.batch_size}, device={str(self.device)!r}, "
+            f"dtype={self.dtype})"
         )
