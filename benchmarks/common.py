@@ -101,7 +101,7 @@ def sections(text: str) -> list[tuple[re.Match, str]]:
     """The sections of ``text`` (a RESULTS.md), in order: each heading's match and the section's text, heading
     included, up to the next heading."""
     headings = list(SECTION_HEADING.finditer(text))
-    ends = [h.start() for h in headings[1:]] + [len(text)]
+    ends = [h.start() for h in headings[1:]] + ([len(text)] if headings else [])
     return [(heading, text[heading.start():end]) for heading, end in zip(headings, ends, strict=True)]
 
 
