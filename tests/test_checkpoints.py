@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from torchrl_vlm.training import CheckpointError, _write_manifest, load_checkpoint, save_checkpoint
+from torchrl_vlm.training import CheckpointError, load_checkpoint, save_checkpoint
+from torchrl_vlm.training.checkpoints import _write_manifest
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
