@@ -72,3 +72,11 @@ def test_the_scoring_interface_imports_no_backend():
     graph = import_graph()
     assert not graph["torchrl_vlm.scoring.service"] & {"torchrl_vlm.scoring.process_service",
                                                        "torchrl_vlm.scoring.ray_service"}
+
+
+def test_the_replay_buffers_know_no_env_family():
+    """A buffer meant for any env imports no env module: missions reach it through torchrl_vlm.missions."""
+    graph = import_graph()
+    for buffer in ("torchrl_vlm.scoring.buffer", "torchrl_vlm.scoring.writeback", "torchrl_vlm.covr.buffer",
+                   "torchrl_vlm.replay.buffer"):
+        assert not {m for m in graph[buffer] if m.startswith("torchrl_vlm.envs")}, buffer

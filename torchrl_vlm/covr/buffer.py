@@ -170,7 +170,7 @@ class PriorReplayBuffer(AsyncWriteBackBuffer):
         if value is None:
             return None
         if isinstance(value, torch.Tensor):  # MiniGrid's byte-encoded missions
-            from torchrl_vlm.envs.minigrid_names import decode_mission
+            from torchrl_vlm.missions import decode_mission
 
             missions = decode_mission(value.reshape(n, -1))
         else:

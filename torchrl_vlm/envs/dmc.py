@@ -19,7 +19,7 @@ from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, Seria
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.clips import with_clip_tags
 from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_NAMES, default_action_repeat, dmc_goal, dmc_mission
-from torchrl_vlm.envs.minigrid_names import MISSION_BYTES, encode_mission
+from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
 __all__ = ["DMCTaskState", "dmc_tasks", "make_dmc_env"]
 

@@ -25,7 +25,8 @@ from torchrl.envs.libs.gym import register_gym_spec_conversion
 
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.clips import with_clip_tags
-from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS, MISSION_BYTES, encode_mission
+from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS
+from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
 __all__ = [
     "MiniGridObservation",

@@ -5,8 +5,7 @@ process (which needs :data:`EVENT_NAMES` and :func:`decode_mission`) starts fast
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
+from torchrl_vlm.missions import MISSION_BYTES, decode_mission, encode_mission
 
 __all__ = [
     "EVENT_NAMES",
@@ -53,27 +52,3 @@ EVENT_NAMES = (
     "first_door_open",
 )
 
-#: Length of the byte encoding of a mission string (longer missions are refused).
-MISSION_BYTES = 96
-
-
-def encode_mission(text: str) -> np.ndarray:
-    """A mission string as zero-padded UTF-8 bytes (uint8 ``[MISSION_BYTES]``).
-
-    Missions travel as fixed-size tensors rather than Python strings: they then
-    batch, stack and store like any other entry, at no cost per step.
-    """
-    raw = text.encode("utf-8")
-    if len(raw) > MISSION_BYTES:
-        raise ValueError(f"mission {text!r} is longer than MISSION_BYTES={MISSION_BYTES} bytes")
-    out = np.zeros(MISSION_BYTES, dtype=np.uint8)
-    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return out
-
-
-def decode_mission(mission) -> str | list:
-    """The string(s) behind an encoded ``mission`` entry (``[..., MISSION_BYTES]``), nested like its batch."""
-    array = np.asarray(torch.as_tensor(mission).cpu(), dtype=np.uint8)
-    if array.ndim == 1:
-        return array.tobytes().rstrip(b"\0").decode("utf-8")
-    return [decode_mission(row) for row in array]

@@ -237,7 +237,7 @@ def collect_clips(
     gives ``ceil(n_clips / len(policies))`` clips (its later clips are left out), so the set
     holds every policy alike.
     """
-    from torchrl_vlm.envs.minigrid_names import decode_mission
+    from torchrl_vlm.missions import decode_mission
 
     domain = domain_of(env_name)
     for name, value in (("n_clips", n_clips), ("clip_len", clip_len), ("num_envs", num_envs)):

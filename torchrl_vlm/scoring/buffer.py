@@ -30,7 +30,7 @@ from tensordict.utils import NestedKey
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
-from torchrl_vlm.envs.minigrid_names import decode_mission
+from torchrl_vlm.missions import decode_mission
 from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
