@@ -89,6 +89,31 @@ def test_update_tensordict_priority_feeds_a_td_boosting_mixture_and_leaves_a_bin
     assert after["written"] == before["written"]
 
 
+@pytest.mark.parametrize("td_boost", [False, True])
+def test_a_rewritten_priority_column_sets_the_priorities_as_torchrls_contract_says(td_boost):
+    """TorchRL's test_prb_ndim writes values into a sample's priority key and reads them back from the sampler."""
+    sampler = MixtureSampler(lam_max=1.0, td_boost=td_boost)
+    rb = make_replay_buffer(20, sampler=sampler, batch_size=20)
+    rb.extend(_collector_batch())
+    rb.update_priority(torch.tensor([3]), torch.ones(1))
+    sample = rb.storage.get(torch.arange(20))  # every slot once, as a batch drawn with λ = 0 could hold them
+    sample["index"] = torch.arange(20)
+    sample["td_error"] = torch.rand(20, 1)
+    before = sampler.state_dict()
+    rb.update_tensordict_priority(sample)  # the column as sampled: nothing written
+    assert torch.equal(sampler.state_dict()["priority"], before["priority"])
+    chosen = sample["index"] % 2 == 0  # rewrite the even slots of the sample to 1, and slot 3 to 0
+    sample["vlm_priority"] = torch.where(chosen, 1.0, sample["vlm_priority"])
+    sample["vlm_priority"] = torch.where(sample["index"] == 3, 0.0, sample["vlm_priority"])
+    rb.update_tensordict_priority(sample)
+    even = torch.unique(sample["index"][chosen])
+    priority = sampler.state_dict()["priority"]
+    assert bool((priority[even] == 1).all()) and torch.equal(rb[:]["vlm_priority"][even], torch.ones(len(even)))
+    assert priority[3] == 0 and rb[:]["vlm_priority"][3] == 0
+    drawn = rb.sample(2000)["index"]
+    assert set(drawn.tolist()) <= set(even.tolist())  # λ = 1: only the positive slots are drawn
+
+
 def test_the_buffer_owns_the_priority_column():
     sampler = MixtureSampler(lam_max=None, priority_key="semantic")
     rb = make_replay_buffer(20, sampler=sampler, batch_size=10)

@@ -232,11 +232,29 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
             self.set_at_(self.priority_key, column[kept], index[kept])
 
     def update_tensordict_priority(self, data: TensorDictBase) -> None:
-        """After the loss: TD errors to PER or to a TD-boosting :class:`MixtureSampler`; a no-op otherwise."""
+        """After the loss: TD errors to PER or to a TD-boosting :class:`MixtureSampler`.
+
+        With a :class:`MixtureSampler`, a sample whose priority column (``sampler.priority_key``) the caller
+        rewrote sets those priorities, as TorchRL's contract has it; only the rows whose value differs from the
+        stored one are written, so the usual call (the column as sampled) writes nothing. TD errors never
+        change a binary sampler's priorities: those come from the VLM.
+        """
         if not isinstance(self._sampler, MixtureSampler):
             return super().update_tensordict_priority(data)
+        index = data.get("index", None)
         if self._sampler.td_boost:
-            self._sampler.update_td_error(data.get("index"), data.get(self.td_error_key))
+            self._sampler.update_td_error(index, data.get(self.td_error_key))
+        written = data.get(self.priority_key, None)
+        if written is None or index is None:
+            return
+        index = torch.as_tensor(index).reshape(-1)
+        written = written.reshape(-1).to(torch.float32)
+        kept = index >= 0
+        index, written = index[kept], written[kept]
+        stored = self._storage.get(index).get(self.priority_key).reshape(-1).to(torch.float32)
+        changed = written != stored
+        if bool(changed.any()):
+            self.update_priority(index[changed], written[changed])
 
 
 def make_replay_buffer(
