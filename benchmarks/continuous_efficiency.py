@@ -251,7 +251,8 @@ def vlm_diagnostics(results: list[dict]) -> list[list]:
 
     rows = []
     for method in METHODS:
-        cells = [r for r in results if r["method"] == method and "clips_scored" in r.get("vlm_stats", {})]
+        cells = [r for r in results if r["method"] == method and method.startswith("vlm")
+                 and "clips_scored" in r.get("vlm_stats", {})]
         if not cells:
             continue
         rows.append([
