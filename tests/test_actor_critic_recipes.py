@@ -155,9 +155,8 @@ def test_config_errors_are_clear(family, overrides, match, tmp_path):
 def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     """The prior on rendered frames, written back into replay, pulling the actor, and a LoRA fine-tune on
     schedule whose adapter the prior then answers with."""
-    prior = "covr"
     summary = sac.train(
-        config("buffer.sampler=uniform", "env.name=cartpole-swingup", f"covr.prior={prior}", f"covr.model={tiny_vlm}",
+        config("buffer.sampler=uniform", "env.name=cartpole-swingup", "covr.prior=covr", f"covr.model={tiny_vlm}",
                "covr.max_new_tokens=24", "covr.psi0=256", "covr.lr=1e-2", "covr.epochs=4", "covr.max_steps=40",
                "covr.min_samples=2",
                "covr.prior_lag=1", "covr.finetune_lag=1", "env.frame_size=32", "collector.total_frames=384",

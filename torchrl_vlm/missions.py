@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MISSION_BYTES", "decode_mission", "encode_mission"]
+__all__ = ["MISSION_BYTES", "decode_mission", "encode_mission", "mission_strings"]
 
 #: Length of the byte encoding of a mission string (longer missions are refused).
 MISSION_BYTES = 96
@@ -36,3 +36,21 @@ def decode_mission(mission) -> str | list:
     if array.ndim == 1:
         return array.tobytes().rstrip(b"\0").decode("utf-8")
     return [decode_mission(row) for row in array]
+
+
+def mission_strings(value) -> list[str]:
+    """A batch's missions as a flat list of strings: byte tensors decoded, nested strings (a ``NonTensorStack``,
+    lists) flattened in order."""
+    if isinstance(value, torch.Tensor):
+        return list(_flat(decode_mission(value)))
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return [str(v) for v in _flat(value)]
+
+
+def _flat(value):
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flat(v)
+    else:
+        yield value

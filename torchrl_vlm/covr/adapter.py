@@ -9,13 +9,14 @@ adapter is refused with :class:`AdapterError`, never loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from torchrl_vlm.training.checkpoints import file_sha256
 
 __all__ = ["ADAPTER_FILES", "AdapterError", "adapter_path", "verify_adapter", "write_adapter"]
 
@@ -33,14 +34,6 @@ def adapter_path(root: str | os.PathLike, version: int) -> Path:
     return Path(root) / f"v{int(version):04d}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_adapter(peft_model, root: str | os.PathLike, version: int, info: dict[str, Any] | None = None) -> Path:
     """Saves ``peft_model``'s adapter as ``version`` under ``root`` (atomically) and returns its folder."""
     root = Path(root)
@@ -48,7 +41,7 @@ def write_adapter(peft_model, root: str | os.PathLike, version: int, info: dict[
     tmp = Path(tempfile.mkdtemp(prefix=f".v{int(version):04d}.tmp-", dir=root))
     try:
         peft_model.save_pretrained(tmp, safe_serialization=True)
-        files = {name: _sha256(tmp / name) for name in ADAPTER_FILES}
+        files = {name: file_sha256(tmp / name) for name in ADAPTER_FILES}
         manifest = {"version": int(version), "sha256": files, **(info or {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1))
         final = adapter_path(root, version)
@@ -73,7 +66,7 @@ def verify_adapter(path: str | os.PathLike) -> dict[str, Any]:
         if name not in expected:
             raise AdapterError(f"adapter {str(path)!r}: its manifest lists no checksum for {name}")
         try:
-            found = _sha256(path / name)
+            found = file_sha256(path / name)
         except OSError as err:
             raise AdapterError(f"adapter {str(path)!r}: {name} cannot be read ({err})") from None
         if found != expected[name]:

@@ -28,6 +28,7 @@ from torchrl.data.replay_buffers.storages import Storage
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.covr.finetuning import FineTuning
 from torchrl_vlm.covr.prior import check_actions
+from torchrl_vlm.missions import mission_strings
 from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.sampler import MixtureSampler
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
@@ -169,23 +170,7 @@ class PriorReplayBuffer(AsyncWriteBackBuffer):
         value = batch.get(self.mission_key, None)
         if value is None:
             return None
-        if isinstance(value, torch.Tensor):  # MiniGrid's byte-encoded missions
-            from torchrl_vlm.missions import decode_mission
-
-            missions = decode_mission(value.reshape(n, -1))
-        else:
-            missions = value.tolist() if hasattr(value, "tolist") else value
-            flat: list[str] = []
-
-            def walk(v):
-                if isinstance(v, (list, tuple)):
-                    for x in v:
-                        walk(x)
-                else:
-                    flat.append(str(v))
-
-            walk(missions)
-            missions = flat
+        missions = mission_strings(value)
         if self._mission is None and missions:
             self._mission = missions[0]
         return missions if len(missions) == n else None

@@ -21,6 +21,7 @@ from torchrl_vlm._checks import check_int
 from torchrl_vlm.covr.adapter import AdapterError, adapter_path, verify_adapter
 from torchrl_vlm.covr.equations import format_action, parse_action
 from torchrl_vlm.hf_vlm import HFVisionLanguageModel, VLMBacked, resolve_image_size, to_pil_images, user_turn
+from torchrl_vlm.missions import mission_strings
 
 __all__ = ["DEFAULT_PROMPT", "ActionPrior", "check_actions", "check_prompt", "prompt_text"]
 
@@ -208,12 +209,8 @@ class ActionPrior(VLMBacked):
 
 
 def _strings(value, n: int) -> list[str | None]:
-    """``n`` mission strings (or ``None``s) from a non-tensor entry."""
+    """``n`` mission strings (or ``None``s): one per frame, or the batch's one mission for every frame."""
     if value is None:
         return [None] * n
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, str):
-        return [value] * n
-    values = [str(v) for v in value]
+    values = mission_strings(value)
     return values if len(values) == n else [values[0] if values else None] * n

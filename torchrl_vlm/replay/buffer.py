@@ -251,8 +251,7 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
         written = written.reshape(-1).to(torch.float32)
         kept = index >= 0
         index, written = index[kept], written[kept]
-        stored = self._storage.get(index).get(self.priority_key).reshape(-1).to(torch.float32)
-        changed = written != stored
+        changed = written != self._sampler.priority(index)  # the column and the sampler agree (one owner)
         if bool(changed.any()):
             self.update_priority(index[changed], written[changed])
 

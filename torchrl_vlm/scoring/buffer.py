@@ -30,7 +30,7 @@ from tensordict.utils import NestedKey
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
-from torchrl_vlm.missions import decode_mission
+from torchrl_vlm.missions import decode_mission, mission_strings
 from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
@@ -249,7 +249,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         if isinstance(mission, torch.Tensor):
             steps.set("mission_bytes", mission.reshape(n, -1))
         elif mission is not None:
-            missions = _strings(mission)
+            missions = mission_strings(mission)
         frames = column(self.frame_key)
         if frames is not None:
             frames = self._model_frames(frames)
@@ -363,20 +363,3 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(size={len(self)}, sampler={self._sampler!r}, clip_len={self.clip_len}, "
                 f"score_lag={self.score_lag})")
-
-
-def _strings(value) -> list[str]:
-    """A flat list of strings from a non-tensor mission entry."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    out: list[str] = []
-
-    def walk(v):
-        if isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
-        else:
-            out.append(str(v))
-
-    walk(value)
-    return out
