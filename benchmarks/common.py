@@ -212,6 +212,33 @@ def run_cells(commands: list[list[str]], jobs: int = 1) -> None:
         time.sleep(0.5)
 
 
+def cell_argv(script: str, method: str, seed: int, args, flags: Sequence[str]) -> list[str]:
+    """The command line that runs one cell of a study in its own process: ``script --cell METHOD:SEED``, then
+    each of ``flags`` (an argparse ``dest``, written ``--a-b`` for ``a_b``) with the value ``args`` holds,
+    and ``--override ...`` last."""
+    cmd = [sys.executable, script, "--cell", f"{method}:{seed}"]
+    for dest in flags:
+        cmd += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
+    return cmd + (["--override", *args.override] if args.override else [])
+
+
+def cells_to_run(parser, cells, path_of: Callable[[str, int], Path], differ_of: Callable[[Path], list[str]]):
+    """The ``(method, seed)`` cells not yet on disk: a study resumes where it stopped. A cell on disk that was run
+    with other settings (``differ_of(path)`` non-empty) stops the study with a ``parser.error`` naming them."""
+    todo = []
+    for method, seed in cells:
+        path = path_of(method, seed)
+        if not path.exists():
+            todo.append((method, seed))
+            continue
+        differ = differ_of(path)
+        if differ:
+            parser.error(f"{path.relative_to(RESULTS.parent.parent)} was run with other settings "
+                         f"({', '.join(differ)}); pass --tag to keep this variant apart, or delete the cell")
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells on disk; running {len(todo)}", flush=True)
+    return todo
+
+
 def tiny_vlm_path() -> str:
     """The tiny offline Idefics3 of ``torchrl_vlm.testing`` (built once, under ``$TORCHRL_VLM_CACHE`` or the temp
     folder)."""

@@ -41,16 +41,25 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
+from common import (
+    cell_argv,
+    cells_to_run,
+    markdown_table,
+    recipe,
+    recipe_config,
+    record_results,
+    run_cells,
+    write_atomic,
+)
 from sample_efficiency import first_reach, median_steps, pair_by_seed, permutation_p, seed_ratio, study_cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -383,35 +392,9 @@ def cell_command(args, method: str, seed: int) -> list[str]:
         from torchrl_vlm.testing import make_tiny_vlm
 
         make_tiny_vlm(TINY_VLM_DIR)  # once, before the cells that load it start
-    cmd = [
-        sys.executable,
-        __file__,
-        "--cell",
-        f"{method}:{seed}",
-        "--family",
-        args.family,
-        "--env",
-        args.env,
-        "--algo",
-        args.algo,
-        "--frames",
-        str(args.frames),
-        "--eval-interval",
-        str(args.eval_interval),
-        "--eval-episodes",
-        str(args.eval_episodes),
-        "--definition",
-        args.definition,
-        "--fpr",
-        str(args.fpr),
-        "--fnr",
-        str(args.fnr),
-        "--tag",
-        args.tag,
-        "--checkpoint-interval",
-        str(args.checkpoint_interval),
-    ]
-    return cmd + (["--override", *args.override] if args.override else [])
+    return cell_argv(__file__, method, seed, args, ("family", "env", "algo", "frames", "eval_interval",
+                                                   "eval_episodes", "definition", "fpr", "fnr", "tag",
+                                                   "checkpoint_interval"))
 
 
 def main():
@@ -435,24 +418,9 @@ def main():
         return
 
     if not args.merge_only:
-        commands = []
-        for method, seed in cells:
-            path = cell_path(args, method, seed)
-            if path.exists():
-                differ = settings_differ(json.loads(path.read_text()), args)
-                if differ:
-                    parser.error(
-                        f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
-                        "pass --tag to keep this variant apart, or delete the cell"
-                    )
-                continue
-            commands.append(cell_command(args, method, seed))
-        print(
-            f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
-            f"{args.jobs} at a time",
-            flush=True,
-        )
-        run_cells(commands, args.jobs)
+        todo = cells_to_run(parser, cells, functools.partial(cell_path, args),
+                            lambda path: settings_differ(json.loads(path.read_text()), args))
+        run_cells([cell_command(args, method, seed) for method, seed in todo], args.jobs)
 
     folder = RESULTS_DIR / study_name(args)
     results, missing = [], []

@@ -65,11 +65,19 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-from common import markdown_table, recipe, recipe_config, record_results, run_cells, write_atomic
+from common import (
+    cell_argv,
+    cells_to_run,
+    markdown_table,
+    recipe,
+    recipe_config,
+    record_results,
+    run_cells,
+    write_atomic,
+)
 
 from torchrl_vlm.scoring.oracle import EVENT_DEFINITIONS
 
@@ -569,50 +577,11 @@ def main():
         return
 
     if not args.merge_only:
-        commands = []
-        for method, seed in cells:
-            path = cell_path(args.env, method, seed, args.tag)
-            if path.exists():  # done in an earlier call: a study resumes where it stopped
-                differ = settings_differ(load_cell(path), args)
-                if differ:
-                    parser.error(
-                        f"{path.relative_to(ROOT)} was run with other settings ({', '.join(differ)}); "
-                        "pass --tag to keep this variant apart, or delete the cell"
-                    )
-                continue
-            cmd = [
-                sys.executable,
-                __file__,
-                "--cell",
-                f"{method}:{seed}",
-                "--env",
-                args.env,
-                "--frames",
-                str(args.frames),
-                "--eval-interval",
-                str(args.eval_interval),
-                "--eval-episodes",
-                str(args.eval_episodes),
-                "--definition",
-                args.definition,
-                "--fpr",
-                str(args.fpr),
-                "--fnr",
-                str(args.fnr),
-                "--tag",
-                args.tag,
-            ]
-            if args.schedule_frames:
-                cmd += ["--schedule-frames", str(args.schedule_frames)]
-            if args.override:
-                cmd += ["--override", *args.override]
-            commands.append(cmd)
-        print(
-            f"{len(cells) - len(commands)} of {len(cells)} cells on disk; running {len(commands)}, "
-            f"{args.jobs} at a time",
-            flush=True,
-        )
-        run_cells(commands, args.jobs)
+        todo = cells_to_run(parser, cells, lambda method, seed: cell_path(args.env, method, seed, args.tag),
+                            lambda path: settings_differ(load_cell(path), args))
+        flags = ("env", "frames", "eval_interval", "eval_episodes", "definition", "fpr", "fnr", "tag",
+                 *(("schedule_frames",) if args.schedule_frames else ()))
+        run_cells([cell_argv(__file__, method, seed, args, flags) for method, seed in todo], args.jobs)
 
     # Merge the study's cells, and only them: the table is a function of the command.
     folder = RESULTS_DIR / f"{args.env}{args.tag}"

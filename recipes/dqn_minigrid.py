@@ -71,6 +71,7 @@ from torchrl_vlm.training import (
     check_resumable,
     close_all,
     describe_logs,
+    env_frame_stride,
     evaluate_success,
     get_rng_state,
     load_checkpoint,
@@ -152,6 +153,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {tuple(EVENT_DEFINITIONS)}")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
+    env_frame_stride(cfg)  # auto or an int >= 1, checked before anything starts
 
 
 #: Settings a resumed run must share with its checkpoint: they shape the buffer, the
@@ -231,6 +233,7 @@ def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
         parallel=cfg.env.parallel,
         max_steps=cfg.env.max_steps,
         device=cfg.device,
+        frame_stride=env_frame_stride(cfg) if render else 1,
     )
 
 

@@ -36,6 +36,7 @@ from torchrl_vlm.training import (
     check_resumable,
     close_all,
     describe_logs,
+    env_frame_stride,
     get_rng_state,
     load_checkpoint,
     log_metrics,
@@ -135,6 +136,7 @@ def check_config(cfg: DictConfig, ranges, yaml_path: Path) -> None:
         raise ValueError(f"vlm.definition={cfg.vlm.definition!r}; choose one of {DEFINITIONS}")
     if cfg.env.render not in ("auto", True, False):
         raise ValueError(f"env.render must be auto, true or false, got {cfg.env.render!r}")
+    env_frame_stride(cfg)  # auto or an int >= 1, checked before anything starts
     if from_pixels(cfg) and cfg.env.family != "dmc":
         raise ValueError("agent.from_pixels=true needs env.family=dmc (OGBench's scene tasks run from the state here)")
     if not events and cfg.buffer.sampler == "vlm" and cfg.vlm.scorer != "transformers":
@@ -168,7 +170,8 @@ def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
     A pixel agent (:func:`from_pixels`) sees ``pixels_observation``, its last ``agent.frame_stack`` frames
     stacked on the channels (uint8 ``[H, W, 3·k]``: replay keeps them as bytes, the encoder scales them)."""
     common = dict(num_envs=num_envs, clip_len=cfg.vlm.clip_len, render=render, frame_size=cfg.env.frame_size,
-                  seed=seed, device=cfg.device)
+                  seed=seed, device=cfg.device,
+                  frame_stride=env_frame_stride(cfg, every_step=uses_prior(cfg)) if render else 1)
     if cfg.env.family == "dmc":
         from torchrl.envs import CatFrames
 

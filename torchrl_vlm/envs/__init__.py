@@ -2,7 +2,9 @@
 from torchrl_vlm._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("RenderClips", "render_gym_frames"), "torchrl_vlm.envs.clips"),
+    **dict.fromkeys(
+        ("RenderClips", "render_gym_frames"), "torchrl_vlm.envs.clips"
+    ),
     **dict.fromkeys(
         (
             "MISSION_WORDS",

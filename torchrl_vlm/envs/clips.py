@@ -11,14 +11,22 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase, Transform
 
 from torchrl_vlm._checks import check_int
+from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule
 
-__all__ = ["RenderClips", "render_gym_frames", "with_clip_tags"]
+__all__ = [
+    "FRAME_RENDERED_KEY",
+    "FrameSchedule",
+    "RenderClips",
+    "render_gym_frames",
+    "with_clip_tags",
+]
 
 # A clip id is (salt << _COUNTER_BITS) | counter: the counter keeps the ids of
 # one transform apart (its envs, its episodes), the salt keeps transforms apart.
@@ -57,6 +65,26 @@ _OUTSIDE_ENV = (
     "resets and steps, so it cannot tag data that is already collected ({how}). Build the env with "
     "it instead, e.g. TransformedEnv(env, RenderClips(...)), or use make_minigrid_env."
 )
+
+
+def gym_frame_spaces(shape: Sequence[int], schedule: FrameSchedule | None) -> dict:
+    """The frame entries of a gymnasium observation space: ``pixels``, and under a schedule ``frame_rendered``."""
+    import gymnasium as gym
+
+    spaces = {"pixels": gym.spaces.Box(0, 255, tuple(shape), dtype=np.uint8)}
+    if schedule is not None:
+        spaces[FRAME_RENDERED_KEY] = gym.spaces.Box(0, 1, (1,), dtype=np.bool_)
+    return spaces
+
+
+def gym_frame_entries(render: Callable[[], np.ndarray], shape: Sequence[int], schedule: FrameSchedule | None,
+                      due: bool) -> dict:
+    """The frame entries of one gymnasium observation: ``render()`` where ``due`` (always without a schedule),
+    zeros elsewhere, and under a schedule whether it rendered."""
+    if schedule is None:
+        return {"pixels": render()}
+    frame = render() if due else np.zeros(tuple(shape), dtype=np.uint8)
+    return {"pixels": frame, FRAME_RENDERED_KEY: np.array([due], dtype=np.bool_)}
 
 
 def render_gym_frames(env: EnvBase) -> torch.Tensor:
@@ -161,12 +189,13 @@ class RenderClips(Transform):
 
     Examples:
         >>> from torchrl.envs import GymEnv, TransformedEnv
+        >>> import torchrl_vlm.envs.minigrid  # registers a TorchRL spec for minigrid's MissionSpace
         >>> env = TransformedEnv(
         ...     GymEnv("MiniGrid-DoorKey-5x5-v0", render_mode="rgb_array"),
         ...     RenderClips(clip_len=4, frame_shape=(160, 160, 3)),
-        ... )  # doctest: +SKIP
-        >>> td = env.rollout(10)  # doctest: +SKIP
-        >>> td["clip_step"]  # doctest: +SKIP
+        ... )
+        >>> td = env.rollout(10)
+        >>> td["clip_step"]
         tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
     """
 

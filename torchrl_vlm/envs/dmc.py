@@ -19,6 +19,7 @@ from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, Seria
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.clips import with_clip_tags
 from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_NAMES, default_action_repeat, dmc_goal, dmc_mission
+from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule
 from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
 __all__ = ["DMCTaskState", "dmc_tasks", "make_dmc_env"]
@@ -53,7 +54,9 @@ class DMCTaskState(Transform):
     - ``mission`` (uint8 ``[MISSION_BYTES]``): the task in one sentence, UTF-8 bytes
       (:func:`~torchrl_vlm.decode_mission`);
     - ``pixels`` (uint8 ``[frame_size, frame_size, 3]``) with ``render=True``: the frame a VLM
-      scores (replay buffers drop it);
+      scores (replay buffers drop it); with ``frame_stride > 1`` only on the steps a strided scorer
+      reads (:class:`~torchrl_vlm.envs.clips.FrameSchedule`), zeros elsewhere, and
+      ``frame_rendered`` (bool ``[1]``) says which;
     - ``pixels_observation`` (the same frame) with ``from_pixels=True``: the agent's own view,
       which replay keeps.
 
@@ -63,15 +66,18 @@ class DMCTaskState(Transform):
         from_pixels: render ``pixels_observation``.
         frame_size: side of the rendered frames.
         camera_id: the MuJoCo camera to render from (0: each domain's default view).
+        frame_stride, clip_len: render ``pixels`` on every ``frame_stride``-th step of a
+            ``clip_len``-step clip and at each episode's end only (``1``: every step).
     """
 
     def __init__(self, domain: str, task: str, *, render: bool = False, from_pixels: bool = False,
-                 frame_size: int = 64, camera_id: int = 0):
+                 frame_size: int = 64, camera_id: int = 0, frame_stride: int = 1, clip_len: int = 32):
         super().__init__(in_keys=[], out_keys=[])
         self.domain, self.task = domain, task
         self.goal = dmc_goal(domain, task)
         self.render, self.from_pixels = bool(render), bool(from_pixels)
         self.frame_size, self.camera_id = frame_size, camera_id
+        self.frame_schedule = FrameSchedule(clip_len, frame_stride) if render and frame_stride > 1 else None
         self._mission = torch.from_numpy(encode_mission(dmc_mission(domain, task)))
         self._in_goal = False  # the goal held after the last step (or at reset)
         self._reached = False  # it has been entered this episode
@@ -82,37 +88,46 @@ class DMCTaskState(Transform):
             raise RuntimeError(f"{type(self).__name__} reads a DMControlEnv's physics: put it in a TransformedEnv")
         return parent.base_env._env
 
-    def _write(self, out, events: list[bool]):
+    def _write(self, out, events: list[bool], due: bool = True):
         env = self._dm_env()
         if self.goal is not None:
             out.set("events", torch.tensor(events, dtype=torch.bool))
             out.set("success", torch.tensor([events[0]], dtype=torch.bool))
         out.set("mission", self._mission.clone())
-        if self.render or self.from_pixels:
+        render = self.render and due
+        if render or self.from_pixels:
             frame = torch.from_numpy(np.ascontiguousarray(
                 env.physics.render(height=self.frame_size, width=self.frame_size, camera_id=self.camera_id)))
-            if self.render:
-                out.set("pixels", frame)
             if self.from_pixels:
                 out.set("pixels_observation", frame.clone() if self.render else frame)
+        if self.render:
+            out.set("pixels", frame if render or self.from_pixels else self._blank)
+        if self.frame_schedule is not None:
+            out.set(FRAME_RENDERED_KEY, torch.tensor([bool(render or self.from_pixels)]))
         return out
+
+    @property
+    def _blank(self) -> torch.Tensor:
+        return torch.zeros(self.frame_size, self.frame_size, 3, dtype=torch.uint8)
 
     def _reset(self, tensordict, tensordict_reset):
         env = self._dm_env()
         # A goal that holds at reset was caused by no action: the first step compares against it.
         self._in_goal = self.goal is not None and self.goal.holds(env.physics, env.task)
         self._reached = False
-        return self._write(tensordict_reset, [False] * len(DMC_EVENT_NAMES))
+        due = self.frame_schedule is None or self.frame_schedule.reset()
+        return self._write(tensordict_reset, [False] * len(DMC_EVENT_NAMES), due)
 
     def _step(self, tensordict, next_tensordict):
+        due = self.frame_schedule is None or self.frame_schedule.step(bool(next_tensordict.get("done").any()))
         if self.goal is None:
-            return self._write(next_tensordict, [])
+            return self._write(next_tensordict, [], due)
         env = self._dm_env()
         now = self.goal.holds(env.physics, env.task)
         entered = now and not self._in_goal
         first = entered and not self._reached
         self._in_goal, self._reached = now, self._reached or entered
-        return self._write(next_tensordict, [now, entered, first])
+        return self._write(next_tensordict, [now, entered, first], due)
 
     def transform_observation_spec(self, observation_spec):
         device = observation_spec.device
@@ -123,6 +138,8 @@ class DMCTaskState(Transform):
         frame = Bounded(0, 255, (self.frame_size, self.frame_size, 3), dtype=torch.uint8, device=device)
         if self.render:
             observation_spec["pixels"] = frame
+        if self.frame_schedule is not None:
+            observation_spec[FRAME_RENDERED_KEY] = Binary(n=1, dtype=torch.bool, device=device)
         if self.from_pixels:
             observation_spec["pixels_observation"] = frame.clone()
         return observation_spec
@@ -136,7 +153,7 @@ class DMCTaskState(Transform):
 
 
 def _make_single(domain: str, task: str, action_repeat: int, render: bool, from_pixels: bool, frame_size: int,
-                 camera_id: int, device) -> TransformedEnv:
+                 camera_id: int, device, frame_stride: int = 1, clip_len: int = 32) -> TransformedEnv:
     """One DMControlEnv: its observation dict flattened to float32 ``observation``, and :class:`DMCTaskState`."""
     base = DMControlEnv(domain, task, frame_skip=action_repeat, device=device)
     state_keys = sorted(key for key in base.observation_spec.keys())
@@ -147,7 +164,7 @@ def _make_single(domain: str, task: str, action_repeat: int, render: bool, from_
             CatTensors(in_keys=state_keys, out_key="observation", del_keys=True, sort=False),
             DoubleToFloat(),
             DMCTaskState(domain, task, render=render, from_pixels=from_pixels, frame_size=frame_size,
-                         camera_id=camera_id),
+                         camera_id=camera_id, frame_stride=frame_stride, clip_len=clip_len),
         ),
     )
 
@@ -166,6 +183,7 @@ def make_dmc_env(
     camera_id: int = 0,
     device: str | torch.device = "cpu",
     worker_id: int | None = None,
+    frame_stride: int = 1,
 ):
     """Builds a DeepMind Control task as a TorchRL env that tags its steps with clip ids.
 
@@ -204,6 +222,10 @@ def make_dmc_env(
         camera_id: the camera frames come from (0: the domain's default view).
         device: device of the output tensors.
         worker_id: a fixed salt for clip ids (see :class:`~torchrl_vlm.RenderClips`).
+        frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
+            each episode's last state, as a scorer that reads a few frames of each clip needs
+            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); the other steps' ``pixels`` are zeros
+            and a ``frame_rendered`` entry says which are real. ``1`` (default) renders every step.
 
     Examples:
         >>> env = make_dmc_env("ball_in_cup", "catch", num_envs=2, seed=0)
@@ -221,6 +243,7 @@ def make_dmc_env(
         )
     check_int("num_envs", num_envs)
     check_int("clip_len", clip_len)
+    check_int("frame_stride", frame_stride)
     check_int("frame_size", frame_size, 8)
     check_int("camera_id", camera_id, -1)
     action_repeat = check_int("action_repeat", action_repeat, none_means="the literature's value for the domain")
@@ -233,7 +256,8 @@ def make_dmc_env(
         check_int("seed", seed, 0)
 
     make_one = functools.partial(
-        _make_single, domain, task, action_repeat, bool(render), bool(from_pixels), frame_size, camera_id, device
+        _make_single, domain, task, action_repeat, bool(render), bool(from_pixels), frame_size, camera_id, device,
+        frame_stride, clip_len,
     )
     base = make_one() if num_envs == 1 else SerialEnv(num_envs, make_one, device=device)
     env = with_clip_tags(base, clip_len=clip_len, frames=bool(render), worker_id=worker_id, seed=seed)

@@ -24,8 +24,9 @@ from torchrl.envs import GymWrapper, TransformedEnv
 from torchrl.envs.libs.gym import register_gym_spec_conversion
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.envs.clips import with_clip_tags
+from torchrl_vlm.envs.clips import gym_frame_entries, gym_frame_spaces, with_clip_tags
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES, MINIGRID_ENVS
+from torchrl_vlm.frames import FrameSchedule
 from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
 __all__ = [
@@ -154,6 +155,8 @@ class MiniGridObservation(gym.Wrapper):
       mission (see :func:`mission_features`). This is what the agent learns from.
     - ``pixels`` (uint8, ``H x W x 3``), only with ``render=True``: the full grid
       rendered at ``tile_size`` pixels per cell. This is what the VLM sees.
+      With ``frame_stride > 1`` only the steps a strided scorer reads are rendered (the others are zeros)
+      and ``frame_rendered`` (bool ``[1]``) says which.
     - ``events`` (bool, ``len(EVENT_NAMES)``): what the action that led to this
       observation caused, read from the simulator state.
     - ``success`` (bool): the episode ended on the goal (positive reward).
@@ -169,6 +172,9 @@ class MiniGridObservation(gym.Wrapper):
         state: whether to expose the full ``state``.
         mission_features: whether to append the mission's bag of words to
             ``observation`` (for tasks whose goal only the mission names).
+        frame_stride: render only every ``frame_stride``-th step of a ``clip_len``-step clip and each
+            episode's last state (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); ``1`` renders every step.
+        clip_len: the clip length the schedule counts in (:class:`~torchrl_vlm.RenderClips`'s).
     """
 
     def __init__(
@@ -179,6 +185,8 @@ class MiniGridObservation(gym.Wrapper):
         render: bool = True,
         state: bool = False,
         mission_features: bool = False,
+        frame_stride: int = 1,
+        clip_len: int = 32,
     ):
         super().__init__(env)
         if not isinstance(tile_size, int) or tile_size < 1:
@@ -198,9 +206,10 @@ class MiniGridObservation(gym.Wrapper):
             "success": gym.spaces.Box(0, 1, (1,), dtype=np.bool_),
             "mission": gym.spaces.Box(0, 255, (MISSION_BYTES,), dtype=np.uint8),
         }
+        self.frame_schedule = FrameSchedule(clip_len, frame_stride) if render and frame_stride > 1 else None
+        self._frame_shape = (base.height * tile_size, base.width * tile_size, 3)
         if render:
-            shape = (base.height * tile_size, base.width * tile_size, 3)
-            spaces["pixels"] = gym.spaces.Box(0, 255, shape, dtype=np.uint8)
+            spaces.update(gym_frame_spaces(self._frame_shape, self.frame_schedule))
         if state:
             spaces["state"] = gym.spaces.Dict(
                 {
@@ -215,7 +224,7 @@ class MiniGridObservation(gym.Wrapper):
         self._door_opened = False
         self._doors: list = []
 
-    def _encode(self, obs, events, success):
+    def _encode(self, obs, events, success, rendered: bool = True):
         view = (obs["image"].astype(np.float32) / _CHANNEL_SCALE).reshape(-1)
         direction = np.zeros(4, dtype=np.float32)
         direction[obs["direction"]] = 1.0
@@ -229,7 +238,8 @@ class MiniGridObservation(gym.Wrapper):
             "mission": encode_mission(obs["mission"]),
         }
         if self.render_frames:
-            out["pixels"] = render_full_grid(self.env, self.tile_size)
+            out.update(gym_frame_entries(lambda: render_full_grid(self.env, self.tile_size), self._frame_shape,
+                                         self.frame_schedule, rendered))
         if self.expose_state:
             out["state"] = full_state(self.env)
         return out
@@ -244,7 +254,8 @@ class MiniGridObservation(gym.Wrapper):
         self._had_key = False
         self._door_opened = False
         events = np.zeros(len(EVENT_NAMES), dtype=np.bool_)
-        return self._encode(obs, events, False), info
+        rendered = self.frame_schedule is None or self.frame_schedule.reset()
+        return self._encode(obs, events, False, rendered), info
 
     def step(self, action):
         base = self.env.unwrapped
@@ -269,7 +280,8 @@ class MiniGridObservation(gym.Wrapper):
         )
         self._had_key |= key_pickup
         self._door_opened |= door_open
-        return self._encode(obs, events, goal), reward, terminated, truncated, info
+        rendered = self.frame_schedule is None or self.frame_schedule.step(terminated or truncated)
+        return self._encode(obs, events, goal, rendered), reward, terminated, truncated, info
 
 
 def _make_gym_env(env_name: str, max_steps: int | None, **wrapper_kwargs) -> gym.Env:
@@ -314,6 +326,7 @@ def make_minigrid_env(
     worker_id: int | None = None,
     state: bool = False,
     mission_features: bool = False,
+    frame_stride: int = 1,
 ) -> TransformedEnv:
     """Builds a MiniGrid TorchRL env that tags its steps with clip ids.
 
@@ -349,6 +362,11 @@ def make_minigrid_env(
         mission_features: append a bag of words of the mission to
             ``observation`` (see :func:`mission_features`); Fetch and GoToDoor
             need it, since only the mission says which object or door is the goal.
+        frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
+            each episode's last state, as a scorer that reads a few frames of each clip needs
+            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`; ``TransformersScorer.frame_stride``);
+            the other steps' ``pixels`` are zeros and a ``frame_rendered`` entry says which are real.
+            ``1`` (default) renders every step.
 
     Examples:
         >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, seed=0)
@@ -367,11 +385,13 @@ def make_minigrid_env(
             f"env_name={env_name!r} is a gymnasium env but not a MiniGrid one (entry point {entry_point!r}); "
             f"known MiniGrid choices: {', '.join(MINIGRID_ENVS)}"
         )
-    for name, value in (("num_envs", num_envs), ("clip_len", clip_len), ("tile_size", tile_size)):
+    for name, value in (("num_envs", num_envs), ("clip_len", clip_len), ("tile_size", tile_size),
+                        ("frame_stride", frame_stride)):
         check_int(name, value)
     check_int("max_steps", max_steps, none_means="the env's own limit")
 
-    wrapper_kwargs = dict(tile_size=tile_size, render=render, state=state, mission_features=mission_features)
+    wrapper_kwargs = dict(tile_size=tile_size, render=render, state=state, mission_features=mission_features,
+                          frame_stride=frame_stride, clip_len=clip_len)
     if num_envs == 1:
         base = _single_env(env_name, max_steps, device, **wrapper_kwargs)
     else:

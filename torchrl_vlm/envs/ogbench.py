@@ -133,9 +133,13 @@ class OGBenchObservation(gym.Wrapper):
         frame_size: the side of the rendered frame, which must be the env's
             render width and height.
         scripted: whether to compute ``scripted_action``.
+        frame_stride, clip_len: render ``pixels`` on every ``frame_stride``-th step of a
+            ``clip_len``-step clip and at each episode's end only, zeros elsewhere, with a
+            ``frame_rendered`` entry (:class:`~torchrl_vlm.envs.clips.FrameSchedule`; ``1``: every step).
     """
 
-    def __init__(self, env: gym.Env, *, render: bool = False, frame_size: int = 64, scripted: bool = False):
+    def __init__(self, env: gym.Env, *, render: bool = False, frame_size: int = 64, scripted: bool = False,
+                 frame_stride: int = 1, clip_len: int = 32):
         super().__init__(env)
         base = env.unwrapped
         if getattr(base, "_success_timing", None) != "post":
@@ -152,8 +156,14 @@ class OGBenchObservation(gym.Wrapper):
             "events": gym.spaces.Box(0, 1, (len(OGBENCH_EVENT_NAMES),), dtype=np.bool_),
             "success": gym.spaces.Box(0, 1, (1,), dtype=np.bool_),
         }
+        # Imported here, not at the top: torch must not load before _load_triton_before_egl has run.
+        from torchrl_vlm.envs.clips import gym_frame_entries, gym_frame_spaces
+        from torchrl_vlm.frames import FrameSchedule
+
+        self._frame_entries = gym_frame_entries
+        self.frame_schedule = FrameSchedule(clip_len, frame_stride) if render and frame_stride > 1 else None
         if render:
-            spaces["pixels"] = gym.spaces.Box(0, 255, (frame_size, frame_size, 3), dtype=np.uint8)
+            spaces.update(gym_frame_spaces((frame_size, frame_size, 3), self.frame_schedule))
         self.scripted = None
         if scripted:
             from torchrl_vlm.envs.ogbench_scripted import SceneScriptedPolicy
@@ -176,7 +186,7 @@ class OGBenchObservation(gym.Wrapper):
             )
         return flat
 
-    def _encode(self, obs, events, success, info):
+    def _encode(self, obs, events, success, info, rendered: bool = True):
         if obs.shape != (_OBSERVATION_SIZE,):
             raise RuntimeError(f"expected OGBench's {_OBSERVATION_SIZE}-d state observation, got {obs.shape}")
         out = {
@@ -185,7 +195,8 @@ class OGBenchObservation(gym.Wrapper):
             "success": np.array([success], dtype=np.bool_),
         }
         if self.render_frames:
-            out["pixels"] = self.env.unwrapped.render(scene_callback=_plain_scene)
+            out.update(self._frame_entries(lambda: self.env.unwrapped.render(scene_callback=_plain_scene),
+                                         (self.frame_size, self.frame_size, 3), self.frame_schedule, rendered))
         if self.scripted is not None:
             out["scripted_action"] = self.scripted.act(info, self._satisfied)
         return out
@@ -198,7 +209,8 @@ class OGBenchObservation(gym.Wrapper):
         self._achieved[:] = False
         if self.scripted is not None:
             self.scripted.reset(seed=kwargs.get("seed"))
-        return self._encode(obs, np.zeros(len(OGBENCH_EVENT_NAMES), dtype=np.bool_), False, info), info
+        rendered = self.frame_schedule is None or self.frame_schedule.reset()
+        return self._encode(obs, np.zeros(len(OGBENCH_EVENT_NAMES), dtype=np.bool_), False, info, rendered), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -212,10 +224,12 @@ class OGBenchObservation(gym.Wrapper):
         # success_timing='post': OGBench's success is all(subgoals) of this state.
         success = bool(info["success"])
         events = np.concatenate([became, first, [success]])
-        return self._encode(obs, events, success, info), reward, terminated, truncated, info
+        rendered = self.frame_schedule is None or self.frame_schedule.step(terminated or truncated)
+        return self._encode(obs, events, success, info, rendered), reward, terminated, truncated, info
 
 
-def _make_gym_env(env_name: str, render: bool, frame_size: int, scripted: bool = False) -> gym.Env:
+def _make_gym_env(env_name: str, render: bool, frame_size: int, scripted: bool = False, frame_stride: int = 1,
+                  clip_len: int = 32) -> gym.Env:
     _load_triton_before_egl()
     import ogbench
 
@@ -235,7 +249,8 @@ def _make_gym_env(env_name: str, render: bool, frame_size: int, scripted: bool =
         width=frame_size,
         height=frame_size,
     )
-    return OGBenchObservation(env, render=render, frame_size=frame_size, scripted=scripted)
+    return OGBenchObservation(env, render=render, frame_size=frame_size, scripted=scripted, frame_stride=frame_stride,
+                              clip_len=clip_len)
 
 
 def make_ogbench_env(
@@ -249,6 +264,7 @@ def make_ogbench_env(
     device: str | torch.device = "cpu",
     worker_id: int | None = None,
     scripted: bool = False,
+    frame_stride: int = 1,
 ) -> TransformedEnv:
     """Builds an OGBench ``scene`` TorchRL env that tags its steps with clip ids.
 
@@ -286,6 +302,10 @@ def make_ogbench_env(
             scripted policy built from OGBench's oracles
             (:class:`~torchrl_vlm.envs.ogbench_scripted.SceneScriptedPolicy`), for
             collecting experience in which subgoals get done.
+        frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
+            each episode's last state, as a scorer that reads a few frames of each clip needs
+            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); the other steps' ``pixels`` are zeros
+            and a ``frame_rendered`` entry says which are real. ``1`` (default) renders every step.
 
     Examples:
         >>> env = make_ogbench_env("scene-singletask-task3-v0", num_envs=2, seed=0)
@@ -297,6 +317,7 @@ def make_ogbench_env(
         raise ValueError(f"env_name={env_name!r} is not supported; choose one of {', '.join(OGBENCH_ENVS)}")
     check_int("num_envs", num_envs)
     check_int("clip_len", clip_len)
+    check_int("frame_stride", frame_stride)
     check_int("frame_size", frame_size)
     if not isinstance(render, (bool, np.bool_)):
         raise TypeError(f"render must be a bool, got {type(render).__name__} {render!r}")
@@ -311,9 +332,9 @@ def make_ogbench_env(
     from torchrl_vlm.envs.clips import with_clip_tags
 
     if num_envs == 1:
-        base = GymWrapper(_make_gym_env(env_name, render, frame_size, scripted), device=device)
+        base = GymWrapper(_make_gym_env(env_name, render, frame_size, scripted, frame_stride, clip_len), device=device)
     else:
-        make_one = functools.partial(_make_gym_env, env_name, render, frame_size, scripted)
+        make_one = functools.partial(_make_gym_env, env_name, render, frame_size, scripted, frame_stride, clip_len)
         vector = gym.vector.SyncVectorEnv(
             [make_one] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )

@@ -16,13 +16,17 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tensordict import TensorDictBase
 
+from torchrl_vlm.frames import frame_stride_for
+
 __all__ = [
     "Scorer",
     "as_scorer_factory",
     "check_scores",
+    "clip_frame_mask",
     "clip_missions",
     "factory_needs_frames",
     "frame_indices",
+    "frame_stride_for",
     "needs_frames",
     "validate_clips",
 ]
@@ -43,6 +47,10 @@ class Scorer(Protocol):
     - ``frames``: uint8 ``[B, L, H, W, 3]``, where the env renders them. Step ``t``'s frame is
       the state *before* its action (``pixels``), except a clip's last step, whose frame is the
       state its action reached (``("next", "pixels")``), so that an outcome is in view;
+    - ``frame_mask``: bool ``[B, L]``, where the env renders only some steps (its ``frame_stride``,
+      :class:`~torchrl_vlm.envs.clips.FrameSchedule`): ``True`` on the steps whose frame was rendered,
+      the others' frames are zeros. A scorer picks its frames among :func:`clip_frame_mask` (``mask``
+      without it);
     - ``events``: bool ``[B, L, E]``, where the env gives them: step ``t``'s are the ones its
       own action caused (the collector's ``("next", "events")``);
     - ``mission``: one string per clip (a non-tensor entry), where the env has one;
@@ -52,7 +60,9 @@ class Scorer(Protocol):
 
     **What it may say about itself**: ``needs_frames`` (a bool, optional): ``False`` for a
     scorer that never looks at ``frames`` (the env then need not render them); a scorer
-    without it is taken to look at them (:func:`needs_frames`). ``cache_identity()`` (a
+    without it is taken to look at them (:func:`needs_frames`). ``num_frames`` (an int,
+    optional): it shows at most this many frames of a clip, so the env need only render every
+    :func:`frame_stride_for`-th step (and each clip's last). ``cache_identity()`` (a
     JSON-able dict, optional): what a verdict cache keys it by (see
     :func:`~torchrl_vlm.scoring.cache.scorer_identity`).
 
@@ -217,6 +227,13 @@ def validate_clips(clips: TensorDictBase, *, require_frames: bool = True) -> Non
         raise ValueError(
             f"clips['frames'] {list(frames.shape[:2])} and clips['mask'] {list(mask.shape)} disagree on [B, L]"
         )
+    rendered = clips.get("frame_mask", None)
+    if rendered is not None:
+        if rendered.dtype != torch.bool or rendered.shape != mask.shape:
+            raise ValueError(f"clips['frame_mask'] must be bool {list(mask.shape)} like 'mask', got "
+                             f"{rendered.dtype} {list(rendered.shape)}")
+        if not bool((mask & rendered).any(-1).all()):
+            raise ValueError("every clip needs at least one rendered frame (a real step with 'frame_mask' True)")
 
 
 def clip_missions(clips: TensorDictBase) -> list[str | None]:
@@ -246,6 +263,13 @@ def clip_missions(clips: TensorDictBase) -> list[str | None]:
             raise TypeError(f"clips['mission'] entries must be strings, got {type(m).__name__}")
         out.append(m)
     return out
+
+
+def clip_frame_mask(clips: TensorDictBase) -> torch.Tensor:
+    """The steps of each clip whose frame a scorer may show: bool ``[B, L]``, ``mask & frame_mask``."""
+    mask = clips.get("mask")
+    rendered = clips.get("frame_mask", None)
+    return mask if rendered is None else mask & rendered
 
 
 def frame_indices(mask: torch.Tensor, num_frames: int) -> torch.Tensor:

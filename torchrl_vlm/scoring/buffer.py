@@ -30,11 +30,12 @@ from tensordict.utils import NestedKey
 from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
+from torchrl_vlm.frames import FRAME_RENDERED_KEY
 from torchrl_vlm.missions import decode_mission, mission_strings
 from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
 from torchrl_vlm.replay.sampler import MixtureSampler
-from torchrl_vlm.scoring.base import factory_needs_frames
+from torchrl_vlm.scoring.base import clip_frame_mask, factory_needs_frames
 from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
 from torchrl_vlm.scoring.writeback import AsyncWriteBackBuffer
@@ -253,6 +254,9 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         frames = column(self.frame_key)
         if frames is not None:
             frames = self._model_frames(frames)
+            # An env that renders only the steps a strided scorer reads says which ones (FrameSchedule).
+            rendered = column(FRAME_RENDERED_KEY)
+            rendered = None if rendered is None else rendered.reshape(n).clone()
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
                 # A clip's last row shows where its action led: the episode ended, or the next row
@@ -263,7 +267,12 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
                 if bool(last.any()):
                     frames = frames.clone()
                     frames[last] = self._model_frames(next_frames[last])
+                    next_rendered = column(("next", FRAME_RENDERED_KEY))
+                    if rendered is not None and next_rendered is not None:
+                        rendered[last] = next_rendered.reshape(n)[last]
             steps.set("frames", frames)
+            if rendered is not None:
+                steps.set("frame_mask", rendered)
         return steps, missions
 
     def _check_frames_not_needed(self, batch: TensorDictBase) -> None:
@@ -285,7 +294,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         # When in the run the clip was judged, for audits (CachedScorer records it).
         clips.set("step", torch.full(clips.batch_size, self._counts["slots_written"], dtype=torch.int64))
         if self.gallery is not None and "frames" in clips.keys():
-            meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clips["mask"])
+            meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clip_frame_mask(clips))
             meta["clip_id"] = clips["clip_id"]
         self._submit(clips, meta)
 

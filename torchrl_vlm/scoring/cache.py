@@ -54,7 +54,14 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, needs_frames, validate_clips
+from torchrl_vlm.scoring.base import (
+    check_scores,
+    clip_frame_mask,
+    clip_missions,
+    frame_indices,
+    needs_frames,
+    validate_clips,
+)
 
 __all__ = ["CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "scorer_identity", "verdict_gallery"]
 
@@ -152,8 +159,9 @@ def scorer_identity(scorer, depth: int = 0) -> dict:
 
     Examples:
         >>> from torchrl_vlm import MiniGridEventScorer
-        >>> scorer_identity(MiniGridEventScorer("goal_only"))
-        {'model': 'torchrl_vlm.scoring.oracle.MiniGridEventScorer', 'settings': {'definition': 'goal_only'}}
+        >>> scorer_identity(MiniGridEventScorer("goal_only"))  # doctest: +NORMALIZE_WHITESPACE
+        {'model': 'torchrl_vlm.scoring.oracle.MiniGridEventScorer',
+         'settings': {'definition': 'goal_only', 'columns': [2]}}
     """
     if callable(getattr(scorer, "cache_identity", None)):
         return scorer.cache_identity()
@@ -300,7 +308,7 @@ class CachedScorer:
         ]
         strips = []
         if self.thumbnails and "frames" in clips.keys():
-            frames, mask = clips.get("frames"), clips.get("mask")
+            frames, mask = clips.get("frames"), clip_frame_mask(clips)
             for i in index.tolist():
                 shown = frames[i][frame_indices(mask[i], self.thumbnails)]
                 strips.append((keys[i], shown.shape[0], _png_strip(shown)))

@@ -35,11 +35,15 @@ class ClipGallery:
         return len(self._items)
 
     def thumbnails(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``frames_per_clip`` evenly spaced real frames of each clip: uint8 ``[B, F, H, W, 3]``."""
-        length = mask.sum(-1).clamp(min=1)
-        pos = torch.linspace(0, 1, self.frames_per_clip).unsqueeze(0) * (length - 1).unsqueeze(-1)
-        index = pos.round().long()
-        return torch.stack([frames[b, index[b]] for b in range(frames.shape[0])])
+        """``frames_per_clip`` evenly spaced frames of each clip, among the steps ``mask`` marks (its real,
+        rendered steps: :func:`~torchrl_vlm.scoring.base.clip_frame_mask`): uint8 ``[B, F, H, W, 3]``; a clip
+        with fewer shows some twice."""
+        out = []
+        for b in range(frames.shape[0]):
+            shown = torch.nonzero(mask[b]).flatten()
+            pos = torch.linspace(0, max(shown.numel() - 1, 0), self.frames_per_clip).round().long()
+            out.append(frames[b, shown[pos]])
+        return torch.stack(out)
 
     def add(self, thumbnails: torch.Tensor, scores: torch.Tensor, clip_ids: torch.Tensor) -> None:
         for thumb, score, cid in zip(thumbnails, scores.tolist(), clip_ids.tolist(), strict=True):

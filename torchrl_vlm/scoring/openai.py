@@ -37,7 +37,7 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.scoring.base import check_scores, frame_indices, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_frame_mask, frame_indices, validate_clips
 from torchrl_vlm.scoring.transformers import (
     DEFAULT_NO_TOKENS,
     DEFAULT_PROMPT,
@@ -403,7 +403,7 @@ class OpenAIScorer(PromptedClipScorer):
     def __call__(self, clips: TensorDictBase) -> torch.Tensor:
         """P(yes) per clip, float32 ``[B]`` on CPU, in clip order."""
         validate_clips(clips)
-        frames, mask = clips.get("frames"), clips.get("mask")
+        frames, mask = clips.get("frames"), clip_frame_mask(clips)
         missions = self._missions(clips)
         n = clips.batch_size[0]
         bodies = [self.request_body(frames[b][frame_indices(mask[b], self.num_frames)], missions[b]) for b in range(n)]

@@ -26,7 +26,7 @@ from torchrl_vlm.hf_vlm import (
     to_pil_images,
     user_turn,
 )
-from torchrl_vlm.scoring.base import check_scores, clip_missions, frame_indices, validate_clips
+from torchrl_vlm.scoring.base import check_scores, clip_frame_mask, clip_missions, frame_indices, validate_clips
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -70,7 +70,7 @@ class PromptedClipScorer:
 
     def cache_view(self, clips: TensorDictBase) -> list[tuple[str, list[torch.Tensor]]]:
         """What the model is shown, per clip: the prompt (with the mission if injected) and the selected frames."""
-        frames, mask = clips.get("frames"), clips.get("mask")
+        frames, mask = clips.get("frames"), clip_frame_mask(clips)
         return [(self.build_prompt(m), [frames[b][frame_indices(mask[b], self.num_frames)]])
                 for b, m in enumerate(self._missions(clips))]
 
@@ -231,7 +231,7 @@ class TransformersScorer(PromptedClipScorer, VLMBacked):
         Exposed so tests and users can inspect exactly what the model sees.
         """
         validate_clips(clips)
-        frames, mask = clips.get("frames"), clips.get("mask")
+        frames, mask = clips.get("frames"), clip_frame_mask(clips)
         missions = self._missions(clips)
         images = [self._images(frames[b], mask[b]) for b in range(frames.shape[0])]
         conversations = [self.messages(len(imgs), m) for imgs, m in zip(images, missions, strict=True)]

@@ -128,6 +128,29 @@ def with_verdict_cache(factory, cfg):
                   thumbnails=cfg.vlm.cache_thumbnails)
 
 
+#: The scorers that show ``vlm.num_frames`` frames of each clip (and so need only those rendered).
+FRAME_SCORERS = ("transformers", "openai")
+
+
+def env_frame_stride(cfg, *, every_step: bool = False) -> int:
+    r"""``env.frame_stride`` resolved: which steps of a clip the env renders frames for.
+
+    ``auto``: every :func:`~torchrl_vlm.scoring.base.frame_stride_for`\ ``(vlm.clip_len, vlm.num_frames)``-th
+    step (and each clip's last) for a VLM scorer that shows ``vlm.num_frames`` frames of a clip
+    (:data:`FRAME_SCORERS`), every step for anything else that looks at frames (the clip gallery, or
+    ``every_step``: a COVR action prior reads every row's frame). An int is taken as it is.
+    """
+    from torchrl_vlm._checks import check_int
+    from torchrl_vlm.frames import frame_stride_for
+
+    value = cfg.env.frame_stride
+    if value != "auto":
+        return check_int("env.frame_stride", value, meaning="or auto")
+    if every_step or cfg.buffer.sampler != "vlm" or cfg.vlm.scorer not in FRAME_SCORERS:
+        return 1
+    return frame_stride_for(cfg.vlm.clip_len, cfg.vlm.num_frames)
+
+
 def _plain(value):
     from omegaconf import DictConfig, OmegaConf
 

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 from torchrl.record.loggers import Logger, generate_exp_name, get_logger
 
+#: The ``logger.backend`` values: TorchRL's wandb, csv and tensorboard loggers, or ``""`` for no logger.
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "")
+#: The ``logger.mode`` values for wandb; ``None`` (``null``) lets :func:`wandb_mode` choose.
 WANDB_MODES = ("online", "offline", "disabled")
 
 

@@ -62,6 +62,8 @@ def get_rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restores the random states :func:`get_rng_state` saved: Python's, numpy's and torch's, and CUDA's where
+    they were saved and a GPU is available."""
     random.setstate(state["python"])
     numpy = state["numpy"]
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
