@@ -13,7 +13,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # MuJoCo renders offscreen through EGL (in software on a machine without a GPU).
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1 MUJOCO_GL=egl
 
-.PHONY: test lint demo venv vllm clean
+.PHONY: test lint docs demo venv vllm clean
 
 venv: $(STAMP)
 
@@ -34,11 +34,16 @@ vllm: $(VLLM_STAMP)
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory vllm || echo "vLLM's CPU build could not be installed: the tests against vLLM are skipped"
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests torchrl_vlm
 
 # ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes, import order, bugbear, pyupgrade; CI runs it first.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check torchrl_vlm recipes benchmarks tests
+	$(VENV)/bin/ruff check torchrl_vlm recipes benchmarks tests docs conftest.py
+
+# The API reference (docs/: README.md as the landing page, one page per part of the library) into
+# docs/_build/html, offline. Warnings are errors, and a public name without an entry is a warning (docs/conf.py).
+docs: $(STAMP)
+	$(TEST_ENV) $(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 # The main job: VLM-RB (DQN + MixtureSampler + the scoring process) on DoorKey-5x5, with the
 # ideal event scorer standing in for a VLM (no weights can be downloaded here). A few minutes on 2 cores.
@@ -49,4 +54,4 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 RL_WARNINGS=False $(PY) recipes/dqn_minigrid.py $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache docs/_build

@@ -108,7 +108,7 @@ def action_repeat(args) -> int:
             return int(match.group(1))
     if args.family == "ogbench":
         return 1
-    from torchrl_vlm.envs.dmc_tasks import default_action_repeat
+    from torchrl_vlm.envs.dmc_goals import default_action_repeat
 
     return default_action_repeat(args.env.partition("-")[0])
 

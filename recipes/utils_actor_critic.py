@@ -119,7 +119,7 @@ def check_config(cfg: DictConfig, ranges, yaml_path: Path) -> None:
             raise ValueError(f"env.action_repeat={cfg.env.action_repeat}: OGBench's scene tasks take none (null or 1)")
     else:
         from torchrl_vlm.envs.dmc import dmc_tasks
-        from torchrl_vlm.envs.dmc_tasks import dmc_goal
+        from torchrl_vlm.envs.dmc_goals import dmc_goal
 
         domain, task = dmc_domain_task(cfg.env.name)
         if domain not in dmc_tasks() or task not in dmc_tasks()[domain]:
@@ -142,7 +142,7 @@ def check_config(cfg: DictConfig, ranges, yaml_path: Path) -> None:
     if not events and cfg.buffer.sampler == "vlm" and cfg.vlm.scorer != "transformers":
         raise ValueError(
             f"vlm.scorer={cfg.vlm.scorer}: env.name={cfg.env.name} has no visible goal, so no events for an event "
-            "scorer to read (torchrl_vlm.envs.dmc_tasks.DMC_GOALS lists the tasks that have one); use "
+            "scorer to read (torchrl_vlm.envs.dmc_goals.DMC_GOALS lists the tasks that have one); use "
             "vlm.scorer=transformers or buffer.sampler=uniform|per"
         )
 

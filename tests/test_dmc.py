@@ -186,7 +186,7 @@ def test_bad_arguments_are_refused(kwargs, error, match):
 def test_names_import_without_mujoco_dm_control_or_torchrl():
     code = (
         "import sys; from torchrl_vlm.scoring.oracle import DMCEventScorer; "
-        "from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_NAMES, DMC_GOALS; "
+        "from torchrl_vlm.envs.dmc_goals import DMC_EVENT_NAMES, DMC_GOALS; "
         "print(sorted(m for m in ('mujoco', 'dm_control', 'torchrl') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -45,6 +45,8 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``torchrl-vlm-verdicts`` command on ``argv`` (``sys.argv[1:]`` when ``None``): returns 0, or exits with
+    status 2 and the error for a missing or unreadable cache, or a ``--model`` it does not hold."""
     parser = argparse.ArgumentParser(prog="torchrl-vlm-verdicts", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="the verdict cache (sqlite), e.g. the recipes' vlm.cache")
     parser.add_argument("--order", default="score", choices=["score", "step", "created"],

@@ -2,7 +2,7 @@
 
 The prior term is its own ``loss_prior`` entry, as LVLM2P's ``loss_distill`` is, so that TorchRL recipes sum it
 with the other ``loss_*`` and log it apart. Which a_r enters is left open by the paper; here it is a
-reparameterised sample of the current policy, a_r ~ π_θ(·|s) (eq. 4's a_r,t is the agent's action, and a
+reparameterised sample of the current policy, ``a_r ~ π_θ(·|s)`` (eq. 4's a_r,t is the agent's action, and a
 sample, unlike the mean, lets the term shape the policy's spread as well as its centre). It is a draw of its
 own, independent of the one in SAC's actor loss: the same distribution, so the gradient is unbiased.
 """
@@ -37,7 +37,8 @@ class COVRSACLoss(SACLoss):
     """TorchRL's :class:`~torchrl.objectives.SACLoss` plus ``loss_prior = λ · mean ‖a_v − a_r‖²`` (COVR eq. 4).
 
     Args:
-        actor_network, qvalue_network, **kwargs: as ``SACLoss``.
+        actor_network, qvalue_network: as ``SACLoss``.
+        **kwargs: as ``SACLoss``.
         prior_coeff: λ (paper: 2.0, fixed).
         prior_key: where a sample holds the VLM's action a_v (``[B, A]``).
         prior_valid_key: bool ``[B]``: the row's prior parsed (rows without one are left out of the mean).

@@ -42,7 +42,7 @@ _EXPORTS = {
             "dmc_goal",
             "dmc_mission",
         ),
-        "torchrl_vlm.envs.dmc_tasks",
+        "torchrl_vlm.envs.dmc_goals",
     ),
     **dict.fromkeys(
         (

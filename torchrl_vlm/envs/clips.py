@@ -146,7 +146,7 @@ class RenderClips(Transform):
     - ``events`` (bool ``[*batch, E]``): what the step's action *caused*, computed on the state it
       led to, i.e. written into ``next`` by the env or a transform's ``_step`` (a row's events are
       ``("next", "events")``), all ``False`` at reset. An event scorer reads them instead of pixels;
-    - ``mission`` (a string, or UTF-8 bytes as :func:`~torchrl_vlm.encode_mission` makes them):
+    - ``mission`` (a string, or UTF-8 bytes as :func:`~torchrl_vlm.missions.encode_mission` makes them):
       the task in words, passed to the scorer per clip (a VLM puts it in its prompt).
 
     **The clip length is set here, once**: the replay buffer reads it from the clip boundaries this

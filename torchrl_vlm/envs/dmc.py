@@ -3,7 +3,7 @@
 The agent learns from the task's state (dm_control's observation dict, flattened
 into one float32 ``observation``); the VLM sees a frame rendered by the physics'
 own renderer (offscreen, ``MUJOCO_GL=egl``), only when something looks at it.
-Events are read from the physics after each action (:mod:`torchrl_vlm.envs.dmc_tasks`
+Events are read from the physics after each action (:mod:`torchrl_vlm.envs.dmc_goals`
 says what each task's goal is), never from pixels, so that
 :class:`~torchrl_vlm.DMCEventScorer` can stand in for an ideal VLM.
 """
@@ -18,7 +18,7 @@ from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, Seria
 
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.envs.clips import with_clip_tags
-from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_NAMES, default_action_repeat, dmc_goal, dmc_mission
+from torchrl_vlm.envs.dmc_goals import DMC_EVENT_NAMES, default_action_repeat, dmc_goal, dmc_mission
 from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule
 from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
@@ -48,9 +48,9 @@ class DMCTaskState(Transform):
 
     Entries it adds (to the reset and to each step's ``next``):
 
-    - ``events`` (bool ``[3]``, :data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_NAMES`) and
+    - ``events`` (bool ``[3]``, :data:`~torchrl_vlm.envs.dmc_goals.DMC_EVENT_NAMES`) and
       ``success`` (bool ``[1]``: the task's goal holds after this action), for a task with a
-      visible goal (:data:`~torchrl_vlm.envs.dmc_tasks.DMC_GOALS`) only; all False at reset;
+      visible goal (:data:`~torchrl_vlm.envs.dmc_goals.DMC_GOALS`) only; all False at reset;
     - ``mission`` (uint8 ``[MISSION_BYTES]``): the task in one sentence, UTF-8 bytes
       (:func:`~torchrl_vlm.decode_mission`);
     - ``pixels`` (uint8 ``[frame_size, frame_size, 3]``) with ``render=True``: the frame a VLM
@@ -196,8 +196,8 @@ def make_dmc_env(
     Entries of a step: ``observation`` (float32: dm_control's observation dict, its entries
     sorted by name and concatenated), ``mission``, ``clip_id``, ``clip_step``, ``step_count``
     (agent steps), ``episode_reward``, ``terminated``/``truncated``/``done``; for a task with a
-    visible goal (:data:`~torchrl_vlm.envs.dmc_tasks.DMC_GOALS`: ball_in_cup-catch, the cartpole,
-    reacher and finger tasks) also ``events`` (:data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_NAMES`)
+    visible goal (:data:`~torchrl_vlm.envs.dmc_goals.DMC_GOALS`: ball_in_cup-catch, the cartpole,
+    reacher and finger tasks) also ``events`` (:data:`~torchrl_vlm.envs.dmc_goals.DMC_EVENT_NAMES`)
     and ``success`` (the goal holds after this action); with ``render=True`` the VLM's
     ``pixels``; with ``from_pixels=True`` the agent's ``pixels_observation``. Actions are
     float32 in ``[-1, 1]``. The reward is the task's, summed over the action repeat; an
@@ -216,7 +216,7 @@ def make_dmc_env(
             ``SerialEnv.set_seed``).
         action_repeat: physics steps per agent step; ``None`` takes the pixel-based DMControl
             literature's value for the domain (cartpole 8, finger and walker 2, others 4:
-            :data:`~torchrl_vlm.envs.dmc_tasks.DMC_ACTION_REPEAT`). Report env steps = agent
+            :data:`~torchrl_vlm.envs.dmc_goals.DMC_ACTION_REPEAT`). Report env steps = agent
             steps × action repeat, as that literature does.
         from_pixels: render ``pixels_observation``, the agent's own view (kept in replay).
         camera_id: the camera frames come from (0: the domain's default view).

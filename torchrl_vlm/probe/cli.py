@@ -307,6 +307,8 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``torchrl-vlm-probe`` command on ``argv`` (``sys.argv[1:]`` when ``None``): returns 0, or exits with
+    status 2 and the error where the probe cannot run as asked (``python -m torchrl_vlm.probe --help``: the options)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from torchrl_vlm.probe.clipset import ClipSetError

@@ -6,7 +6,7 @@ it drops the frames and missions (they never enter replay), applies an optional
 post-processing in the collector layout (n-step returns), flattens and writes.
 Uniform, PER and mixture buffers therefore share one ``rb.extend(batch)``, and one
 ``rb.update_tensordict_priority(sample)`` after the loss: PER takes the TD errors
-as priorities, a TD-boosting :class:`MixtureSampler` takes them as its |δ|, and the
+as priorities, a TD-boosting :class:`MixtureSampler` takes them as its ``|δ|``, and the
 other samplers ignore the call.
 
 :func:`make_replay_buffer` builds one. VLM-RB's buffer,

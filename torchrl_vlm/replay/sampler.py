@@ -58,11 +58,11 @@ class MixtureSampler(Sampler):
       ``priority_key`` (``"vlm_priority"``) itself through TorchRL's public
       paths, then calls the sampler. :meth:`priority` reads what the sampler uses.
     * **TD errors** (for ``td_boost``) go through :meth:`update_td_error`;
-      then q_P(i) ∝ p(i) · (|δ_i| + ε). A slot without a TD error of its own
+      then ``q_P(i) ∝ p(i) · (|δ_i| + ε)``. A slot without a TD error of its own
       follows PER's rule for new data: when it becomes positive (its priority
-      goes from 0 to > 0), it is assigned the largest |δ| seen so far, and at
+      goes from 0 to > 0), it is assigned the largest ``|δ|`` seen so far, and at
       least 1.0, and it keeps that value until its own TD error arrives. A
-      later, larger |δ| elsewhere or a rewrite of its priority does not change
+      later, larger ``|δ|`` elsewhere or a rewrite of its priority does not change
       it. Draws, importance weights and checkpoints all use that value.
 
     A slot that is overwritten loses its priority and TD error: new data
@@ -93,7 +93,7 @@ class MixtureSampler(Sampler):
             ``lam_max`` (paper: half of training).
         priority_key: the storage column that holds the VLM priorities; the
             buffer reads it to know which column to write.
-        td_boost: weight q_P by |δ| + ``td_eps`` (VLM-RB's continuous-control variant).
+        td_boost: weight q_P by ``|δ| + td_eps`` (VLM-RB's continuous-control variant).
         td_eps: ε of the TD boost.
         importance_weights: return ``priority_weight`` = (N · q_t(i))^−β,
             normalised by the batch maximum. Off by default, as in the paper.
@@ -261,7 +261,7 @@ class MixtureSampler(Sampler):
 
     def stats(self) -> dict[str, float]:
         """What a trainer logs: λ, the last batch's share drawn from q_P, and the positive slots; with
-        ``td_boost``, the mean |δ| of the slots that have one (``td_error_mean``) and of the positive ones
+        ``td_boost``, the mean ``|δ|`` of the slots that have one (``td_error_mean``) and of the positive ones
         (``td_error_positive_mean``): whether the clips the VLM liked are the ones the critic gets wrong."""
         out = {
             "lambda": self.lam,
@@ -343,7 +343,7 @@ class MixtureSampler(Sampler):
 
     @torch.no_grad()
     def update_td_error(self, index: int | torch.Tensor, td_error: float | torch.Tensor) -> None:
-        """Records TD errors δ for TD boosting: q_P(i) ∝ p(i)·(|δ_i| + ε).
+        """Records TD errors δ for TD boosting: ``q_P(i) ∝ p(i)·(|δ_i| + ε)``.
 
         Call it with the sampled indices after computing the loss, e.g.
         ``rb.sampler.update_td_error(batch["index"], batch["td_error"])``;

@@ -19,7 +19,7 @@ import time
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_vlm.envs.dmc_tasks import DMC_EVENT_DEFINITIONS, DMC_EVENT_NAMES
+from torchrl_vlm.envs.dmc_goals import DMC_EVENT_DEFINITIONS, DMC_EVENT_NAMES
 from torchrl_vlm.envs.minigrid_names import EVENT_NAMES
 from torchrl_vlm.envs.ogbench import OGBENCH_EVENT_NAMES
 from torchrl_vlm.scoring.base import needs_frames, validate_clips
@@ -171,14 +171,14 @@ class DMCEventScorer(_EventScorer):
     """An idealised VLM for DeepMind Control: P(yes) = 1 if the task's visible goal is reached in the clip.
 
     It reads the clips' ``events`` entry (bool ``[B, L, 3]``, columns named by
-    :data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_NAMES`), only on real steps (``mask``). The tasks
+    :data:`~torchrl_vlm.envs.dmc_goals.DMC_EVENT_NAMES`), only on real steps (``mask``). The tasks
     with a visible goal (the ball in the cup, the pole upright over a centred cart, the fingertip
-    in the target, ...) are :data:`~torchrl_vlm.envs.dmc_tasks.DMC_GOALS`; a task without one has
+    in the target, ...) are :data:`~torchrl_vlm.envs.dmc_goals.DMC_GOALS`; a task without one has
     no events and cannot be scored this way.
 
     Args:
         definition: which events make a clip meaningful: a name from
-            :data:`~torchrl_vlm.envs.dmc_tasks.DMC_EVENT_DEFINITIONS` or a tuple of event names:
+            :data:`~torchrl_vlm.envs.dmc_goals.DMC_EVENT_DEFINITIONS` or a tuple of event names:
 
             - ``"any"``: the goal entered (each time it is, in an episode);
             - ``"first_progress"`` (default): the goal entered for the first time in the episode;

@@ -1,6 +1,6 @@
 """LVLM2P's distillation losses: TorchRL's PPO and A2C losses plus a KL term towards a teacher.
 
-LVLM2P (seed 003; ``PAPERS.md`` §2) trains the student with
+LVLM2P (seed 003; ``PAPERS.md`` §2) trains the student with::
 
     L = L_RL + λ · KL(π_T(·|o) ‖ π_θ(·|s)),        λ = 0.01,
 
@@ -141,7 +141,8 @@ class DistillClipPPOLoss(_Distillation, ClipPPOLoss):
     """TorchRL's :class:`~torchrl.objectives.ClipPPOLoss` plus ``loss_distill = λ · KL(π_T ‖ π_θ)``.
 
     Args:
-        actor_network, critic_network, **kwargs: as for ``ClipPPOLoss``.
+        actor_network, critic_network: as for ``ClipPPOLoss``.
+        **kwargs: as for ``ClipPPOLoss``.
         distill_coeff: λ (LVLM2P: 0.01).
         distill_decay_frames: decay λ linearly to 0 over this many env steps
             (advance with :meth:`step_distillation`); ``None`` keeps it constant.

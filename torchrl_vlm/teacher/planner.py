@@ -391,9 +391,17 @@ class PlannerTeacher:
         searches: searches run (cache misses), for profiling.
 
     Examples:
+        >>> from torchrl_vlm import make_minigrid_env
+        >>> env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, state=True, render=False, seed=0)
         >>> teacher = PlannerTeacher(epsilon=0.05)
-        >>> probs = teacher(td)  # td["state"], td["mission"] from make_minigrid_env(..., state=True)
-        >>> action = probs.argmax(-1)
+        >>> probs = teacher(env.reset())  # reads td["state"] and td["mission"]
+        >>> probs.shape
+        torch.Size([2, 7])
+        >>> def planner_policy(td):
+        ...     return td.set("action", teacher(td).argmax(-1))
+        >>> rollout = env.rollout(20, planner_policy)
+        >>> bool(rollout["next", "success"].any())  # the planner solves DoorKey-5x5 within 20 steps
+        True
     """
 
     def __init__(
