@@ -65,7 +65,7 @@ def frame_stride_for(clip_len: int, num_frames: int) -> int:
     """The env's render stride that still leaves a scorer ``num_frames`` frames of a full clip.
 
     With stride ``s`` an env renders clip steps ``0, s, 2s, ...`` and the clip's last frame
-    (:class:`~torchrl_vlm.envs.clips.FrameSchedule`): ``s = clip_len // num_frames`` leaves at
+    (:class:`~torchrl_vlm.frames.FrameSchedule`): ``s = clip_len // num_frames`` leaves at
     least ``num_frames`` of them, and renders the fewest. A clip cut short by its episode's end
     may hold fewer.
 

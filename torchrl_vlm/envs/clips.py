@@ -21,8 +21,6 @@ from torchrl_vlm._checks import check_int
 from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule
 
 __all__ = [
-    "FRAME_RENDERED_KEY",
-    "FrameSchedule",
     "RenderClips",
     "render_gym_frames",
     "with_clip_tags",

@@ -55,7 +55,7 @@ class DMCTaskState(Transform):
       (:func:`~torchrl_vlm.decode_mission`);
     - ``pixels`` (uint8 ``[frame_size, frame_size, 3]``) with ``render=True``: the frame a VLM
       scores (replay buffers drop it); with ``frame_stride > 1`` only on the steps a strided scorer
-      reads (:class:`~torchrl_vlm.envs.clips.FrameSchedule`), zeros elsewhere, and
+      reads (:class:`~torchrl_vlm.frames.FrameSchedule`), zeros elsewhere, and
       ``frame_rendered`` (bool ``[1]``) says which;
     - ``pixels_observation`` (the same frame) with ``from_pixels=True``: the agent's own view,
       which replay keeps.
@@ -224,7 +224,7 @@ def make_dmc_env(
         worker_id: a fixed salt for clip ids (see :class:`~torchrl_vlm.RenderClips`).
         frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
             each episode's last state, as a scorer that reads a few frames of each clip needs
-            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); the other steps' ``pixels`` are zeros
+            (:class:`~torchrl_vlm.frames.FrameSchedule`); the other steps' ``pixels`` are zeros
             and a ``frame_rendered`` entry says which are real. ``1`` (default) renders every step.
 
     Examples:

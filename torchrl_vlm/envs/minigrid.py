@@ -173,7 +173,7 @@ class MiniGridObservation(gym.Wrapper):
         mission_features: whether to append the mission's bag of words to
             ``observation`` (for tasks whose goal only the mission names).
         frame_stride: render only every ``frame_stride``-th step of a ``clip_len``-step clip and each
-            episode's last state (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); ``1`` renders every step.
+            episode's last state (:class:`~torchrl_vlm.frames.FrameSchedule`); ``1`` renders every step.
         clip_len: the clip length the schedule counts in (:class:`~torchrl_vlm.RenderClips`'s).
     """
 
@@ -364,7 +364,7 @@ def make_minigrid_env(
             need it, since only the mission says which object or door is the goal.
         frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
             each episode's last state, as a scorer that reads a few frames of each clip needs
-            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`; ``TransformersScorer.frame_stride``);
+            (:class:`~torchrl_vlm.frames.FrameSchedule`; ``TransformersScorer.frame_stride``);
             the other steps' ``pixels`` are zeros and a ``frame_rendered`` entry says which are real.
             ``1`` (default) renders every step.
 

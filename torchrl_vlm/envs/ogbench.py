@@ -135,7 +135,7 @@ class OGBenchObservation(gym.Wrapper):
         scripted: whether to compute ``scripted_action``.
         frame_stride, clip_len: render ``pixels`` on every ``frame_stride``-th step of a
             ``clip_len``-step clip and at each episode's end only, zeros elsewhere, with a
-            ``frame_rendered`` entry (:class:`~torchrl_vlm.envs.clips.FrameSchedule`; ``1``: every step).
+            ``frame_rendered`` entry (:class:`~torchrl_vlm.frames.FrameSchedule`; ``1``: every step).
     """
 
     def __init__(self, env: gym.Env, *, render: bool = False, frame_size: int = 64, scripted: bool = False,
@@ -304,7 +304,7 @@ def make_ogbench_env(
             collecting experience in which subgoals get done.
         frame_stride: with ``render``, render only every ``frame_stride``-th step of a clip and
             each episode's last state, as a scorer that reads a few frames of each clip needs
-            (:class:`~torchrl_vlm.envs.clips.FrameSchedule`); the other steps' ``pixels`` are zeros
+            (:class:`~torchrl_vlm.frames.FrameSchedule`); the other steps' ``pixels`` are zeros
             and a ``frame_rendered`` entry says which are real. ``1`` (default) renders every step.
 
     Examples:

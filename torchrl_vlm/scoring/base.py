@@ -48,7 +48,7 @@ class Scorer(Protocol):
       the state *before* its action (``pixels``), except a clip's last step, whose frame is the
       state its action reached (``("next", "pixels")``), so that an outcome is in view;
     - ``frame_mask``: bool ``[B, L]``, where the env renders only some steps (its ``frame_stride``,
-      :class:`~torchrl_vlm.envs.clips.FrameSchedule`): ``True`` on the steps whose frame was rendered,
+      :class:`~torchrl_vlm.frames.FrameSchedule`): ``True`` on the steps whose frame was rendered,
       the others' frames are zeros. A scorer picks its frames among :func:`clip_frame_mask` (``mask``
       without it);
     - ``events``: bool ``[B, L, E]``, where the env gives them: step ``t``'s are the ones its
