@@ -2,20 +2,20 @@
 scorers and the gallery picking among rendered frames, and the recipes' env.frame_stride."""
 import os
 
-import pytest
-import torch
-from _scorers import FrameMeanScorer
-from omegaconf import OmegaConf
-from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage
-
-from torchrl_vlm import MixtureSampler, VLMReplayBuffer, make_dmc_env, make_minigrid_env
-from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule, frame_stride_for
-from torchrl_vlm.scoring.base import clip_frame_mask, frame_indices, validate_clips
-from torchrl_vlm.scoring.gallery import ClipGallery
-from torchrl_vlm.training import env_frame_stride
-
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from _scorers import FrameMeanScorer  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torchrl.data import LazyTensorStorage  # noqa: E402
+
+from torchrl_vlm import MixtureSampler, VLMReplayBuffer, make_dmc_env, make_minigrid_env  # noqa: E402
+from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule, frame_stride_for  # noqa: E402
+from torchrl_vlm.scoring.base import clip_frame_mask, frame_indices, validate_clips  # noqa: E402
+from torchrl_vlm.scoring.gallery import ClipGallery  # noqa: E402
+from torchrl_vlm.training import env_frame_stride  # noqa: E402
 
 
 def fixed_actions(n_envs: int, steps: int, n_actions: int = 3, seed: int = 0) -> torch.Tensor:
@@ -99,6 +99,17 @@ def test_dmc_renders_episode_end():
     assert torch.equal(rendered, td["clip_step"] % 4 == 0)
     done = td["next", "done"].squeeze(-1)
     assert bool(done[:, 249].all()) and bool(td["next", FRAME_RENDERED_KEY].squeeze(-1)[:, 249].all())
+    assert not bool(td["pixels"][~rendered].any()) and bool(td["pixels"][rendered].flatten(1).any(-1).all())
+
+
+def test_ogbench_renders_only_the_schedule():
+    from torchrl_vlm import make_ogbench_env
+
+    env = make_ogbench_env("scene-singletask-task3-v0", num_envs=2, seed=0, render=True, frame_size=16, clip_len=8,
+                           frame_stride=4)
+    td = env.rollout(12, break_when_any_done=False)
+    rendered = td[FRAME_RENDERED_KEY].squeeze(-1)
+    assert torch.equal(rendered, td["clip_step"] % 4 == 0)
     assert not bool(td["pixels"][~rendered].any()) and bool(td["pixels"][rendered].flatten(1).any(-1).all())
 
 
