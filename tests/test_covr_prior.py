@@ -159,6 +159,7 @@ def test_a_vlm_that_answers_garbage_leaves_no_prior_and_says_so(caplog):
     assert "answers garbage" in caplog.text
 
 
+@pytest.mark.slow  # a kill loop: ~20 s (`make test-slow`)
 def test_prior_process_kills_at_random_moments_end_in_counted_restarts():
     rng = random.Random(0)
     kills = 5
@@ -196,6 +197,7 @@ def _finetuning(tuner_class, tiny_vlm, root, **kwargs):
 @pytest.mark.parametrize("tuner_class, counter", [(OOMFineTuner, "covr_finetunes_failed"),
                                                   (DyingFineTuner, "covr_finetunes_failed"),
                                                   (DamagingFineTuner, "covr_adapters_rejected")])
+@pytest.mark.slow  # three COVR runs whose fine-tunes fail: ~90 s (`make test-slow`)
 def test_a_failed_finetune_is_counted_and_training_goes_on_with_the_adapter_it_had(tiny_vlm, tmp_path, tuner_class,
                                                                                     counter):
     with PriorReplayBuffer(storage=LazyTensorStorage(4096), prior=functools.partial(FramePrior, 1), action_dim=1,
@@ -208,6 +210,7 @@ def test_a_failed_finetune_is_counted_and_training_goes_on_with_the_adapter_it_h
     assert stats["prior_coverage"] > 0.5  # the prior went on answering
 
 
+@pytest.mark.slow  # two COVR runs and a resume: ~60 s (`make test-slow`)
 def test_covr_fine_tunes_on_schedule_and_resumes_bit_identically_under_prior_lag(tiny_vlm, tmp_path):
     """The tiny VLM as prior and fine-tuner, psi0=96: fine-tunes at 96 and 288 agent steps. A run checkpointed
     after 9 extends and resumed gives the same rows, priors, adapter and counters as the run that went on."""

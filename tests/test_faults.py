@@ -41,6 +41,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+@pytest.mark.slow  # 24 kills, each waiting for a new worker to import torch: minutes on 2 cores
 def test_worker_kills_at_random_moments_end_in_counted_restarts():
     """SIGKILL the worker at random moments, two dozen times: while it loads, and while answers flow back.
 
@@ -186,6 +187,7 @@ CTRL_C_RUNS = {
 
 
 @pytest.mark.parametrize("recipe", list(CTRL_C_RUNS))
+@pytest.mark.slow  # a recipe in a subprocess, interrupted: ~20 s each (`make test-slow`)
 def test_ctrl_c_ends_the_run_with_a_checkpoint_and_no_orphan(recipe, tmp_path):
     overrides = [
         *CTRL_C_RUNS[recipe],

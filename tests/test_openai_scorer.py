@@ -130,6 +130,20 @@ def test_unreachable_server_fails_fast():
     assert scorer.stats()["openai_retries"] >= 2
 
 
+def _one_server(name):
+    """The tests of one server run on one worker, where it starts once, and in `make test-slow`: starting
+    `transformers serve` takes ~15 s, vLLM ~45 s."""
+
+    def mark(test):
+        return pytest.mark.slow(pytest.mark.xdist_group(name)(test))
+
+    return mark
+
+
+ONE_SERVER = _one_server("transformers_server")
+ONE_VLLM = _one_server("vllm_server")
+
+
 @pytest.fixture(scope="module")
 def transformers_server(tiny_vlm, tmp_path_factory):
     """`transformers serve` with the tiny offline model on a free loopback port; stopped afterwards."""
@@ -140,6 +154,7 @@ def transformers_server(tiny_vlm, tmp_path_factory):
         pytest.skip(str(err))
 
 
+@ONE_SERVER
 def test_transformers_serve_without_logprobs_is_a_clear_error(transformers_server, tiny_vlm):
     scorer = OpenAIScorer(transformers_server, str(tiny_vlm), num_frames=2, timeout_s=60.0)
     with pytest.raises(OpenAIScorerError) as info:
@@ -152,6 +167,7 @@ def test_transformers_serve_without_logprobs_is_a_clear_error(transformers_serve
     assert scorer.stats()["openai_requests"] >= 1
 
 
+@ONE_SERVER
 def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
     # transformers serve, pinned to one model, answers HTTP 400 "Server is pinned to '...'; requested '...'".
     scorer = OpenAIScorer(transformers_server, "nosuch", num_frames=1, timeout_s=60.0)
@@ -163,6 +179,7 @@ def test_transformers_serve_unknown_model_is_a_clear_error(transformers_server):
     assert time.monotonic() - start < 10
 
 
+@ONE_SERVER
 def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(transformers_server, tiny_vlm, tmp_path):
     """vlm.scorer=openai end to end: frames rendered, clips sent to the real server, and its missing logprobs
     stop the run with the scorer's own explanation (here after one failed batch)."""
@@ -188,6 +205,7 @@ def test_the_dqn_recipe_with_a_server_without_logprobs_stops_with_the_reason(tra
         dqn_minigrid.scorer_factory(config("vlm.scorer=openai"))
 
 
+@ONE_SERVER
 def test_the_probe_with_a_server_without_logprobs_stops_with_the_reason(
     transformers_server, tiny_vlm, tmp_path, capsys
 ):
@@ -239,6 +257,7 @@ def _top(reply) -> list[tuple[str, float]]:
     return [(e["token"], e["logprob"]) for e in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
 
 
+@ONE_VLLM
 def test_vllm_logprobs_give_p_yes_and_top_k_stays_within_its_bound(vllm_url, vllm_tiny):
     """P(yes) from vLLM's real logprobs: with the whole vocabulary listed it is exact for the served model;
     with the top 20 the exact value lies inside the bound the docstring states."""
@@ -280,6 +299,7 @@ def test_vllm_logprobs_give_p_yes_and_top_k_stays_within_its_bound(vllm_url, vll
     assert exact.stats()["openai_requests"] == 16
 
 
+@ONE_VLLM
 def test_the_dqn_recipe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     """vlm.scorer=openai end to end against vLLM: frames rendered, clips sent, P(yes) from logprobs in the buffer."""
     from test_recipes import _stored, config, dqn_minigrid
@@ -302,6 +322,7 @@ def test_the_dqn_recipe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     assert scores.numel() > 0 and bool(((scores >= 0) & (scores <= 1)).all())
 
 
+@ONE_VLLM
 def test_the_probe_scores_with_vllm(vllm_url, vllm_tiny, tmp_path):
     """The probe end to end with --scorer openai against vLLM: every clip answered, the figures written,
     and the untrained model reported as such (its ROC-AUC sits within chance's interval)."""

@@ -22,6 +22,8 @@ from torchrl_vlm import MiniGridEventScorer, RenderClips, Scorer, ScoringService
 from torchrl_vlm.scoring.cache import cached, read_verdicts, scorer_identity
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests given a running_service (tests/conftest.py) share its scoring process, on one worker.
+SHARES_A_SERVICE = pytest.mark.xdist_group("running_services")
 
 
 def guide_code() -> str:
@@ -29,6 +31,7 @@ def guide_code() -> str:
     return next(b for b in blocks if "class PoleTilt" in b)
 
 
+@pytest.mark.slow  # the README guide on rendered cartpole: ~45 s (`make test-slow`)
 def test_the_guide_runs_on_cartpole_and_priorities_sit_on_the_clips_the_scorer_said_yes_to(tmp_path):
     out = tmp_path / "replay.pt"
     check = textwrap.indent(textwrap.dedent(f"""
@@ -69,17 +72,19 @@ def _fill(rb, env, frames=256):
     return rb[:]
 
 
+@SHARES_A_SERVICE
 @pytest.mark.parametrize("transforms", [(), (ToTensorImage(in_keys=["pixels"], out_keys=["pixels"]),)],
                          ids=["uint8", "float_chw"])
-def test_frames_reach_the_scorer_at_the_chosen_size(transforms):
-    with VLMReplayBuffer(storage=LazyTensorStorage(1000), scorer=FrameShapeScorer, frame_size=(64, 96),
-                         batch_size=16) as rb:
+def test_frames_reach_the_scorer_at_the_chosen_size(transforms, running_service):
+    with VLMReplayBuffer(storage=LazyTensorStorage(1000), scorer=running_service(FrameShapeScorer),
+                         frame_size=(64, 96), batch_size=16) as rb:
         data = _fill(rb, _cartpole(transforms))
     scored = ~torch.isnan(data["vlm_score"])
     assert scored.any() and torch.all(data["vlm_score"][scored] == 1.0)
     assert "pixels" not in data.keys()  # frames never enter replay
 
 
+@pytest.mark.slow  # a scoring process per form: ~35 s (`make test-slow`)
 def test_scorers_are_taken_in_the_forms_users_pass_and_refused_early_otherwise():
     for good in (MiniGridEventScorer, functools.partial(MiniGridEventScorer, "goal_only"), MiniGridEventScorer("any"),
                  event_in_clip):
@@ -128,9 +133,11 @@ def test_a_scorer_that_fails_from_the_start_stops_the_run_early_with_its_own_err
                 _fill(rb, env, 64)
 
 
-def test_a_missing_frame_entry_is_refused_at_the_first_batch_for_a_scorer_that_needs_frames():
+@SHARES_A_SERVICE
+def test_a_missing_frame_entry_is_refused_at_the_first_batch_for_a_scorer_that_needs_frames(running_service):
     env = _cartpole([])
-    with VLMReplayBuffer(storage=LazyTensorStorage(1000), scorer=FrameShapeScorer, frame_key="pixel") as rb:
+    with VLMReplayBuffer(storage=LazyTensorStorage(1000), scorer=running_service(FrameShapeScorer),
+                         frame_key="pixel") as rb:
         with pytest.raises(ValueError, match="no 'pixel' entry.*pixels"):
             _fill(rb, env, 64)
 
@@ -141,11 +148,12 @@ def test_the_public_classes_show_their_own_signatures_and_docstrings():
     assert "Module" not in (RenderClips.__init__.__doc__ or "")
 
 
-def test_a_prioritized_sampler_that_ignores_verdicts_is_warned_about():
+@SHARES_A_SERVICE
+def test_a_prioritized_sampler_that_ignores_verdicts_is_warned_about(running_service):
     from torchrl.data import PrioritizedSampler
 
     with pytest.warns(UserWarning, match="never change what is sampled.*MixtureSampler"):
-        VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=MiniGridEventScorer,
+        VLMReplayBuffer(storage=LazyTensorStorage(100), scorer=running_service(MiniGridEventScorer),
                         sampler=PrioritizedSampler(100, 0.6, 0.4)).close()
 
 

@@ -12,6 +12,8 @@ from torchrl_vlm.probe.report import score_clips
 from torchrl_vlm.scoring.oracle import MiniGridEventScorer, NoisyScorer, OGBenchEventScorer
 
 ENV = "MiniGrid-DoorKey-5x5-v0"
+# The module's clip set is collected once: its tests run on one worker.
+pytestmark = pytest.mark.xdist_group("probe")
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +219,7 @@ def test_clear_errors(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # OGBench clips rendered in software: ~25 s (`make test-slow`)
 def test_the_probe_on_ogbench_scene(tmp_path, tiny_vlm, capsys):
     """OGBench scene: random arm motions and the scripted policy, events from the simulator, frames rendered."""
     out = tmp_path / "scene"

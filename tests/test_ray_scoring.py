@@ -6,11 +6,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from torchrl_vlm.loopback import ray_env, run_in_own_network
 
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # a Ray cluster up, replicas killed at random for 8 s and more: minutes on 2 cores
 def test_the_ray_backend_in_its_own_network_namespace(tmp_path):
     # Ray's sockets live under its temp folder, and a Unix socket path is at most 107 bytes: a short one.
     short_tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")

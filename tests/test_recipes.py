@@ -103,9 +103,22 @@ def test_smoke_with_the_tiny_vlm(tiny_vlm, tmp_path):
     assert verdict_gallery(tmp_path / "verdicts.sqlite", tmp_path / "top.png").is_file()
 
 
-def test_checkpoint_round_trip_and_resume(tmp_path):
-    first = dqn_minigrid.train(config("buffer.sampler=vlm", "collector.total_frames=192"), tmp_path / "a")
-    ckpt = tmp_path / "a" / "checkpoint"
+@pytest.fixture(scope="module")
+def vlm_run_192(tmp_path_factory):
+    """A VLM-RB run of 192 frames and its folder: trained once for the tests that resume from its checkpoint
+    (a resume reads the checkpoint, never writes it)."""
+    out = tmp_path_factory.mktemp("vlm192")
+    return dqn_minigrid.train(config("buffer.sampler=vlm", "collector.total_frames=192"), out), out
+
+
+# The tests that resume from vlm_run_192 run on one worker.
+RESUMES_VLM_RUN_192 = pytest.mark.xdist_group("vlm_run_192")
+
+
+@RESUMES_VLM_RUN_192
+def test_checkpoint_round_trip_and_resume(tmp_path, vlm_run_192):
+    first, out = vlm_run_192
+    ckpt = out / "checkpoint"
     assert first["checkpoint"] == str(ckpt)
 
     # What the checkpoint restores: the same transitions, priorities and λ.
@@ -153,14 +166,14 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert resumed["epsilon"] == pytest.approx(0.05)
 
 
-def test_resume_refuses_a_different_replay_setup(tmp_path):
-    dqn_minigrid.train(config("buffer.sampler=vlm", "collector.total_frames=128"), tmp_path / "a")
+@RESUMES_VLM_RUN_192
+def test_resume_refuses_a_different_replay_setup(tmp_path, vlm_run_192):
     with pytest.raises(ValueError, match="buffer:"):
         dqn_minigrid.train(
             config(
                 "buffer.sampler=uniform",
                 "collector.total_frames=256",
-                f"checkpoint.resume={tmp_path / 'a' / 'checkpoint'}",
+                f"checkpoint.resume={vlm_run_192[0]['checkpoint']}",
             ),
             tmp_path / "b",
         )
@@ -271,6 +284,7 @@ LEARNS_5X5 = [
     ids=["dqn", "iqn"],
 )
 @pytest.mark.timeout(900)  # minutes on a loaded 2-core machine (the suite's 300 s is for everything else)
+@pytest.mark.slow  # up to 28,672 frames of training each: `make test-slow`
 def test_the_agent_learns_doorkey_5x5_under_score_lag(algo, tmp_path):
     """A short learning smoke test: DQN and IQN with VLM-RB (event scorer) learn DoorKey-5x5.
 
@@ -288,6 +302,7 @@ def test_the_agent_learns_doorkey_5x5_under_score_lag(algo, tmp_path):
     assert all(row["success_eps"] < 0.5 for row in summary["evals"][:-1]), summary["evals"]
 
 
+@pytest.mark.slow  # two runs under slow scorers: ~23 s (`make test-slow`)
 def test_score_lag_makes_two_runs_identical_under_different_scorer_latencies(tmp_path):
     """With vlm.score_lag, when a verdict lands no longer depends on how fast the scorer is.
 

@@ -114,6 +114,29 @@ def test_a_rewritten_priority_column_sets_the_priorities_as_torchrls_contract_sa
     assert set(drawn.tolist()) <= set(even.tolist())  # λ = 1: only the positive slots are drawn
 
 
+@pytest.mark.parametrize("write", ["in_place", "set", "item"])
+def test_a_sampled_column_written_after_the_sample_still_sets_the_priorities(write):
+    """update_tensordict_priority skips comparing a column left as sample() handed it out; every way of writing
+    it afterwards must still reach the sampler."""
+    sampler = MixtureSampler(lam_max=1.0)
+    rb = make_replay_buffer(20, sampler=sampler, batch_size=8)
+    rb.extend(_collector_batch())
+    sample = rb.sample()
+    rb.update_tensordict_priority(sample)  # as sampled: nothing to write
+    assert float(sampler.state_dict()["priority"].sum()) == 0
+    if write == "in_place":
+        sample["vlm_priority"].fill_(1.0)
+    elif write == "set":
+        sample.set("vlm_priority", torch.ones(8))
+    else:
+        sample["vlm_priority"][0] = 1.0
+    rb.update_tensordict_priority(sample)
+    written = torch.unique(sample["index"][sample["vlm_priority"] == 1])
+    priority = sampler.state_dict()["priority"]
+    assert len(written) > 0 and bool((priority[written] == 1).all())
+    assert float(priority.sum()) == len(written)
+
+
 def test_the_buffer_owns_the_priority_column():
     sampler = MixtureSampler(lam_max=None, priority_key="semantic")
     rb = make_replay_buffer(20, sampler=sampler, batch_size=10)

@@ -20,12 +20,13 @@ from torchrl_vlm import (
     DelayedScorer,
     MiniGridEventScorer,
     MixtureSampler,
-    ScoringService,
     VLMReplayBuffer,
     make_minigrid_env,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# Tests given a running_service (tests/conftest.py) share its scoring process, on one worker.
+SHARES_A_SERVICE = pytest.mark.xdist_group("running_services")
 
 
 def _batches(env, frames, frames_per_batch, seed=0):
@@ -58,7 +59,8 @@ def test_the_readme_example_runs():
 
 
 # --------------------------------------------------------------- the mechanism
-def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lambda():
+@SHARES_A_SERVICE
+def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lambda(running_service):
     """Discriminates a working VLM-RB from a broken one in seconds.
 
     Every slot's priority is 1 exactly when its clip holds an event, and the share of
@@ -70,7 +72,8 @@ def test_priorities_sit_exactly_on_event_clips_and_the_sampled_share_follows_lam
         "MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=0, max_steps=40, render=False
     )
     sampler = MixtureSampler(lam_max=lam)
-    with _buffer(MiniGridEventScorer, sampler=sampler, clip_len=clip_len, score_lag=0, batch_size=100) as rb:
+    with _buffer(running_service(MiniGridEventScorer), sampler=sampler, clip_len=clip_len, score_lag=0,
+                 batch_size=100) as rb:
         # 3 envs x 25 steps per batch: clips of 8 straddle the batches.
         for batch in _batches(env, 3000, 75):
             rb.extend(batch)
@@ -136,7 +139,8 @@ def test_score_lag_lands_each_verdict_exactly_k_extends_later():
 
 
 # --------------------------------------------------------- verdicts and slots
-def test_a_late_verdict_never_lands_on_a_reused_slot():
+@SHARES_A_SERVICE
+def test_a_late_verdict_never_lands_on_a_reused_slot(running_service):
     """Verdicts two extends late, in a buffer that turns over every 2.5 extends.
 
     ``score_lag=2`` makes it deterministic which verdicts find their slots reused
@@ -155,7 +159,7 @@ def test_a_late_verdict_never_lands_on_a_reused_slot():
         return int(scored.sum())
 
     scored = 0
-    with _buffer(ClipFingerprintScorer, capacity=100, clip_len=clip_len, score_lag=2) as rb:
+    with _buffer(running_service(ClipFingerprintScorer), capacity=100, clip_len=clip_len, score_lag=2) as rb:
         for batch in _batches(env, 1200, 40):
             rb.extend(batch)
             scored += check(rb[:])
@@ -164,13 +168,14 @@ def test_a_late_verdict_never_lands_on_a_reused_slot():
     assert stats["stale_rejected"] > 0  # ... and verdicts that did not
 
 
-def test_a_clip_cut_short_by_a_partial_reset_is_scored_as_the_steps_it_had():
+@SHARES_A_SERVICE
+def test_a_clip_cut_short_by_a_partial_reset_is_scored_as_the_steps_it_had(running_service):
     clip_len = 8
     # Episodes of at most 11 steps in 3 envs: clips end at clip_len or at an episode's end, at different times.
     env = make_minigrid_env(
         "MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=2, render=False, max_steps=11
     )
-    with _buffer(LengthScorer, clip_len=clip_len, score_lag=0) as rb:
+    with _buffer(running_service(LengthScorer), clip_len=clip_len, score_lag=0) as rb:
         for batch in _batches(env, 600, 30):
             rb.extend(batch)
         data = rb[:]
@@ -189,20 +194,22 @@ def test_a_clip_cut_short_by_a_partial_reset_is_scored_as_the_steps_it_had():
 
 
 @pytest.mark.parametrize("env_len, buffer_len", [(8, 32), (32, 8)])
-def test_a_clip_length_that_disagrees_with_the_env_is_refused_naming_both(env_len, buffer_len):
+@SHARES_A_SERVICE
+def test_a_clip_length_that_disagrees_with_the_env_is_refused_naming_both(env_len, buffer_len, running_service):
     # Both once ran silently: 8 in the env and 32 in the buffer scored only episode-ending clips (coverage
     # 0.18); 32 and 8 dropped 24 of every 32 steps (coverage 0.51).
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=env_len, seed=0, render=False)
-    with _buffer(LengthScorer, clip_len=buffer_len) as rb:
+    with _buffer(running_service(LengthScorer), clip_len=buffer_len) as rb:
         with pytest.raises(ValueError, match=f"the env's clips have {env_len} steps.*clip_len is {buffer_len}"):
             for batch in _batches(env, 256, 64):
                 rb.extend(batch)
         assert len(rb) == 0  # refused before the batch was written
 
 
-def test_the_buffer_reads_the_clip_length_from_the_env_and_covers_every_step():
+@SHARES_A_SERVICE
+def test_the_buffer_reads_the_clip_length_from_the_env_and_covers_every_step(running_service):
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=8, seed=0, render=False)
-    with _buffer(LengthScorer, score_lag=0) as rb:
+    with _buffer(running_service(LengthScorer), score_lag=0) as rb:
         assert rb.clip_len is None
         for batch in _batches(env, 512, 64):
             rb.extend(batch)
@@ -239,10 +246,11 @@ def test_a_clip_ends_on_the_state_its_last_action_reached():
     assert checked >= 10
 
 
-def test_a_non_default_priority_key_works_end_to_end():
+@SHARES_A_SERVICE
+def test_a_non_default_priority_key_works_end_to_end(running_service):
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=4, seed=5, render=False, max_steps=30)
     sampler = MixtureSampler(lam_max=None, priority_key="semantic")
-    with _buffer(ClipFingerprintScorer, sampler=sampler, clip_len=4, score_lag=0) as rb:
+    with _buffer(running_service(ClipFingerprintScorer), sampler=sampler, clip_len=4, score_lag=0) as rb:
         for batch in _batches(env, 200, 20):
             rb.extend(batch)
         data = rb[:]
@@ -277,8 +285,9 @@ def test_the_buffer_survives_a_worker_kill_mid_run():
     assert torch.equal(data["vlm_score"][~unscored], clip_fingerprint(data["clip_id"][~unscored]))
 
 
+@SHARES_A_SERVICE
 @pytest.mark.parametrize("via", ["state_dict", "dumps"])
-def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
+def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path, running_service):
     """Partial clips, counters, generations, held verdicts and λ survive a checkpoint.
 
     The original and the restored buffer are fed the same remaining batches; with
@@ -289,16 +298,16 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=3, clip_len=clip_len, seed=6, render=False)
     batches = _batches(env, 900, 30)
 
-    def fresh():
+    def fresh(slot):
         return _buffer(
-            ClipFingerprintScorer,
+            running_service(ClipFingerprintScorer, slot),
             capacity=600,
             clip_len=clip_len,
             score_lag=1,
             sampler=MixtureSampler(lam_max=0.5, warmup=900),
         )
 
-    with fresh() as original, fresh() as restored:
+    with fresh(0) as original, fresh(1) as restored:
         for batch in batches[:13]:
             original.extend(batch)
         assert original.assembler.open_clips > 0  # something straddles the checkpoint
@@ -329,12 +338,13 @@ def test_a_restored_buffer_carries_on_exactly_like_the_original(via, tmp_path):
         )
 
 
-def test_a_state_dict_taken_while_verdicts_arrive_keeps_sampler_and_column_agreed():
+@SHARES_A_SERVICE
+def test_a_state_dict_taken_while_verdicts_arrive_keeps_sampler_and_column_agreed(running_service):
     env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0", num_envs=2, clip_len=4, seed=7, render=False, max_steps=30)
     batches = _batches(env, 200, 20)
     with (
         _buffer(functools.partial(ClipFingerprintScorer, 0.05), capacity=500, clip_len=4) as rb,
-        _buffer(ClipFingerprintScorer, capacity=500, clip_len=4) as restored,
+        _buffer(running_service(ClipFingerprintScorer), capacity=500, clip_len=4) as restored,
     ):
         for batch in batches:
             rb.extend(batch)  # asynchronous: verdicts still in flight
@@ -345,7 +355,8 @@ def test_a_state_dict_taken_while_verdicts_arrive_keeps_sampler_and_column_agree
         assert torch.equal(restored.sampler.priority(torch.arange(len(restored))), column)
 
 
-def test_bad_arguments_are_refused_naming_them():
+@SHARES_A_SERVICE
+def test_bad_arguments_are_refused_naming_them(running_service):
     storage = LazyTensorStorage(10)
     with pytest.raises(ValueError, match="threshold"):
         VLMReplayBuffer(storage=storage, scorer=MiniGridEventScorer, threshold=2.0)
@@ -357,16 +368,16 @@ def test_bad_arguments_are_refused_naming_them():
         TypeError, match="scorer must be a scorer or its factory .or a ScoringService, where one is taken., got str"
     ):
         VLMReplayBuffer(storage=storage, scorer="acme/vlm")
-    with ScoringService(MiniGridEventScorer) as service:
-        with pytest.raises(TypeError, match="max_pending"):
-            VLMReplayBuffer(storage=storage, scorer=service, max_pending=4)
-        rb = VLMReplayBuffer(storage=storage, scorer=service)
-        with pytest.raises(KeyError, match="RenderClips"):
-            rb.extend(TensorDict({"observation": torch.zeros(4, 2)}, [4]))
-        with pytest.raises(TypeError, match="TensorDict"):
-            rb.extend({"observation": torch.zeros(4, 2)})
-        tags = {"clip_id": torch.zeros(11, dtype=torch.int64), "clip_step": torch.zeros(11, dtype=torch.int64)}
-        with pytest.raises(ValueError, match="11 rows does not fit the buffer's capacity of 10"):
-            rb.extend(TensorDict(tags, [11]))
-        rb.close()
-        assert service.worker_pid is not None  # the caller's service stays up
+    service = running_service(MiniGridEventScorer)
+    with pytest.raises(TypeError, match="max_pending"):
+        VLMReplayBuffer(storage=storage, scorer=service, max_pending=4)
+    rb = VLMReplayBuffer(storage=storage, scorer=service)
+    with pytest.raises(KeyError, match="RenderClips"):
+        rb.extend(TensorDict({"observation": torch.zeros(4, 2)}, [4]))
+    with pytest.raises(TypeError, match="TensorDict"):
+        rb.extend({"observation": torch.zeros(4, 2)})
+    tags = {"clip_id": torch.zeros(11, dtype=torch.int64), "clip_step": torch.zeros(11, dtype=torch.int64)}
+    with pytest.raises(ValueError, match="11 rows does not fit the buffer's capacity of 10"):
+        rb.extend(TensorDict(tags, [11]))
+    rb.close()
+    assert service.worker_pid is not None  # the caller's service stays up

@@ -15,6 +15,7 @@ other samplers ignore the call.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,6 +176,8 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
         self.postproc = postproc
         self.exclude_keys = tuple(exclude_keys)
         self.td_error_key = td_error_key
+        # Priority columns handed out by sample(), by id: (a weak reference, the tensor's version then).
+        self._sampled_columns: dict[int, tuple[weakref.ref, int]] = {}
 
     # ---------------------------------------------------------------- writes
     def rows(self, batch: TensorDictBase) -> TensorDictBase:
@@ -197,6 +200,25 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
             data.set(self.priority_key, torch.zeros(data.batch_size[0], device=data.device))
             update_priority = False
         return super().extend(data, update_priority=update_priority)
+
+    def sample(self, batch_size: int | None = None, return_info: bool = False, include_info: bool | None = None):
+        """Samples as TorchRL does; with a :class:`MixtureSampler`, remembers the priority column it handed out, so
+        that :meth:`update_tensordict_priority` sees at no cost that the caller left it as it was."""
+        out = super().sample(batch_size, return_info=return_info, include_info=include_info)
+        data = out[0] if return_info else out
+        if isinstance(self._sampler, MixtureSampler) and is_tensor_collection(data):
+            column = data.get(self.priority_key, None)
+            if isinstance(column, torch.Tensor):
+                if len(self._sampled_columns) >= 64:  # samples are usually dropped after their update
+                    self._sampled_columns = {k: v for k, v in self._sampled_columns.items() if v[0]() is not None}
+                self._sampled_columns[id(column)] = (weakref.ref(column), column._version)
+        return out
+
+    def _as_sampled(self, column: torch.Tensor) -> bool:
+        """Whether ``column`` is a priority column that :meth:`sample` handed out and nothing wrote since (an
+        in-place write bumps a tensor's version; ``sample.set(key, new)`` puts another tensor there)."""
+        entry = self._sampled_columns.get(id(column))
+        return entry is not None and entry[0]() is column and entry[1] == column._version
 
     def stats(self) -> dict[str, float]:
         """TorchRL's snapshot, plus a :class:`MixtureSampler`'s λ, last-batch prioritised share and positive slots."""
@@ -236,7 +258,8 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
 
         With a :class:`MixtureSampler`, a sample whose priority column (``sampler.priority_key``) the caller
         rewrote sets those priorities, as TorchRL's contract has it; only the rows whose value differs from the
-        stored one are written, so the usual call (the column as sampled) writes nothing. TD errors never
+        stored one are written, so the usual call (the column as sampled) writes nothing, and costs nothing: a
+        column that :meth:`sample` handed out and nothing wrote since is not even compared. TD errors never
         change a binary sampler's priorities: those come from the VLM.
         """
         if not isinstance(self._sampler, MixtureSampler):
@@ -245,7 +268,7 @@ class CollectorReplayBuffer(TensorDictReplayBuffer):
         if self._sampler.td_boost:
             self._sampler.update_td_error(index, data.get(self.td_error_key))
         written = data.get(self.priority_key, None)
-        if written is None or index is None:
+        if written is None or index is None or self._as_sampled(written):
             return
         index = torch.as_tensor(index).reshape(-1)
         written = written.reshape(-1).to(torch.float32)
