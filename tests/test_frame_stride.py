@@ -13,7 +13,14 @@ from torchrl.data import LazyTensorStorage  # noqa: E402
 
 from torchrl_vlm import MixtureSampler, VLMReplayBuffer, make_dmc_env, make_minigrid_env  # noqa: E402
 from torchrl_vlm.frames import FRAME_RENDERED_KEY, FrameSchedule, frame_stride_for  # noqa: E402
-from torchrl_vlm.scoring.base import clip_frame_mask, frame_indices, validate_clips  # noqa: E402
+from torchrl_vlm.scoring.base import (  # noqa: E402
+    FRAME_STEPS_KEY,
+    PACKED_FRAMES_KEY,
+    clip_frame_mask,
+    frame_indices,
+    unpack_frames,
+    validate_clips,
+)
 from torchrl_vlm.scoring.gallery import ClipGallery  # noqa: E402
 from torchrl_vlm.training import env_frame_stride  # noqa: E402
 
@@ -117,7 +124,7 @@ class RecordingBuffer(VLMReplayBuffer):
     """Keeps what the buffer hands to the scoring service."""
 
     def _submit(self, clips, meta):
-        self.sent.append(clips.clone())
+        self.sent.append(clips)
         super()._submit(clips, meta)
 
 
@@ -128,7 +135,12 @@ def test_buffer_ships_frame_mask():
                          batch_size=8) as rb:
         rb.sent = []
         rb.extend(batch)
-    clips = torch.cat(rb.sent)
+    # Only the rendered frames travel, packed into one shared-memory block per submission.
+    for sent in rb.sent:
+        assert "frames" not in sent.keys() and sent.is_consolidated()
+        assert sent[PACKED_FRAMES_KEY].untyped_storage().is_shared()
+        assert int((sent[FRAME_STEPS_KEY] >= 0).sum()) == int(clip_frame_mask(unpack_frames(sent)).sum())
+    clips = torch.cat([unpack_frames(sent) for sent in rb.sent])
     mask, shown = clips["mask"], clip_frame_mask(clips)
     steps = torch.arange(mask.shape[1]).expand_as(mask)
     last = steps == (mask.sum(-1, keepdim=True) - 1)

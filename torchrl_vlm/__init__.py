@@ -16,8 +16,10 @@ _EXPORTS = {
         "DMC_EVENT_NAMES", "DMC_GOALS", "make_dmc_env",
     )},
     **objectives._EXPORTS,
-    **replay._EXPORTS,
-    **{name: module for name, module in scoring._EXPORTS.items() if name not in ("check_scores", "validate_clips")},
+    # The clip-protocol helpers stay in their subpackages: users of the top level never need them.
+    **{name: module for name, module in replay._EXPORTS.items() if name not in ("FrameStore", "packed_layout")},
+    **{name: module for name, module in scoring._EXPORTS.items()
+       if name not in ("check_scores", "unpack_frames", "validate_clips")},
     **teacher._EXPORTS,
 }
 __all__ = sorted(_EXPORTS)

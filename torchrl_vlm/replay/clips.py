@@ -67,6 +67,12 @@ class ClipAssembler:
         """Clips with some steps seen and not yet complete."""
         return len(self._last_seen)
 
+    def carried(self, key: str) -> torch.Tensor | None:
+        """The ``key`` entry of the steps of unfinished clips (``[N, ...]``), ``None`` where none is carried."""
+        if self._carry is None or key not in self._carry.keys():
+            return None
+        return self._carry.get(key)
+
     def _check_length(self, env_len: torch.Tensor, closed_by_env: torch.Tensor) -> None:
         """Learns the env's clip length, or checks it against the one given.
 

@@ -6,7 +6,7 @@ scorer needs (``TransformersScorer`` pulls in ``transformers``).
 from torchrl_vlm._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("Scorer", "check_scores", "validate_clips"), "torchrl_vlm.scoring.base"),
+    **dict.fromkeys(("Scorer", "check_scores", "unpack_frames", "validate_clips"), "torchrl_vlm.scoring.base"),
     "VLMReplayBuffer": "torchrl_vlm.scoring.buffer",
     **dict.fromkeys(
         ("CachedScorer", "VerdictCacheError", "cached", "read_verdicts", "verdict_gallery"), "torchrl_vlm.scoring.cache"

@@ -19,6 +19,8 @@ from tensordict import TensorDictBase
 from torchrl_vlm.frames import frame_stride_for
 
 __all__ = [
+    "FRAME_STEPS_KEY",
+    "PACKED_FRAMES_KEY",
     "Scorer",
     "as_scorer_factory",
     "check_scores",
@@ -28,6 +30,7 @@ __all__ = [
     "frame_indices",
     "frame_stride_for",
     "needs_frames",
+    "unpack_frames",
     "validate_clips",
 ]
 
@@ -262,6 +265,50 @@ def clip_missions(clips: TensorDictBase) -> list[str | None]:
         if not isinstance(m, str):
             raise TypeError(f"clips['mission'] entries must be strings, got {type(m).__name__}")
         out.append(m)
+    return out
+
+
+#: Clips on their way to a scoring process carry their frames packed: ``frames_packed`` (uint8
+#: ``[B, K, H, W, 3]``, each clip's frames in step order, zeros past its last) and ``frame_steps`` (int64
+#: ``[B, K]``, the clip step each frame shows, ``-1`` past the last), where ``K`` is the most frames a clip of the
+#: batch has. A :class:`~torchrl_vlm.VLMReplayBuffer` sends them so (a strided env renders 9 of 32 steps: the
+#: other 23 zeros never travel); :func:`unpack_frames` turns them into the ``frames`` a scorer receives.
+PACKED_FRAMES_KEY = "frames_packed"
+FRAME_STEPS_KEY = "frame_steps"
+
+
+def unpack_frames(clips: TensorDictBase) -> TensorDictBase:
+    """``clips`` with packed frames (:data:`PACKED_FRAMES_KEY`) turned into the protocol's ``frames``
+    (uint8 ``[B, L, H, W, 3]``, zeros on steps without one); clips without them are returned as they are.
+
+    Every scoring backend calls it on what it receives, before the scorer sees the clips. Where every step
+    has its frame in place (an env that renders each step) the packed block already is ``frames``: no copy.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> packed = TensorDict({"mask": torch.ones(1, 4, dtype=torch.bool),
+        ...                      "frames_packed": torch.full((1, 2, 1, 1, 3), 9, dtype=torch.uint8),
+        ...                      "frame_steps": torch.tensor([[0, 3]])}, [1])
+        >>> unpack_frames(packed)["frames"][0, :, 0, 0, 0]
+        tensor([9, 0, 0, 9], dtype=torch.uint8)
+    """
+    packed = clips.get(PACKED_FRAMES_KEY, None)
+    if packed is None:
+        return clips
+    frame_steps = clips.get(FRAME_STEPS_KEY)
+    n_clips, length = clips.get("mask").shape
+    width = frame_steps.shape[1]
+    valid = frame_steps >= 0
+    in_place = width == length and bool(((frame_steps == torch.arange(width)) | ~valid).all())
+    if in_place:
+        frames = packed
+    else:
+        frames = packed.new_zeros(n_clips, length, *packed.shape[2:])
+        clip = torch.arange(n_clips).unsqueeze(1).expand_as(frame_steps)
+        frames[clip[valid], frame_steps[valid]] = packed[valid]
+    out = clips.exclude(PACKED_FRAMES_KEY, FRAME_STEPS_KEY)
+    out.set("frames", frames)
     return out
 
 

@@ -6,8 +6,13 @@ Per ``rb.extend(batch)``:
    written with ``vlm_priority = 0`` (not known to be meaningful) and
    ``vlm_score = NaN`` (not scored);
 2. the steps are regrouped into clips by ``clip_id`` with their storage indices and
-   slot generations, unfinished clips carried over to the next extend;
-3. the complete clips go to the :class:`ScoringService`, without waiting;
+   slot generations, unfinished clips carried over to the next extend; the frames a
+   scorer can be shown (every step's, or only those a strided env rendered) wait in a
+   :class:`~torchrl_vlm.replay.FrameStore`, copied there once, and the steps carry a
+   reference to them;
+3. the complete clips go to the :class:`ScoringService`, without waiting, as one
+   shared-memory block into which their frames are copied straight from the store (the
+   unrendered steps' zeros never travel; :func:`~torchrl_vlm.scoring.base.unpack_frames`);
 4. verdicts that have come back are written: each slot's generation is checked
    first (``rb.update_if_present``), so a verdict that arrives after its slot was
    reused is counted as stale and never lands on new data.
@@ -34,8 +39,9 @@ from torchrl_vlm.frames import FRAME_RENDERED_KEY
 from torchrl_vlm.missions import decode_mission, mission_strings
 from torchrl_vlm.replay.buffer import CollectorReplayBuffer, own_signature
 from torchrl_vlm.replay.clips import ClipAssembler
+from torchrl_vlm.replay.frame_store import FrameStore, packed_layout
 from torchrl_vlm.replay.sampler import MixtureSampler
-from torchrl_vlm.scoring.base import clip_frame_mask, factory_needs_frames
+from torchrl_vlm.scoring.base import FRAME_STEPS_KEY, PACKED_FRAMES_KEY, factory_needs_frames
 from torchrl_vlm.scoring.gallery import ClipGallery
 from torchrl_vlm.scoring.service import ScoredBatch, ScoringService
 from torchrl_vlm.scoring.writeback import AsyncWriteBackBuffer
@@ -144,6 +150,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
             raise ValueError(f"threshold must be a float in [0, 1], got {threshold!r}")
         # The assembler checks clip_len and max_idle_extends before any process starts.
         self.assembler = ClipAssembler(clip_len, max_idle=max_idle_extends)
+        self._frames = FrameStore()  # the rendered frames of clips not shipped yet
         sampler = MixtureSampler() if sampler is None else sampler
         if not isinstance(sampler, MixtureSampler) and isinstance(sampler, PrioritizedSampler):
             warnings.warn(
@@ -219,6 +226,8 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         clips = self.assembler.add(steps, missions)
         if clips is not None:
             self._submit_clips(clips)
+        carried = self.assembler.carried("frame_ref")
+        self._frames.release(carried if carried is not None else torch.zeros(0, dtype=torch.int64))
         self._end_extend()
         return index
 
@@ -253,24 +262,29 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
             missions = mission_strings(mission)
         frames = column(self.frame_key)
         if frames is not None:
-            frames = self._model_frames(frames)
-            # An env that renders only the steps a strided scorer reads says which ones (FrameSchedule).
+            # Which steps have a frame: all, or those an env rendering for a strided scorer marks
+            # (FrameSchedule). A clip's last step shows where its action led (the episode ended, or the
+            # next row starts another clip): the next state's frame, and whether that one was rendered.
             rendered = column(FRAME_RENDERED_KEY)
             rendered = None if rendered is None else rendered.reshape(n).clone()
+            has = torch.ones(n, dtype=torch.bool) if rendered is None else rendered.clone()
+            last = torch.zeros(n, dtype=torch.bool)
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
-                # A clip's last row shows where its action led: the episode ended, or the next row
-                # starts another clip.
-                last = end.clone()
-                if next_clip is not None:
-                    last |= steps["clip_end"]
-                if bool(last.any()):
-                    frames = frames.clone()
-                    frames[last] = self._model_frames(next_frames[last])
+                last = end.clone() if next_clip is None else end | steps["clip_end"]
+                if rendered is not None:
                     next_rendered = column(("next", FRAME_RENDERED_KEY))
-                    if rendered is not None and next_rendered is not None:
+                    if next_rendered is not None:
                         rendered[last] = next_rendered.reshape(n)[last]
-            steps.set("frames", frames)
+                        has = rendered.clone()
+            # Only the frames a scorer can be shown are kept, once each: the store holds them until
+            # their clips are shipped, and the steps carry a reference (0: none) through the assembler.
+            ref = torch.zeros(n, dtype=torch.int64)
+            own, outcome = has & ~last, has & last
+            ref[own] = self._frames.add(self._model_frames(frames[own]))
+            if bool(outcome.any()):
+                ref[outcome] = self._frames.add(self._model_frames(next_frames[outcome]))
+            steps.set("frame_ref", ref)
             if rendered is not None:
                 steps.set("frame_mask", rendered)
         return steps, missions
@@ -293,10 +307,28 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         meta = {"index": clips.pop("index"), "generation": clips.pop("generation"), "mask": clips["mask"]}
         # When in the run the clip was judged, for audits (CachedScorer records it).
         clips.set("step", torch.full(clips.batch_size, self._counts["slots_written"], dtype=torch.int64))
-        if self.gallery is not None and "frames" in clips.keys():
-            meta["thumbnails"] = self.gallery.thumbnails(clips["frames"], clip_frame_mask(clips))
-            meta["clip_id"] = clips["clip_id"]
+        refs = clips.pop("frame_ref", None)
+        if refs is not None:
+            clips = self._pack_frames(clips, refs)
+            if self.gallery is not None:
+                meta["thumbnails"] = self.gallery.thumbnails(clips[PACKED_FRAMES_KEY], clips[FRAME_STEPS_KEY] >= 0)
+                meta["clip_id"] = clips["clip_id"]
         self._submit(clips, meta)
+
+    def _pack_frames(self, clips: TensorDictBase, refs: torch.Tensor) -> TensorDictBase:
+        """``clips`` as they travel to the scoring process: one shared-memory block (consolidated), with only
+        the frames a scorer can be shown, copied into it straight from the store (laid out by
+        :func:`~torchrl_vlm.replay.frame_store.packed_layout`; the scoring process turns them back into the
+        protocol's ``frames`` with :func:`~torchrl_vlm.scoring.base.unpack_frames`)."""
+        frame_steps, packed_refs = packed_layout(refs)
+        shape = self._frames.frame_shape or (0, 0, 3)
+        clips.set(FRAME_STEPS_KEY, frame_steps)
+        # A zero of zero strides: consolidating fills the block's frames with zeros (the padding) without
+        # copying any frame, and the frames are then gathered straight into it.
+        clips.set(PACKED_FRAMES_KEY, torch.zeros((), dtype=torch.uint8).expand(*packed_refs.shape, *shape))
+        clips = clips.consolidate(share_memory=True)
+        self._frames.gather(packed_refs, clips.get(PACKED_FRAMES_KEY))
+        return clips
 
     def apply_verdicts(self) -> int:
         """Writes every verdict that has arrived (asynchronous mode); returns the submissions written.
@@ -355,6 +387,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         """The write-back state (counters, held verdicts) plus the partial clips."""
         state = super()._writeback_state()
         state["assembler"] = self.assembler.state_dict()
+        state["frames"] = self._frames.state_dict()
         return state
 
     def _load_writeback_state(self, state: dict[str, Any]) -> None:
@@ -364,7 +397,20 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
             counts["positive_clips"] = counts.pop("positives")
         state["counts"] = counts
         super()._load_writeback_state(state)
-        self.assembler.load_state_dict(state["assembler"])
+        assembler = dict(state["assembler"])
+        self._frames = FrameStore()
+        if "frames" in state:
+            self._frames.load_state_dict(state["frames"])
+        elif assembler["carry"] is not None and "frames" in assembler["carry"]:
+            # A checkpoint from before the frame store: its unfinished clips carry every step's frame.
+            carry = dict(assembler["carry"])
+            frames = carry.pop("frames")
+            has = carry.get("frame_mask", torch.ones(frames.shape[0], dtype=torch.bool))
+            ref = torch.zeros(frames.shape[0], dtype=torch.int64)
+            ref[has] = self._frames.add(frames[has])
+            carry["frame_ref"] = ref
+            assembler["carry"] = carry
+        self.assembler.load_state_dict(assembler)
 
     def __enter__(self) -> VLMReplayBuffer:
         return self

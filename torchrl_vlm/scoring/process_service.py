@@ -263,8 +263,10 @@ class ProcessScoringService(ScoringService):
             n = clips.batch_size[0]
             self._waiting_clips -= n
             self._in_flight[ticket] = n
-            # Consolidated: one shared-memory block per submission instead of one per tensor.
-            self._q_in.put((ticket, clips.consolidate()))
+            # One shared-memory block per submission instead of one per tensor, made there at once (a
+            # consolidated block in private memory is copied into shared memory when it is sent); a
+            # VLMReplayBuffer's clips come consolidated already, their frames packed into the block.
+            self._q_in.put((ticket, clips.consolidate(share_memory=True)))
 
 
     def _poll_queue(self) -> list[ScoredBatch]:

@@ -32,7 +32,7 @@ import torch
 from tensordict import TensorDictBase
 
 from torchrl_vlm._checks import check_int
-from torchrl_vlm.scoring.base import as_scorer_factory, check_scores
+from torchrl_vlm.scoring.base import as_scorer_factory, check_scores, unpack_frames
 
 __all__ = ["ScoredBatch", "ScoringService", "ScoringServiceError"]
 
@@ -60,6 +60,9 @@ class ScoredBatch:
 
 
 def _concat(tds: list[TensorDictBase]) -> TensorDictBase:
+    """The submissions a worker scores in one call, as one batch: frames unpacked (:func:`unpack_frames`),
+    clips padded to the longest."""
+    tds = [unpack_frames(td) for td in tds]
     if len(tds) == 1:
         return tds[0]
     if "mask" not in tds[0].keys():  # not clips (e.g. states for a teacher): nothing to pad
