@@ -8,21 +8,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from _scorers import FrameMeanScorer  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
-from test_frame_stride import fixed_actions, rollout  # noqa: E402
+from test_frame_stride import RecordingBuffer, fixed_actions, rollout  # noqa: E402
 from torchrl.data import LazyTensorStorage  # noqa: E402
 
-from torchrl_vlm import MixtureSampler, VLMReplayBuffer, make_minigrid_env  # noqa: E402
+from torchrl_vlm import MixtureSampler, make_minigrid_env  # noqa: E402
 from torchrl_vlm.frames import FRAME_RENDERED_KEY  # noqa: E402
 from torchrl_vlm.replay.frame_store import FrameStore, packed_layout  # noqa: E402
 from torchrl_vlm.scoring.base import PACKED_FRAMES_KEY, clip_frame_mask, unpack_frames  # noqa: E402
-
-
-class RecordingBuffer(VLMReplayBuffer):
-    """Keeps what the buffer hands to the scoring service."""
-
-    def _submit(self, clips, meta):
-        self.sent.append(clips)
-        super()._submit(clips, meta)
 
 
 def frame(value: int) -> torch.Tensor:
