@@ -267,16 +267,14 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
             # next row starts another clip): the next state's frame, and whether that one was rendered.
             rendered = column(FRAME_RENDERED_KEY)
             rendered = None if rendered is None else rendered.reshape(n).clone()
-            has = torch.ones(n, dtype=torch.bool) if rendered is None else rendered.clone()
             last = torch.zeros(n, dtype=torch.bool)
             next_frames = column(("next", self.frame_key))
             if next_frames is not None:
                 last = end.clone() if next_clip is None else end | steps["clip_end"]
-                if rendered is not None:
-                    next_rendered = column(("next", FRAME_RENDERED_KEY))
-                    if next_rendered is not None:
-                        rendered[last] = next_rendered.reshape(n)[last]
-                        has = rendered.clone()
+                next_rendered = column(("next", FRAME_RENDERED_KEY))
+                if rendered is not None and next_rendered is not None:
+                    rendered[last] = next_rendered.reshape(n)[last]
+            has = torch.ones(n, dtype=torch.bool) if rendered is None else rendered
             # Only the frames a scorer can be shown are kept, once each: the store holds them until
             # their clips are shipped, and the steps carry a reference (0: none) through the assembler.
             ref = torch.zeros(n, dtype=torch.int64)
