@@ -178,7 +178,7 @@ def make_env(cfg: DictConfig, num_envs: int, render: bool, seed: int):
         from torchrl_vlm.envs.dmc import make_dmc_env
 
         env = make_dmc_env(*dmc_domain_task(cfg.env.name), action_repeat=cfg.env.action_repeat,
-                           from_pixels=from_pixels(cfg), **common)
+                           from_pixels=from_pixels(cfg), render_quality=cfg.env.render_quality, **common)
         if from_pixels(cfg) and cfg.agent.frame_stack > 1:
             repeat = env.action_repeat
             env = env.append_transform(CatFrames(N=cfg.agent.frame_stack, dim=-1, in_keys=["pixels_observation"]))

@@ -163,6 +163,21 @@ def test_frames_come_from_the_physics_renderer_only_when_asked(reacher):
     env.close()
 
 
+def test_fast_rendering_draws_the_full_quality_scene():
+    # The same seeded states under both qualities: fast frames are the same scene, within a few levels a pixel.
+    frames = {}
+    for quality in ("fast", "full"):
+        env = make_dmc_env("cartpole", "swingup", render=True, frame_size=32, seed=0, render_quality=quality)
+        torch.manual_seed(0)
+        frames[quality] = env.rollout(4)["next", "pixels"].float()
+        quality_of_model = env.base_env._env.physics.model.vis.quality
+        assert (quality_of_model.offsamples == 0) == (quality == "fast")
+        env.close()
+    assert frames["fast"].std() > 10
+    difference = (frames["fast"] - frames["full"]).abs()
+    assert 0 < difference.mean() < 4 and (difference > 32).float().mean() < 0.1
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -175,6 +190,7 @@ def test_frames_come_from_the_physics_renderer_only_when_asked(reacher):
         ({"frame_size": 4}, ValueError, "frame_size"),
         ({"render": "yes"}, TypeError, "render must be a bool"),
         ({"from_pixels": 1}, TypeError, "from_pixels must be a bool"),
+        ({"render_quality": "draft"}, ValueError, "render_quality must be one of 'fast', 'full', got 'draft'"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, error, match):

@@ -24,6 +24,33 @@ from torchrl_vlm.missions import MISSION_BYTES, encode_mission
 
 __all__ = ["DMCTaskState", "dmc_tasks", "make_dmc_env"]
 
+#: ``render_quality`` values: ``"fast"`` sizes MuJoCo's shadow map to the frame and turns multisampling off,
+#: ``"full"`` keeps each model's own settings (dm_control's frames, pixel for pixel).
+_RENDER_QUALITIES = ("fast", "full")
+
+
+def _fast_render_settings(physics, frame_size: int) -> None:
+    """Sizes ``physics``' offscreen rendering to ``frame_size``-pixel frames: a shadow map of ``max(256, 8·side)``
+    texels and no multisampling.
+
+    dm_control's models draw their shadow maps at 2048 (or 4096) texels a side with 4× multisampling, sized
+    for large frames; in software rendering (``MUJOCO_GL=egl`` on a CPU) that is most of a small frame's cost.
+    At 8 texels a frame pixel the shadows are as sharp as the frame can show. Measured on this project's 2-core
+    machine (llvmpipe), 32–84 px frames of reacher, cartpole and ball_in_cup: 3–5× faster (26 → 6 ms a reacher
+    frame), 0.6–2.4 of 255 mean absolute difference, edges no longer antialiased. Takes effect at the next render
+    (the rendering context is rebuilt if one exists); idempotent.
+    """
+    quality = physics.model.vis.quality
+    shadow = max(256, 8 * frame_size)
+    if quality.offsamples == 0 and quality.shadowsize <= shadow:
+        return
+    quality.shadowsize = min(int(quality.shadowsize), shadow)
+    quality.offsamples = 0
+    # MuJoCo reads both when it makes the rendering context, so one made before must be made again.
+    with physics._contexts_lock:
+        if physics._contexts:
+            physics._free_rendering_contexts()
+
 
 @functools.lru_cache(maxsize=1)
 def dmc_tasks() -> dict[str, tuple[str, ...]]:
@@ -68,15 +95,18 @@ class DMCTaskState(Transform):
         camera_id: the MuJoCo camera to render from (0: each domain's default view).
         frame_stride, clip_len: render ``pixels`` on every ``frame_stride``-th step of a
             ``clip_len``-step clip and at each episode's end only (``1``: every step).
+        render_quality: ``"fast"`` (see :func:`make_dmc_env`) or ``"full"`` (the model's own settings).
     """
 
     def __init__(self, domain: str, task: str, *, render: bool = False, from_pixels: bool = False,
-                 frame_size: int = 64, camera_id: int = 0, frame_stride: int = 1, clip_len: int = 32):
+                 frame_size: int = 64, camera_id: int = 0, frame_stride: int = 1, clip_len: int = 32,
+                 render_quality: str = "fast"):
         super().__init__(in_keys=[], out_keys=[])
         self.domain, self.task = domain, task
         self.goal = dmc_goal(domain, task)
         self.render, self.from_pixels = bool(render), bool(from_pixels)
         self.frame_size, self.camera_id = frame_size, camera_id
+        self.render_quality = render_quality
         self.frame_schedule = FrameSchedule(clip_len, frame_stride) if render and frame_stride > 1 else None
         self._mission = torch.from_numpy(encode_mission(dmc_mission(domain, task)))
         self._in_goal = False  # the goal held after the last step (or at reset)
@@ -96,6 +126,8 @@ class DMCTaskState(Transform):
         out.set("mission", self._mission.clone())
         render = self.render and due
         if render or self.from_pixels:
+            if self.render_quality == "fast":
+                _fast_render_settings(env.physics, self.frame_size)
             frame = torch.from_numpy(np.ascontiguousarray(
                 env.physics.render(height=self.frame_size, width=self.frame_size, camera_id=self.camera_id)))
             if self.from_pixels:
@@ -153,7 +185,8 @@ class DMCTaskState(Transform):
 
 
 def _make_single(domain: str, task: str, action_repeat: int, render: bool, from_pixels: bool, frame_size: int,
-                 camera_id: int, device, frame_stride: int = 1, clip_len: int = 32) -> TransformedEnv:
+                 camera_id: int, device, frame_stride: int = 1, clip_len: int = 32,
+                 render_quality: str = "fast") -> TransformedEnv:
     """One DMControlEnv: its observation dict flattened to float32 ``observation``, and :class:`DMCTaskState`."""
     base = DMControlEnv(domain, task, frame_skip=action_repeat, device=device)
     state_keys = sorted(key for key in base.observation_spec.keys())
@@ -164,7 +197,8 @@ def _make_single(domain: str, task: str, action_repeat: int, render: bool, from_
             CatTensors(in_keys=state_keys, out_key="observation", del_keys=True, sort=False),
             DoubleToFloat(),
             DMCTaskState(domain, task, render=render, from_pixels=from_pixels, frame_size=frame_size,
-                         camera_id=camera_id, frame_stride=frame_stride, clip_len=clip_len),
+                         camera_id=camera_id, frame_stride=frame_stride, clip_len=clip_len,
+                         render_quality=render_quality),
         ),
     )
 
@@ -184,6 +218,7 @@ def make_dmc_env(
     device: str | torch.device = "cpu",
     worker_id: int | None = None,
     frame_stride: int = 1,
+    render_quality: str = "fast",
 ):
     """Builds a DeepMind Control task as a TorchRL env that tags its steps with clip ids.
 
@@ -226,6 +261,9 @@ def make_dmc_env(
             each episode's last state, as a scorer that reads a few frames of each clip needs
             (:class:`~torchrl_vlm.frames.FrameSchedule`); the other steps' ``pixels`` are zeros
             and a ``frame_rendered`` entry says which are real. ``1`` (default) renders every step.
+        render_quality: ``"fast"`` (default) sizes the shadow map to the frame and turns multisampling
+            off, 3–5× cheaper in software rendering for frames within about 1 of 255 of dm_control's
+            (a shadow map of ``max(256, 8·frame_size)`` texels); ``"full"`` renders with each model's own settings.
 
     Examples:
         >>> env = make_dmc_env("ball_in_cup", "catch", num_envs=2, seed=0)
@@ -254,10 +292,13 @@ def make_dmc_env(
             raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     if seed is not None:
         check_int("seed", seed, 0)
+    if render_quality not in _RENDER_QUALITIES:
+        raise ValueError(f"render_quality must be one of {', '.join(map(repr, _RENDER_QUALITIES))}, "
+                         f"got {render_quality!r}")
 
     make_one = functools.partial(
         _make_single, domain, task, action_repeat, bool(render), bool(from_pixels), frame_size, camera_id, device,
-        frame_stride, clip_len,
+        frame_stride, clip_len, render_quality,
     )
     base = make_one() if num_envs == 1 else SerialEnv(num_envs, make_one, device=device)
     env = with_clip_tags(base, clip_len=clip_len, frames=bool(render), worker_id=worker_id, seed=seed)
