@@ -135,6 +135,9 @@ def test_buffer_ships_frame_mask():
                          batch_size=8) as rb:
         rb.sent = []
         rb.extend(batch)
+        # Frames and which were rendered are the scorer's; replay stores neither (each entry costs every sample).
+        stored = set(rb[:].keys(include_nested=True))
+        assert not stored & {"pixels", ("next", "pixels"), "frame_rendered", ("next", "frame_rendered")}
     # Only the rendered frames travel, packed into one shared-memory block per submission.
     for sent in rb.sent:
         assert "frames" not in sent.keys() and sent.is_consolidated()

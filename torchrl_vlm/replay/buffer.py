@@ -35,6 +35,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
 from torchrl_vlm._checks import check_int
+from torchrl_vlm.frames import FRAME_RENDERED_KEY
 from torchrl_vlm.replay.sampler import MixtureSampler
 
 __all__ = ["CollectorReplayBuffer", "DEFAULT_EXCLUDE_KEYS", "make_replay_buffer"]
@@ -42,9 +43,13 @@ __all__ = ["CollectorReplayBuffer", "DEFAULT_EXCLUDE_KEYS", "make_replay_buffer"
 SAMPLER_CHOICES = ("uniform", "per")
 STORAGE_CHOICES = ("tensor", "memmap")
 
-#: Entries a collector batch carries that replay never stores: the frames (for the
-#: VLM only) and the mission bytes (the same for every step of an episode).
-DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = ("pixels", ("next", "pixels"), "mission", ("next", "mission"))
+#: Entries a collector batch carries that replay never stores: the frames and which of them were rendered
+#: (for the VLM only), and the mission bytes (the same for every step of an episode). Every stored entry
+#: costs each write and each sample (about 20 µs a sample per entry on a CPU), so none is kept that no
+#: learner reads.
+DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = (
+    "pixels", ("next", "pixels"), FRAME_RENDERED_KEY, ("next", FRAME_RENDERED_KEY), "mission", ("next", "mission"),
+)
 
 
 class FilledPartCheckpointer(TensorStorageCheckpointer):
