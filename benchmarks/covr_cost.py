@@ -4,7 +4,9 @@ of a LoRA fine-tune at each point of the progressive schedule.
 Paired rounds of ``recipes/sac.py`` on DMControl (state SAC, the CPU study's setting), alternating in one process:
 
 - ``sac``: plain SAC, no frames rendered;
-- ``sac_frames``: the same, rendering the frame the VLM would see at every step (what rendering alone costs);
+- ``sac_frames``: the same, rendering the frame the VLM would see at every step (what rendering alone costs),
+  with ``env.render_quality=fast`` (the default: shadow map sized to the frame, no multisampling);
+- ``sac_frames_full``: the same with dm_control's own render settings (``env.render_quality=full``);
 - ``covr``: SAC + COVR with the VLM (``--model``, default the tiny offline one): the prior in its own process
   answering every row, the prior term in the actor's loss, D_f, and a fine-tune (``--psi0``) in a process of its
   own during the run.
@@ -33,6 +35,7 @@ from common import markdown_table, paired_slowdown, recipe, recipe_config, recor
 VARIANTS = {
     "sac": ["covr.prior=none", "env.render=false"],
     "sac_frames": ["covr.prior=none", "env.render=true"],
+    "sac_frames_full": ["covr.prior=none", "env.render=true", "env.render_quality=full"],
     "covr": ["covr.prior=covr"],
 }
 
