@@ -15,6 +15,7 @@ from torchrl.envs.utils import check_env_specs  # noqa: E402
 
 from torchrl_vlm import DMCEventScorer, decode_mission  # noqa: E402
 from torchrl_vlm.envs import DMC_EVENT_DEFINITIONS, DMC_EVENT_NAMES, DMC_GOALS, make_dmc_env  # noqa: E402
+from torchrl_vlm.envs.dmc import DMCTaskState  # noqa: E402
 
 GOAL, ENTERED, FIRST = (DMC_EVENT_NAMES.index(name) for name in ("goal", "entered_goal", "first_goal"))
 
@@ -176,6 +177,8 @@ def test_fast_rendering_draws_the_full_quality_scene():
     assert frames["fast"].std() > 10
     difference = (frames["fast"] - frames["full"]).abs()
     assert 0 < difference.mean() < 4 and (difference > 32).float().mean() < 0.1
+    with pytest.raises(ValueError, match="render_quality must be one of 'fast', 'full', got 'low'"):
+        DMCTaskState("cartpole", "swingup", render=True, render_quality="low")
 
 
 @pytest.mark.parametrize(

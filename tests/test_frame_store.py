@@ -43,7 +43,10 @@ class TestFrameStore:
             store.gather(torch.tensor([5]), torch.zeros(1, 2, 2, 3, dtype=torch.uint8))
         store.release(torch.zeros(0, dtype=torch.int64))
         assert len(store) == 0
-        assert store.add(torch.stack([frame(5)])).tolist() == [5]  # references never repeat
+        store.add(torch.stack([frame(9)]))
+        store.release(None)  # no unfinished clip carries a reference
+        assert len(store) == 0
+        assert store.add(torch.stack([frame(5)])).tolist() == [6]  # references never repeat
 
     def test_state_round_trip(self):
         store = FrameStore()

@@ -29,6 +29,13 @@ __all__ = ["DMCTaskState", "dmc_tasks", "make_dmc_env"]
 _RENDER_QUALITIES = ("fast", "full")
 
 
+def _check_render_quality(render_quality) -> str:
+    if render_quality not in _RENDER_QUALITIES:
+        raise ValueError(f"render_quality must be one of {', '.join(map(repr, _RENDER_QUALITIES))}, "
+                         f"got {render_quality!r}")
+    return render_quality
+
+
 def _fast_render_settings(physics, frame_size: int) -> None:
     """Sizes ``physics``' offscreen rendering to ``frame_size``-pixel frames: a shadow map of ``max(256, 8·side)``
     texels and no multisampling.
@@ -106,7 +113,7 @@ class DMCTaskState(Transform):
         self.goal = dmc_goal(domain, task)
         self.render, self.from_pixels = bool(render), bool(from_pixels)
         self.frame_size, self.camera_id = frame_size, camera_id
-        self.render_quality = render_quality
+        self.render_quality = _check_render_quality(render_quality)
         self.frame_schedule = FrameSchedule(clip_len, frame_stride) if render and frame_stride > 1 else None
         self._mission = torch.from_numpy(encode_mission(dmc_mission(domain, task)))
         self._in_goal = False  # the goal held after the last step (or at reset)
@@ -292,9 +299,7 @@ def make_dmc_env(
             raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     if seed is not None:
         check_int("seed", seed, 0)
-    if render_quality not in _RENDER_QUALITIES:
-        raise ValueError(f"render_quality must be one of {', '.join(map(repr, _RENDER_QUALITIES))}, "
-                         f"got {render_quality!r}")
+    _check_render_quality(render_quality)
 
     make_one = functools.partial(
         _make_single, domain, task, action_repeat, bool(render), bool(from_pixels), frame_size, camera_id, device,

@@ -103,11 +103,11 @@ class FrameStore:
                 rows = torch.nonzero(hit).squeeze(1)
                 flat_out[rows] = chunk[flat_refs[rows] - first]
 
-    def release(self, live: torch.Tensor) -> None:
+    def release(self, live: torch.Tensor | None) -> None:
         """Drops the chunks that hold no reference at or above the oldest in ``live`` (0s ignored); an empty
-        ``live`` drops everything."""
-        live = live[live > 0]
-        oldest = int(live.min()) if live.numel() else self._next
+        ``live`` (or ``None``) drops everything."""
+        live = None if live is None else live[live > 0]
+        oldest = int(live.min()) if live is not None and live.numel() else self._next
         while self._chunks and self._chunks[0][0] + self._chunks[0][1].shape[0] <= oldest:
             self._chunks.popleft()
 

@@ -226,8 +226,7 @@ class VLMReplayBuffer(AsyncWriteBackBuffer):
         clips = self.assembler.add(steps, missions)
         if clips is not None:
             self._submit_clips(clips)
-        carried = self.assembler.carried("frame_ref")
-        self._frames.release(carried if carried is not None else torch.zeros(0, dtype=torch.int64))
+        self._frames.release(self.assembler.carried("frame_ref"))
         self._end_extend()
         return index
 
