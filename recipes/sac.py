@@ -59,6 +59,7 @@ RANGES = {
     "covr.psi0": Range("int", 1),
     "covr.entropy_sign": Range("float", -1, 1),
     "covr.df_capacity": Range("int", 1),
+    "covr.min_keep_fraction": Range("float", 0, 1),
     "covr.min_samples": Range("int", 1),
     "covr.lora_rank": Range("int", 1),
     "covr.lora_alpha": Range("float", 0, open_low=True),

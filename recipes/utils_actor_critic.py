@@ -237,8 +237,8 @@ def make_prior_buffer(cfg: DictConfig, action_dim: int, out_dir: Path):
             tuner, adapter_root=adapters, buffer=FinetuneBuffer(c.df_capacity, gamma=cfg.loss.gamma,
                                                                 scratch_dir=out_dir / "finetune_buffer"),
             psi0=c.psi0, entropy_sign=c.entropy_sign, filter=c.filter, weighting=c.weighting,
-            min_samples=c.min_samples, lag=None if c.prior_lag is None else c.finetune_lag, seed=cfg.env.seed,
-            **service,
+            min_keep_fraction=c.min_keep_fraction, min_samples=c.min_samples,
+            lag=None if c.prior_lag is None else c.finetune_lag, seed=cfg.env.seed, **service,
         )
     prior = functools.partial(ActionPrior, c.model, adapter_root=str(adapters), max_new_tokens=c.max_new_tokens,
                               batch_size=c.batch_size, device=device, **common)

@@ -170,6 +170,7 @@ def test_a_task_without_a_goal_trains_without_success_and_refuses_an_event_score
         ("dmc", ["covr.prior=covr", "covr.filter=top"], "covr.filter"),
         ("dmc", ["covr.prior=covr", "covr.psi0=0"], "covr.psi0"),
         ("dmc", ["covr.prior=covr", "covr.entropy_sign=0.5"], "covr.entropy_sign"),
+        ("dmc", ["covr.prior=covr", "covr.min_keep_fraction=1.5"], "covr.min_keep_fraction"),
         ("dmc", ["covr.prior=covr", "covr.label_smoothing=1.5"], "covr.label_smoothing"),
         ("dmc", ["covr.prior=covr", "covr.prompt='Which way?'"], "action_dim"),
         ("dmc", ["covr.prior=covr", "buffer.sampler=vlm"], "own replay buffer"),
@@ -201,8 +202,12 @@ def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     assert stats["covr_finetunes"] >= 1 and stats["covr_adapter_version"] >= 0 and stats["adapter_version"] >= 0
     assert stats["covr_last_loss_after"] < stats["covr_last_loss_before"]
     assert (tmp_path / "adapters" / "v0000" / "manifest.json").is_file()
-    # Before the fine-tune the random tiny VLM never writes a parsable action; after it, it does.
-    assert stats["prior_rows_valid"] > 0 and stats["parse_failures"] > 0
+    # The random tiny VLM never writes a parsable action before the fine-tune. Whether it does after one fine-tune on
+    # the agent's noisy actions is not asserted: the 2-layer model learns ':' -> ' ' from "Action: [", so its greedy
+    # text after the template's "Assistant:" starts with a space in some seeds, a coin flip that float rounding
+    # on another CPU can turn. That a fine-tune brings the prior to the actions it was shown is
+    # test_covr_prior.py's test_a_lora_finetune_brings_the_prior_to_the_actions_it_was_shown.
+    assert stats["parse_failures"] > 0
 
 
 def test_random_shift_crops_each_frame_of_the_padded_batch_at_its_own_offset():

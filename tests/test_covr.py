@@ -2,6 +2,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
@@ -15,6 +16,7 @@ from torchrl_vlm.covr import (
     ralw_token_nll,
     ralw_weights,
     returns_to_go,
+    select_samples,
 )
 from torchrl_vlm.covr.equations import MAX_ANSWER_CHARS
 
@@ -122,6 +124,56 @@ def test_eddf_degenerate_inputs():
         eddf_mask(torch.arange(4.0), float("nan"))
     with pytest.raises(ValueError, match="entropy_sign"):
         eddf_mask(torch.arange(4.0), 0.0, entropy_sign=0.5)
+
+
+# ------------------------------------------------------------------ the samples a fine-tune keeps
+def test_select_samples_is_eddf_when_eddf_keeps_enough():
+    g = torch.randn(500, generator=torch.Generator().manual_seed(1))
+    for entropy, sign in itertools.product((-4.0, 0.0, 4.0), (1.0, -1.0)):
+        keep, floored = select_samples(g, entropy, entropy_sign=sign, min_keep_fraction=0.0)
+        assert keep.tolist() == eddf_mask(g, entropy, entropy_sign=sign).tolist() and not floored
+        # EDDF keeps between 25% (sigma -> 1) and 50% (sigma -> 0) of normal returns: a 10% floor never applies.
+        keep, floored = select_samples(g, entropy, entropy_sign=sign, min_keep_fraction=0.1)
+        assert keep.tolist() == eddf_mask(g, entropy, entropy_sign=sign).tolist() and not floored
+
+
+def test_select_samples_keeps_the_highest_returns_when_returns_saturate():
+    # A reacher-like D_f: a third of the samples far from the target, the rest at or near the maximum of 100.
+    gen = torch.Generator().manual_seed(2)
+    g = torch.cat([torch.rand(300, generator=gen) * 10, torch.full((500,), 100.0), 95 + 5 * torch.rand(200,
+                                                                                                    generator=gen)])
+    g = g[torch.randperm(g.numel(), generator=gen)]
+    assert not eddf_mask(g, -4.0, entropy_sign=-1.0).any()  # tau above the maximum: eq. 5 keeps nothing
+    keep, floored = select_samples(g, -4.0, entropy_sign=-1.0, min_keep_fraction=0.1)
+    assert floored and int(keep.sum()) == 100
+    assert bool((g[keep] == 100.0).all())  # the highest returns (ties at the maximum: the earliest)...
+    assert keep.nonzero().reshape(-1).tolist() == (g == 100.0).nonzero().reshape(-1)[:100].tolist()
+    keep, floored = select_samples(g, -4.0, entropy_sign=-1.0, min_keep_fraction=0.0)
+    assert not keep.any() and not floored  # ...and 0 is eq. 5 alone
+    # The floor counts finite returns and never keeps a non-finite one.
+    g[:10] = float("nan")
+    keep, _ = select_samples(g, -4.0, entropy_sign=-1.0, min_keep_fraction=1.0)
+    assert int(keep.sum()) == 990 and not keep[:10].any()
+
+
+def test_select_samples_random_filter_keeps_as_many_at_random():
+    g = torch.cat([torch.zeros(50), torch.full((150,), 100.0)])
+    floored_top = select_samples(g, -4.0, entropy_sign=-1.0, min_keep_fraction=0.25)[0]
+    draws = [select_samples(g, -4.0, entropy_sign=-1.0, min_keep_fraction=0.25, filter="random",
+                            rng=np.random.default_rng(seed))[0] for seed in (0, 0, 1)]
+    assert all(int(d.sum()) == int(floored_top.sum()) == 50 for d in draws)
+    assert draws[0].tolist() == draws[1].tolist() and draws[0].tolist() != draws[2].tolist()
+    # 50 of 200 at random: the low-return quarter holds ~12.5 of them; P(none) = C(150,50)/C(200,50) < 1e-6.
+    assert 0 < int(draws[0][:50].sum()) < 50
+
+
+def test_select_samples_bad_input():
+    with pytest.raises(ValueError, match="min_keep_fraction"):
+        select_samples(torch.arange(4.0), 0.0, min_keep_fraction=1.5)
+    with pytest.raises(ValueError, match="filter='best'"):
+        select_samples(torch.arange(4.0), 0.0, filter="best")
+    with pytest.raises(ValueError, match="rng"):
+        select_samples(torch.arange(4.0), 0.0, filter="random")
 
 
 # ------------------------------------------------------------------ RALW (eq. 6)

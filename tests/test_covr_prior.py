@@ -65,6 +65,25 @@ def test_a_lora_finetune_brings_the_prior_to_the_actions_it_was_shown(tiny_vlm, 
     assert tuner(_request(version=1, base=0))[0, 0] < loss_before
 
 
+def test_a_finetune_is_a_function_of_its_request_whatever_the_process_drew_before(tiny_vlm, tmp_path):
+    """LoRA dropout draws from torch's global generator: each fine-tune seeds it from (seed, version), so the same
+    request gives the same adapter however much randomness the process used in between."""
+    tuner = LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path, **{**FAST_TUNE, "dropout": 0.3},
+                          max_steps=6)
+    files = []
+    for draws in (0, 1000):
+        torch.rand(draws)
+        state = torch.random.get_rng_state()
+        tuner(_request(version=0, base=-1, reps=6))
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is left as it was
+        files.append((adapter_path(tmp_path, 0) / "adapter_model.safetensors").read_bytes())
+    assert files[0] == files[1]
+    other = LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path / "other", **{**FAST_TUNE, "dropout": 0.3},
+                          max_steps=6, seed=1)
+    other(_request(version=0, base=-1, reps=6))
+    assert (adapter_path(tmp_path / "other", 0) / "adapter_model.safetensors").read_bytes() != files[0]
+
+
 def test_a_damaged_adapter_is_refused_and_the_prior_keeps_its_own(tiny_vlm, tmp_path, caplog):
     prior = ActionPrior(tiny_vlm, action_dim=2, adapter_root=tmp_path, max_new_tokens=24)
     tuner = LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path, **FAST_TUNE)
@@ -102,6 +121,8 @@ def test_bad_input_is_refused_with_the_argument_named(tiny_vlm, tmp_path):
         LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path, rank=0)
     with pytest.raises(ValueError, match="filter"):
         FineTuning(FramePrior, adapter_root=tmp_path, buffer=FinetuneBuffer(10), filter="best")
+    with pytest.raises(ValueError, match="min_keep_fraction"):
+        FineTuning(FramePrior, adapter_root=tmp_path, buffer=FinetuneBuffer(10), min_keep_fraction=-0.1)
     with pytest.raises(ValueError, match="prior_lag"):
         PriorReplayBuffer(storage=LazyTensorStorage(10), prior=FramePrior, action_dim=1, prior_lag=-1)
 

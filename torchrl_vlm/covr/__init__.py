@@ -24,7 +24,7 @@ from torchrl_vlm.covr.equations import (
 )
 from torchrl_vlm.covr.finetune import LoRAFineTuner
 from torchrl_vlm.covr.finetune_buffer import FinetuneBuffer
-from torchrl_vlm.covr.finetuning import FineTuning
+from torchrl_vlm.covr.finetuning import FineTuning, select_samples
 from torchrl_vlm.covr.loss import COVRSACLoss, prior_penalty
 from torchrl_vlm.covr.prior import DEFAULT_PROMPT, ActionPrior
 
@@ -45,5 +45,6 @@ __all__ = [
     "ralw_token_nll",
     "ralw_weights",
     "returns_to_go",
+    "select_samples",
     "verify_adapter",
 ]

@@ -159,6 +159,13 @@ class LoRAFineTuner(VLMBacked):
         version, base = int(request["version"][0]), int(request["base_version"][0])
         mission = request.get("mission", None)
         mission = None if mission is None else str(mission.tolist()[0] if hasattr(mission, "tolist") else mission)
+        # The caller's generators are left as they were: _finetune seeds torch's global one for LoRA dropout.
+        device = torch.device(self.vlm.device)
+        cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return self._finetune(frames, actions, weights, version, base, mission)
+
+    def _finetune(self, frames, actions, weights, version: int, base: int, mission: str | None) -> torch.Tensor:
         self._start_from(base)
         t0 = time.perf_counter()
         n = frames.shape[0]
@@ -166,6 +173,9 @@ class LoRAFineTuner(VLMBacked):
         held_out = torch.randperm(n, generator=generator)[: self.eval_samples]
         loss_before = self.loss(frames[held_out], actions[held_out], weights[held_out], mission)
         self.version = None  # the adapter in memory is no longer any version on disk
+        # LoRA dropout draws from torch's global generator, seeded here, just before training: a fine-tune is then a
+        # function of its request, whatever the process drew before (a first call draws more, lazily, than later ones).
+        torch.manual_seed(self.seed * 1_000_003 + version)
         steps = self._train(frames, actions, weights, mission, generator)
         loss_after = self.loss(frames[held_out], actions[held_out], weights[held_out], mission)
         write_adapter(

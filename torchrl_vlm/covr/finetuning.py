@@ -1,9 +1,10 @@
 """When and on what COVR's VLM is fine-tuned: D_f, the progressive schedule, EDDF, RALW, and the new adapter.
 
 :class:`FineTuning` lives in the learner's process and never trains anything there: at each of
-:func:`~torchrl_vlm.covr.progressive_schedule`'s steps it takes D_f's samples, keeps those EDDF keeps (eq. 5),
-weights them with RALW (eq. 6), hands them to the fine-tuning process (:class:`~torchrl_vlm.covr.LoRAFineTuner`
-behind a :class:`~torchrl_vlm.ScoringService`) and clears D_f. When the new adapter comes back, its files are
+:func:`~torchrl_vlm.covr.progressive_schedule`'s steps it takes D_f's samples, keeps those EDDF keeps (eq. 5; at
+least the ``min_keep_fraction`` of highest return, see :func:`select_samples`), weights them with RALW (eq. 6),
+hands them to the fine-tuning process (:class:`~torchrl_vlm.covr.LoRAFineTuner` behind a
+:class:`~torchrl_vlm.ScoringService`) and clears D_f. When the new adapter comes back, its files are
 checked (:func:`~torchrl_vlm.covr.adapter.verify_adapter`) and :attr:`version` moves to it: the prior answers
 with it from the next request on, and with the old one until then.
 
@@ -16,6 +17,7 @@ Failures: a fine-tune that crashes, runs out of memory or writes a damaged adapt
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +33,7 @@ from torchrl_vlm.covr.finetune import FINETUNE_FIELDS, check_finetune
 from torchrl_vlm.covr.finetune_buffer import FinetuneBuffer
 from torchrl_vlm.scoring.service import ScoringService
 
-__all__ = ["FILTERS", "FineTuning", "WEIGHTINGS"]
+__all__ = ["FILTERS", "FineTuning", "WEIGHTINGS", "select_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,43 @@ logger = logging.getLogger(__name__)
 FILTERS = ("eddf", "random")
 #: How the kept samples are weighted: RALW (eq. 6), or all alike (the paper's M8 ablation, "no RALW").
 WEIGHTINGS = ("ralw", "uniform")
+
+
+def select_samples(returns: torch.Tensor, entropy: float, *, filter: str = "eddf", entropy_sign: float = 1.0,
+                   min_keep_fraction: float = 0.0, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, bool]:
+    """Which D_f samples a fine-tune trains on: EDDF's (eq. 5, :func:`~torchrl_vlm.covr.eddf_mask`), with a floor.
+
+    The floor is ours, not the paper's. τ = median + σ(·)·IQR lies above every return once returns pile up at the
+    task's maximum (reacher: quartiles 2 / 66 / 98.5 of at most 100 put τ above 100 whenever σ(·) > 0.35), and eq. 5
+    then keeps nothing, fine-tune after fine-tune. When EDDF keeps fewer than ``min_keep_fraction`` of the samples
+    with a finite return, the samples of highest return (earliest first among ties) are kept instead, that many;
+    ``0`` is eq. 5 alone.
+
+    ``filter="random"`` (the paper's M1 ablation) keeps as many samples as the above, chosen at random by ``rng``.
+
+    Returns:
+        the bool ``[N]`` mask, and whether the floor replaced EDDF's choice.
+    """
+    if filter not in FILTERS:
+        raise ValueError(f"filter={filter!r}; choose one of {FILTERS}")
+    if not 0.0 <= min_keep_fraction <= 1.0:
+        raise ValueError(f"min_keep_fraction must be in [0, 1], got {min_keep_fraction!r}")
+    returns = torch.as_tensor(returns, dtype=torch.float64).reshape(-1)
+    keep = eddf_mask(returns, entropy, entropy_sign=entropy_sign)
+    finite = torch.isfinite(returns)
+    floor = math.ceil(min_keep_fraction * int(finite.sum()))
+    floored = int(keep.sum()) < floor
+    if floored:
+        order = torch.sort(torch.where(finite, returns, -math.inf), descending=True, stable=True).indices
+        keep = torch.zeros_like(keep)
+        keep[order[:floor]] = True
+    if filter == "random":
+        if rng is None:
+            raise ValueError("filter='random' needs an rng")
+        chosen = rng.choice(returns.numel(), size=int(keep.sum()), replace=False)
+        keep = torch.zeros_like(keep)
+        keep[torch.as_tensor(chosen, dtype=torch.long)] = True
+    return keep, floored
 
 
 class FineTuning:
@@ -54,6 +93,8 @@ class FineTuning:
         entropy_sign: EDDF's sign (:func:`~torchrl_vlm.covr.eddf_mask`).
         filter: ``"eddf"`` or ``"random"`` (:data:`FILTERS`).
         weighting: ``"ralw"`` or ``"uniform"`` (:data:`WEIGHTINGS`).
+        min_keep_fraction: the least share of D_f a fine-tune keeps, the samples of highest return, when EDDF
+            keeps fewer (:func:`select_samples`; 0 = eq. 5 alone, which keeps nothing once returns saturate).
         min_samples: a fine-tune with fewer kept samples (or none of positive weight) is skipped; D_f keeps
             its samples for the next one.
         lag: ``None``, or the extends after which a fine-tune's adapter is switched to (see the module).
@@ -63,7 +104,8 @@ class FineTuning:
 
     def __init__(self, finetuner: Callable[[], Any] | ScoringService, *, adapter_root, buffer: FinetuneBuffer,
                  psi0: int = 5000, entropy_sign: float = 1.0, filter: str = "eddf", weighting: str = "ralw",
-                 min_samples: int = 8, lag: int | None = None, seed: int = 0, **service_options) -> None:
+                 min_keep_fraction: float = 0.0, min_samples: int = 8, lag: int | None = None, seed: int = 0,
+                 **service_options) -> None:
         if filter not in FILTERS:
             raise ValueError(f"filter={filter!r}; choose one of {FILTERS}")
         if weighting not in WEIGHTINGS:
@@ -74,13 +116,18 @@ class FineTuning:
             raise TypeError(f"buffer must be a FinetuneBuffer, got {type(buffer).__name__}")
         self.psi0 = check_int("psi0", psi0)
         self.min_samples = check_int("min_samples", min_samples)
+        if isinstance(min_keep_fraction, bool) or not isinstance(min_keep_fraction, int | float) \
+                or not 0.0 <= min_keep_fraction <= 1.0:
+            raise ValueError(f"min_keep_fraction must be a number in [0, 1], got {min_keep_fraction!r}")
+        self.min_keep_fraction = float(min_keep_fraction)
         self.lag = check_int("lag", lag, 0, none_means="asynchronous")
         self.adapter_root = str(adapter_root)
         self.buffer, self.entropy_sign, self.filter, self.weighting = buffer, float(entropy_sign), filter, weighting
         self.rng = np.random.default_rng(seed)
         self.version = -1  # the adapter the prior answers with (−1: the base model)
         self.fired = 0  # schedule points passed
-        self.counts = dict.fromkeys(("finetunes", "finetunes_skipped", "finetunes_failed", "adapters_rejected"), 0)
+        self.counts = dict.fromkeys(
+            ("finetunes", "finetunes_skipped", "finetunes_floored", "finetunes_failed", "adapters_rejected"), 0)
         self.last: dict[str, float] = {}  # the last fine-tune's numbers, for logs
         self._in_flight: dict[str, Any] | None = None  # {"ticket", "version", "due", "kept", "started"}
         self._result: torch.Tensor | None = None  # a lag-mode result that came before its extend
@@ -111,11 +158,14 @@ class FineTuning:
         n = data.batch_size[0]
         kept, weights = None, None
         if n:  # no episode has finished since the last fine-tune: nothing to learn from
-            keep = eddf_mask(data["return"], entropy, entropy_sign=self.entropy_sign)
-            if self.filter == "random":  # M1: as many samples as EDDF keeps, chosen at random
-                chosen = self.rng.choice(n, size=int(keep.sum()), replace=False)
-                keep = torch.zeros(n, dtype=torch.bool)
-                keep[torch.as_tensor(chosen, dtype=torch.long)] = True
+            keep, floored = select_samples(data["return"], entropy, filter=self.filter,
+                                           entropy_sign=self.entropy_sign, min_keep_fraction=self.min_keep_fraction,
+                                           rng=self.rng)
+            if floored:
+                self.counts["finetunes_floored"] += 1
+                logger.info("COVR fine-tune at schedule point %d: EDDF kept fewer than %.0f%% of %d D_f samples; "
+                            "the %d of highest return are kept", self.fired, 100 * self.min_keep_fraction, n,
+                            int(keep.sum()))
             kept = data[keep]
             weights = ralw_weights(kept["return"]) if self.weighting == "ralw" else torch.ones(kept.batch_size[0])
         if kept is None or kept.batch_size[0] < self.min_samples or not bool((weights > 0).any()):
