@@ -43,6 +43,13 @@ FILTERS = ("eddf", "random")
 WEIGHTINGS = ("ralw", "uniform")
 
 
+def _check_fraction(min_keep_fraction) -> float:
+    if isinstance(min_keep_fraction, bool) or not isinstance(min_keep_fraction, int | float) \
+            or not 0.0 <= min_keep_fraction <= 1.0:
+        raise ValueError(f"min_keep_fraction must be a number in [0, 1], got {min_keep_fraction!r}")
+    return float(min_keep_fraction)
+
+
 def select_samples(returns: torch.Tensor, entropy: float, *, filter: str = "eddf", entropy_sign: float = 1.0,
                    min_keep_fraction: float = 0.0, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, bool]:
     """Which D_f samples a fine-tune trains on: EDDF's (eq. 5, :func:`~torchrl_vlm.covr.eddf_mask`), with a floor.
@@ -60,8 +67,7 @@ def select_samples(returns: torch.Tensor, entropy: float, *, filter: str = "eddf
     """
     if filter not in FILTERS:
         raise ValueError(f"filter={filter!r}; choose one of {FILTERS}")
-    if not 0.0 <= min_keep_fraction <= 1.0:
-        raise ValueError(f"min_keep_fraction must be in [0, 1], got {min_keep_fraction!r}")
+    min_keep_fraction = _check_fraction(min_keep_fraction)
     returns = torch.as_tensor(returns, dtype=torch.float64).reshape(-1)
     keep = eddf_mask(returns, entropy, entropy_sign=entropy_sign)
     finite = torch.isfinite(returns)
@@ -116,10 +122,7 @@ class FineTuning:
             raise TypeError(f"buffer must be a FinetuneBuffer, got {type(buffer).__name__}")
         self.psi0 = check_int("psi0", psi0)
         self.min_samples = check_int("min_samples", min_samples)
-        if isinstance(min_keep_fraction, bool) or not isinstance(min_keep_fraction, int | float) \
-                or not 0.0 <= min_keep_fraction <= 1.0:
-            raise ValueError(f"min_keep_fraction must be a number in [0, 1], got {min_keep_fraction!r}")
-        self.min_keep_fraction = float(min_keep_fraction)
+        self.min_keep_fraction = _check_fraction(min_keep_fraction)
         self.lag = check_int("lag", lag, 0, none_means="asynchronous")
         self.adapter_root = str(adapter_root)
         self.buffer, self.entropy_sign, self.filter, self.weighting = buffer, float(entropy_sign), filter, weighting
@@ -164,7 +167,7 @@ class FineTuning:
             if floored:
                 self.counts["finetunes_floored"] += 1
                 logger.info("COVR fine-tune at schedule point %d: EDDF kept fewer than %.0f%% of %d D_f samples; "
-                            "the %d of highest return are kept", self.fired, 100 * self.min_keep_fraction, n,
+                            "the floor keeps %d", self.fired, 100 * self.min_keep_fraction, n,
                             int(keep.sum()))
             kept = data[keep]
             weights = ralw_weights(kept["return"]) if self.weighting == "ralw" else torch.ones(kept.batch_size[0])
