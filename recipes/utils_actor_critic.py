@@ -223,7 +223,7 @@ def make_prior_buffer(cfg: DictConfig, action_dim: int, out_dir: Path):
     adapters = out_dir / "adapters"
     prompt = DEFAULT_PROMPT if c.prompt is None else c.prompt
     device = None if c.device == "auto" else c.device
-    common = dict(action_dim=action_dim, prompt=prompt, image_size=c.image_size)
+    common = dict(action_dim=action_dim, prompt=prompt, image_size=c.image_size, answer_prefix=c.answer_prefix)
     service = dict(num_threads=c.num_threads, start_timeout_s=c.start_timeout_s, hang_timeout_s=c.hang_timeout_s)
     finetuning = None
     if c.prior == "covr":

@@ -202,22 +202,10 @@ def test_covr_trains_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     assert stats["covr_finetunes"] >= 1 and stats["covr_adapter_version"] >= 0 and stats["adapter_version"] >= 0
     assert stats["covr_last_loss_after"] < stats["covr_last_loss_before"]
     assert (tmp_path / "adapters" / "v0000" / "manifest.json").is_file()
-    # The random tiny VLM never writes a parsable action before the fine-tune. Whether it does after one fine-tune on
-    # the agent's noisy actions is not asserted: the 2-layer model learns ':' -> ' ' from "Action: [", so its greedy
-    # text after the template's "Assistant:" starts with a space in some seeds, a coin flip that float rounding
-    # on another CPU can turn. That a fine-tune brings the prior to the actions it was shown is
-    # test_covr_prior.py's test_a_lora_finetune_brings_the_prior_to_the_actions_it_was_shown.
-    assert stats["parse_failures"] > 0
-    # The fine-tune changed the prior's answers: its greedy text with adapter 0 is not the base model's.
-    from torchrl_vlm.covr import ActionPrior
-
-    prior = ActionPrior(tiny_vlm, action_dim=1, adapter_root=tmp_path / "adapters", max_new_tokens=24)
-    frames = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    answers = {}
-    for version in (-1, 0):
-        prior.use_adapter(version)
-        answers[version] = prior.answer(frames, [None] * 4)
-    assert answers[0] != answers[-1], answers
+    # Before the fine-tune the random tiny VLM never writes a parsable action; after it, it does (every row it
+    # answers with adapter 0, in seeds 0, 2, 3, 4). Without the prefilled "Action:" it did in some seeds only: the
+    # 2-layer model learns ':' -> ' ' from the answers and opened its own with a space.
+    assert stats["prior_rows_valid"] > 0 and stats["parse_failures"] > 0, stats
 
 
 def test_random_shift_crops_each_frame_of_the_padded_batch_at_its_own_offset():

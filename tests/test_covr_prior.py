@@ -23,6 +23,7 @@ from torchrl_vlm.covr import (
     verify_adapter,
 )
 from torchrl_vlm.covr.adapter import adapter_path
+from torchrl_vlm.hf_vlm import to_pil_images, user_turn
 
 torch.set_num_threads(1)
 
@@ -63,6 +64,21 @@ def test_a_lora_finetune_brings_the_prior_to_the_actions_it_was_shown(tiny_vlm, 
     assert _distance(after) < 0.5 * _distance(before), (before, after)
     # The next fine-tune starts from the adapter it names: version 0 here, so it continues.
     assert tuner(_request(version=1, base=0))[0, 0] < loss_before
+
+
+def test_the_answer_goes_on_from_the_prefilled_prefix(tiny_vlm):
+    """The prompt ends with the prefix, so the model writes what follows it; the answer is the prefix and that."""
+    prefilled = ActionPrior(tiny_vlm, action_dim=2, max_new_tokens=24)
+    bare = ActionPrior(tiny_vlm, action_dim=2, max_new_tokens=24, answer_prefix="")
+    inputs = {name: prior.vlm.prepare([[user_turn(1, "Go?")]], [to_pil_images(FRAMES[:1], None)], item="frame",
+                                      answer_prefix=prior.answer_prefix)["input_ids"][0]
+              for name, prior in (("prefilled", prefilled), ("bare", bare))}
+    tokenizer = prefilled.tokenizer
+    assert tokenizer.decode(inputs["prefilled"][inputs["bare"].numel():]) == "Action:"
+    assert torch.equal(inputs["prefilled"][: inputs["bare"].numel()], inputs["bare"])
+    answers = prefilled.answer(FRAMES, [None] * 4)
+    assert all(a.startswith("Action:") for a in answers)
+    assert not any(a.startswith("Action:") for a in bare.answer(FRAMES, [None] * 4))  # the random model's text
 
 
 def test_a_finetune_is_a_function_of_its_request_whatever_the_process_drew_before(tiny_vlm, tmp_path):
@@ -119,6 +135,12 @@ def test_bad_input_is_refused_with_the_argument_named(tiny_vlm, tmp_path):
         ActionPrior(tiny_vlm, action_dim=1.5)
     with pytest.raises(ValueError, match="rank"):
         LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path, rank=0)
+    with pytest.raises(ValueError, match="answer_prefix='Answer:'"):
+        ActionPrior(tiny_vlm, action_dim=2, answer_prefix="Answer:")
+    with pytest.raises(ValueError, match="answer_prefix='Action: 0'"):
+        LoRAFineTuner(tiny_vlm, action_dim=2, adapter_root=tmp_path, answer_prefix="Action: 0")
+    with pytest.raises(TypeError, match="answer_prefix"):
+        ActionPrior(tiny_vlm, action_dim=2, answer_prefix=None)
     with pytest.raises(ValueError, match="filter"):
         FineTuning(FramePrior, adapter_root=tmp_path, buffer=FinetuneBuffer(10), filter="best")
     with pytest.raises(ValueError, match="min_keep_fraction"):

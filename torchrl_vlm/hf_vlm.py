@@ -337,17 +337,19 @@ class HFVisionLanguageModel:
         *,
         item: str = "prompt",
         too_long_hint: str = "lower image_size or the processor's tiling (processor_kwargs)",
+        answer_prefix: str = "",
     ):
         """Left-padded processor inputs (``input_ids``, ``attention_mask``, pixel tensors...) for a batch.
 
         ``conversations[i]`` is a chat (a list of turns) that shows the PIL
         images ``images[i]`` in order. ``item`` names one row in error messages
         (``"clip"``, ``"state"``), ``too_long_hint`` says how to shorten a
-        prompt past the model's context.
+        prompt past the model's context. ``answer_prefix`` is written after the
+        assistant prompt: the model's answer goes on from it.
         """
         if len(conversations) != len(images):
             raise ValueError(f"{len(conversations)} conversations for {len(images)} image lists")
-        texts = self.render(conversations, [len(imgs) for imgs in images])
+        texts = [t + answer_prefix for t in self.render(conversations, [len(imgs) for imgs in images])]
         # A template that writes BOS itself must not get a second one from the tokenizer.
         bos = self.tokenizer.bos_token
         add_special = not (bos and all(t.startswith(bos) for t in texts))

@@ -26,9 +26,10 @@ from torchrl_vlm.covr.finetune import LoRAFineTuner
 from torchrl_vlm.covr.finetune_buffer import FinetuneBuffer
 from torchrl_vlm.covr.finetuning import FineTuning, select_samples
 from torchrl_vlm.covr.loss import COVRSACLoss, prior_penalty
-from torchrl_vlm.covr.prior import DEFAULT_PROMPT, ActionPrior
+from torchrl_vlm.covr.prior import ANSWER_PREFIX, DEFAULT_PROMPT, ActionPrior
 
 __all__ = [
+    "ANSWER_PREFIX",
     "ActionPrior",
     "AdapterError",
     "COVRSACLoss",

@@ -26,7 +26,7 @@ from tensordict import TensorDictBase
 from torchrl_vlm._checks import check_int
 from torchrl_vlm.covr.adapter import adapter_path, verify_adapter, write_adapter
 from torchrl_vlm.covr.equations import format_action, ralw_token_nll
-from torchrl_vlm.covr.prior import DEFAULT_PROMPT, check_prompt, prompt_text
+from torchrl_vlm.covr.prior import ANSWER_PREFIX, DEFAULT_PROMPT, check_answer_prefix, check_prompt, prompt_text
 from torchrl_vlm.hf_vlm import HFVisionLanguageModel, VLMBacked, resolve_image_size, to_pil_images, user_turn
 
 __all__ = ["DEFAULT_TARGET_MODULES", "FINETUNE_FIELDS", "LoRAFineTuner", "check_finetune"]
@@ -62,6 +62,8 @@ class LoRAFineTuner(VLMBacked):
         action_dim: the action size (the prompt states it).
         adapter_root: where adapter versions are written (the prior reads them from there).
         prompt: the prior's prompt (the fine-tune teaches the answer to the same question).
+        answer_prefix: the prior's (:data:`~torchrl_vlm.covr.prior.ANSWER_PREFIX`): it is part of the prompt here,
+            and the fine-tune teaches what follows it.
         rank, alpha, dropout: LoRA's r, α and dropout (defaults 16, 32, 0.05: the common setting for 3B VLMs;
             the paper gives none).
         target_modules: module names LoRA adapts (:data:`DEFAULT_TARGET_MODULES`).
@@ -86,6 +88,7 @@ class LoRAFineTuner(VLMBacked):
         action_dim: int,
         adapter_root: str | os.PathLike,
         prompt: str = DEFAULT_PROMPT,
+        answer_prefix: str = ANSWER_PREFIX,
         rank: int = 16,
         alpha: float = 32.0,
         dropout: float = 0.05,
@@ -106,6 +109,7 @@ class LoRAFineTuner(VLMBacked):
     ) -> None:
         self.action_dim = check_int("action_dim", action_dim)
         self.prompt = check_prompt(prompt)
+        self.answer_prefix = check_answer_prefix(answer_prefix)
         self.rank = check_int("rank", rank)
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
@@ -240,12 +244,14 @@ class LoRAFineTuner(VLMBacked):
         return total / max(count, 1)
 
     def _batch_loss(self, frames, actions, weights, mission) -> torch.Tensor:
-        """Eq. 6 on one batch: the answer tokens ``Action: [..]<eos>`` of each sample, weighted by RALW."""
+        """Eq. 6 on one batch: the answer tokens of each sample after the prefix (`` [..]<eos>`` after
+        ``Action:``), weighted by RALW."""
         vlm = self.vlm
         turns = [[user_turn(1, prompt_text(self.prompt, self.action_dim, mission))] for _ in range(frames.shape[0])]
-        prompts = vlm.render(turns, [1] * len(turns))
+        prompts = [p + self.answer_prefix for p in vlm.render(turns, [1] * len(turns))]
         eos = vlm.tokenizer.eos_token or ""
-        full = [p + format_action(a) + eos for p, a in zip(prompts, actions, strict=True)]
+        skip = len(self.answer_prefix)  # the answer's start is the prompt's end
+        full = [p + format_action(a)[skip:] + eos for p, a in zip(prompts, actions, strict=True)]
         # The answer's tokens: what the whole text has beyond its prompt (the same count once images expand).
         n_answer = [
             len(vlm.tokenizer.encode(f, add_special_tokens=False))

@@ -35,6 +35,24 @@ DEFAULT_PROMPT = (
 )
 
 
+#: What the prior's answer starts with, written for the model (prefilled): it goes on from ``Action:``. A small
+#: or freshly fine-tuned model may learn ``Action: [0.4]`` and still open its answer with something else (the tiny
+#: test VLM learns ``:`` → `` `` from the answers and writes a space first); a prefilled opening cannot miss.
+ANSWER_PREFIX = "Action:"
+
+
+def check_answer_prefix(answer_prefix: str) -> str:
+    """Refuses a prefix that the answers the fine-tune teaches (:func:`~torchrl_vlm.covr.format_action`) do not
+    start with."""
+    if not isinstance(answer_prefix, str):
+        raise TypeError(f"answer_prefix must be a str, got {type(answer_prefix).__name__}")
+    answer = format_action(torch.zeros(1))
+    if not answer.startswith(answer_prefix):
+        raise ValueError(f"answer_prefix={answer_prefix!r} is not how an answer starts ({answer!r}); use a start "
+                         "of it, e.g. 'Action:', or '' for none")
+    return answer_prefix
+
+
 def check_prompt(prompt: str) -> str:
     """Refuses a prompt that does not state the action's size (``{action_dim}``) or has other fields."""
     if not isinstance(prompt, str) or not prompt.strip():
@@ -83,6 +101,8 @@ class ActionPrior(VLMBacked):
         batch_size: frames per ``generate`` call.
         image_size: ``(h, w)`` (or an int) the frames are resized to; ``None`` leaves it to the processor.
         adapter_root: where the fine-tuner writes LoRA adapter versions; ``None``: the base model only.
+        answer_prefix: written after the assistant prompt, the answer going on from it (:data:`ANSWER_PREFIX`,
+            ``"Action:"``; ``""``: none). The fine-tuner must use the same.
         device, dtype, local_files_only, trust_remote_code, processor_kwargs: as
             :class:`~torchrl_vlm.TransformersScorer`.
 
@@ -107,6 +127,7 @@ class ActionPrior(VLMBacked):
         batch_size: int = 16,
         image_size: int | Sequence[int] | None = None,
         adapter_root: str | os.PathLike | None = None,
+        answer_prefix: str = ANSWER_PREFIX,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         local_files_only: bool | None = None,
@@ -119,6 +140,7 @@ class ActionPrior(VLMBacked):
         self.batch_size = check_int("batch_size", batch_size)
         self.image_size = resolve_image_size(image_size)
         self.adapter_root = None if adapter_root is None else str(adapter_root)
+        self.answer_prefix = check_answer_prefix(answer_prefix)
         self.vlm = HFVisionLanguageModel(
             model,
             dtype=dtype,
@@ -192,14 +214,17 @@ class ActionPrior(VLMBacked):
         return out
 
     def answer(self, frames: torch.Tensor, missions: Sequence[str | None]) -> list[str]:
-        """The model's greedy text for each frame (uint8 ``[B, H, W, 3]``)."""
+        """The answer for each frame (uint8 ``[B, H, W, 3]``): the prefix, and the model's greedy text after it."""
         images = to_pil_images(frames, self.image_size)
         conversations = [[user_turn(1, prompt_text(self.prompt, self.action_dim, m))] for m in missions]
-        inputs = self.vlm.prepare(conversations, [[img] for img in images], item="frame")
+        inputs = self.vlm.prepare(conversations, [[img] for img in images], item="frame",
+                                  answer_prefix=self.answer_prefix)
         if self.version < 0 and hasattr(self.vlm.model, "disable_adapter"):
             with self.vlm.model.disable_adapter():
-                return self.vlm.generate_text(inputs, self.max_new_tokens)
-        return self.vlm.generate_text(inputs, self.max_new_tokens)
+                texts = self.vlm.generate_text(inputs, self.max_new_tokens)
+        else:
+            texts = self.vlm.generate_text(inputs, self.max_new_tokens)
+        return [self.answer_prefix + text for text in texts]
 
     def stats(self) -> dict[str, float]:
         return {**{k: float(v) for k, v in self.counts.items()}, "adapter_version": float(self.version)}
