@@ -42,14 +42,14 @@ ANSWER_PREFIX = "Action:"
 
 
 def check_answer_prefix(answer_prefix: str) -> str:
-    """Refuses a prefix that the answers the fine-tune teaches (:func:`~torchrl_vlm.covr.format_action`) do not
-    start with."""
+    """Refuses a prefix that not every answer the fine-tune teaches (:func:`~torchrl_vlm.covr.format_action`)
+    starts with."""
     if not isinstance(answer_prefix, str):
         raise TypeError(f"answer_prefix must be a str, got {type(answer_prefix).__name__}")
-    answer = format_action(torch.zeros(1))
-    if not answer.startswith(answer_prefix):
-        raise ValueError(f"answer_prefix={answer_prefix!r} is not how an answer starts ({answer!r}); use a start "
-                         "of it, e.g. 'Action:', or '' for none")
+    common = os.path.commonprefix([format_action(torch.tensor([v])) for v in (-1.0, 0.0, 1.0)])  # "Action: ["
+    if not common.startswith(answer_prefix):
+        raise ValueError(f"answer_prefix={answer_prefix!r} is not how every answer starts ({common!r}); use a "
+                         "start of that, e.g. 'Action:', or '' for none")
     return answer_prefix
 
 
